@@ -1,0 +1,31 @@
+"""cira_db: jobs and job results of the CIRA PDF-extraction service, in PostgreSQL.
+
+The public names are re-exported here; every other module whose name starts
+with an underscore is private. Errors live in `cira_db.errors`, migrations in
+`cira_db.migrations`, AWS helpers in `cira_db.aws` and the pytest plugin in
+`cira_db.testing`.
+"""
+
+from __future__ import annotations
+
+from cira_db._database import Database
+from cira_db._models import Job, JobResult, JobStatus, Page, Usage
+from cira_db._settings import DatabaseSettings
+from cira_db._version import __version__
+
+__all__ = [
+    "Database",
+    "DatabaseSettings",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "Page",
+    "Usage",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        _obj.__module__ = "cira_db"
+del _name, _obj

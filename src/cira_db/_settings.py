@@ -1,0 +1,258 @@
+"""Connection settings: from arguments or ``CIRA_DB_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Any, Literal
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cira_db.errors import ConfigurationError
+
+__all__ = ["DatabaseSettings", "SslMode"]
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+_PROXY_HOST = re.compile(
+    r"^[a-z0-9-]+\.(?:endpoint\.)?proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?$"
+)
+_VERIFIED_MODES = frozenset({"verify-full"})
+_ENV_PREFIX = "CIRA_DB_"
+
+
+def is_local_host(host: str | None) -> bool:
+    """True for a Unix socket, ``localhost`` or a loopback address.
+
+    An empty or missing host means libpq's default Unix socket. A
+    comma-separated list (libpq multi-host) is local only if every entry is.
+    """
+    if not host:
+        return True
+    for entry in host.split(","):
+        item = entry.strip()
+        if not item or item.startswith(("/", "@")):
+            continue
+        if item.rstrip(".").lower() == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(item.strip("[]")).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return False
+    return True
+
+
+class DatabaseSettings(BaseSettings):
+    """How to reach PostgreSQL, and how the pool and retries behave.
+
+    Every field can come from an argument or from the environment variable
+    ``CIRA_DB_<FIELD>`` (for example ``CIRA_DB_URL``, ``CIRA_DB_SSLMODE``).
+    Secrets are held as `pydantic.SecretStr`, so ``repr()`` never shows them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    url: SecretStr | None = Field(
+        default=None, description="libpq URL or key=value string; may carry the password."
+    )
+    host: str | None = None
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+
+    migration_url: SecretStr | None = Field(
+        default=None,
+        description="Direct (not pooled) URL for the migrator, when `url` points at a pooler.",
+    )
+
+    sslmode: SslMode | None = Field(
+        default=None,
+        description="None: verify-full for remote hosts, libpq's default for local ones.",
+    )
+    sslrootcert: str | None = None
+    allow_unverified_tls: bool = Field(
+        default=False,
+        description="Permit an sslmode weaker than verify-full for a non-local host.",
+    )
+
+    application_name: str = "cira_db"
+    connect_timeout: int = Field(default=10, ge=1)
+
+    via_proxy: bool | None = Field(
+        default=None,
+        description="A transaction pooler (RDS Proxy, pgbouncer) sits in between; None: detect.",
+    )
+    prepare_statements: bool | None = Field(
+        default=None,
+        description="Server-side prepared statements; None: off behind a proxy or in Lambda.",
+    )
+
+    pool_min_size: int | None = Field(default=None, ge=0, description="None: 0 in Lambda, else 1.")
+    pool_max_size: int | None = Field(default=None, ge=1, description="None: 1 in Lambda, else 4.")
+    pool_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
+    pool_max_lifetime: float = Field(
+        default=900.0, gt=0, description="Seconds; below RDS Proxy's 1800 s idle client timeout."
+    )
+    pool_max_idle: float = Field(default=300.0, gt=0)
+
+    migration_lock_wait: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for another migration runner."
+    )
+    migration_lock_timeout: str = Field(
+        default="10s", description="lock_timeout for migration statements."
+    )
+    migration_statement_timeout: str = Field(
+        default="15min", description="statement_timeout for migration statements."
+    )
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DatabaseSettings:
+        if self.url is not None and self.host is not None:
+            raise ValueError(
+                "both CIRA_DB_URL and CIRA_DB_HOST are set; set one of them, not both"
+            )
+        if (
+            self.pool_min_size is not None
+            and self.pool_max_size is not None
+            and self.pool_min_size > self.pool_max_size
+        ):
+            raise ValueError("CIRA_DB_POOL_MIN_SIZE is larger than CIRA_DB_POOL_MAX_SIZE")
+        return self
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def load(cls, **overrides: Any) -> DatabaseSettings:
+        """Build settings from the environment plus ``overrides``.
+
+        Raises `ConfigurationError` naming the variable to fix, never a
+        pydantic error (whose input echo could hold a password).
+        """
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except PydanticValidationError as exc:
+            raise ConfigurationError(_describe_pydantic_error(exc)) from None
+
+    # -- derived values -----------------------------------------------------
+
+    def conninfo_dict(self, *, for_migrations: bool = False) -> dict[str, Any]:
+        """The keyword arguments for `psycopg.connect` (password included).
+
+        Never log the result: it holds the credentials.
+        """
+        source = self.migration_url if for_migrations and self.migration_url else self.url
+        params: dict[str, Any]
+        if source is not None:
+            try:
+                params = dict(conninfo_to_dict(source.get_secret_value()))
+            except psycopg.ProgrammingError:
+                raise ConfigurationError(
+                    "CIRA_DB_URL is not a valid PostgreSQL URL or conninfo string"
+                ) from None
+        elif self.host is not None:
+            params = {"host": self.host, "port": str(self.port)}
+            if self.dbname:
+                params["dbname"] = self.dbname
+            if self.user:
+                params["user"] = self.user
+            if self.password is not None:
+                params["password"] = self.password.get_secret_value()
+        else:
+            raise ConfigurationError(
+                "no database configured: set CIRA_DB_URL, or CIRA_DB_HOST "
+                "(with CIRA_DB_DBNAME, CIRA_DB_USER, CIRA_DB_PASSWORD), or pass a URL"
+            )
+        if self.dbname and source is not None:
+            params["dbname"] = self.dbname
+        if self.user and source is not None:
+            params["user"] = self.user
+        if self.password is not None and source is not None:
+            params["password"] = self.password.get_secret_value()
+
+        host = params.get("host")
+        local = is_local_host(host if isinstance(host, str) else None)
+        explicit = self.sslmode or params.get("sslmode")
+        if explicit is None:
+            if not local:
+                params["sslmode"] = "verify-full"
+        else:
+            params["sslmode"] = explicit
+            if (
+                not local
+                and explicit not in _VERIFIED_MODES
+                and not self.allow_unverified_tls
+            ):
+                raise ConfigurationError(
+                    f"sslmode={explicit} does not verify the server of a remote host; "
+                    "use verify-full, or set CIRA_DB_ALLOW_UNVERIFIED_TLS=true to accept it"
+                )
+        if self.sslrootcert:
+            params["sslrootcert"] = self.sslrootcert
+        params.setdefault("application_name", self.application_name)
+        params.setdefault("connect_timeout", str(self.connect_timeout))
+        return params
+
+    def pool_sizes(self) -> tuple[int, int]:
+        """(min_size, max_size) after applying the Lambda-aware defaults."""
+        lam = running_in_lambda()
+        max_size = self.pool_max_size if self.pool_max_size is not None else (1 if lam else 4)
+        default_min = 0 if lam else 1
+        min_size = self.pool_min_size if self.pool_min_size is not None else default_min
+        return min(min_size, max_size), max_size
+
+    def behind_proxy(self) -> bool:
+        """True when a transaction pooler is configured or detected by host name."""
+        if self.via_proxy is not None:
+            return self.via_proxy
+        host = self.conninfo_dict().get("host")
+        return isinstance(host, str) and any(
+            _PROXY_HOST.match(h.strip().rstrip(".").lower()) for h in host.split(",")
+        )
+
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold``: None disables server-side prepares."""
+        if self.prepare_statements is None:
+            return None if (self.behind_proxy() or running_in_lambda()) else 5
+        return 5 if self.prepare_statements else None
+
+    def describe(self, *, for_migrations: bool = False) -> str:
+        """A one-line description of the target that holds no secret."""
+        params = self.conninfo_dict(for_migrations=for_migrations)
+        host = params.get("host") or "(default socket)"
+        port = params.get("port") or "5432"
+        user = params.get("user") or "(default user)"
+        dbname = params.get("dbname") or user
+        sslmode = params.get("sslmode", "prefer")
+        return f"{user}@{host}:{port}/{dbname} sslmode={sslmode}"
+
+
+def _describe_pydantic_error(exc: PydanticValidationError) -> str:
+    parts: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(item) for item in error.get("loc", ()) if item != "__root__"]
+        message = str(error.get("msg", "invalid value"))
+        message = message.removeprefix("Value error, ")
+        if loc:
+            variable = _ENV_PREFIX + loc[0].upper()
+            parts.append(f"{variable}: {message}")
+        else:
+            parts.append(message)
+    return "invalid settings: " + "; ".join(parts)
+
+
+def running_in_lambda() -> bool:
+    """True inside an AWS Lambda execution environment."""
+    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ

@@ -1,0 +1,83 @@
+"""Errors raised on purpose by cira_db.
+
+Every error the library raises deliberately derives from `CiraDbError`; a
+database error is never passed to callers raw: it is wrapped in one of these,
+with a message that holds no SQL parameters, passwords or tokens, and the
+original exception chained as ``__cause__``.
+
+The tree::
+
+    CiraDbError
+    ├── ValidationError (also a ValueError)    bad input, field named, nothing written
+    ├── NotFoundError                          missing, or another client's row
+    ├── InvalidTransitionError                 illegal status move, nothing changed
+    ├── ConflictError                          same id, different content
+    ├── DatabaseUnavailableError               transient failure that survived retries
+    ├── DatabaseError                          any other database failure
+    ├── ConfigurationError                     settings missing or contradictory
+    └── MigrationError                         history drift, lock timeout, failed migration
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CiraDbError",
+    "ConfigurationError",
+    "ConflictError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "InvalidTransitionError",
+    "MigrationError",
+    "NotFoundError",
+    "ValidationError",
+]
+
+
+class CiraDbError(Exception):
+    """Base class of every error cira_db raises on purpose."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+
+class ValidationError(CiraDbError, ValueError):
+    """An input value was rejected before any SQL ran; nothing was written.
+
+    ``field`` names the offending argument (``"pdf_url"``, ``"cursor"``, ...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class NotFoundError(CiraDbError):
+    """The row does not exist, or belongs to another client.
+
+    The two cases are indistinguishable on purpose, so a caller cannot probe
+    for other clients' ids.
+    """
+
+
+class InvalidTransitionError(CiraDbError):
+    """The job is not in a state that allows this move; nothing was changed."""
+
+
+class ConflictError(CiraDbError):
+    """A row with this id exists already with different content."""
+
+
+class DatabaseUnavailableError(CiraDbError):
+    """The database could not be reached, or a transient failure survived the retries."""
+
+
+class DatabaseError(CiraDbError):
+    """The database refused the operation for a reason that is not transient."""
+
+
+class ConfigurationError(CiraDbError):
+    """Connection settings are missing or contradict each other."""
+
+
+class MigrationError(CiraDbError):
+    """A migration could not run, or the recorded history does not match the package."""

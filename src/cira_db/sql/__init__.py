@@ -1,0 +1,1 @@
+"""SQL resources of cira_db: named queries and migrations (data only)."""

