@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,10 +16,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _clean_cira_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_cira_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CIRA_DB_* setting leaks in from the shell or from one test into another."""
     for name in list(os.environ):
         if name.startswith("CIRA_DB_") and name != "CIRA_DB_TEST_URL":
             monkeypatch.delenv(name)
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
-    yield

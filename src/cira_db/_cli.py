@@ -109,7 +109,7 @@ def _cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from cira_db._demo import run_demo  # noqa: PLC0415 - needs the optional embedded server
+    from cira_db._demo import run_demo
 
     return run_demo(directory=args.dir, keep_running=args.keep, url=args.url, out=out)
 
@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply pending migrations")
     migrate.add_argument("--to", type=_version, help="stop after this version")
-    migrate.add_argument("--dry-run", action="store_true", help="list what would run; change nothing")
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="list what would run; change nothing"
+    )
     migrate.add_argument(
         "--check", action="store_true", help="exit 1 when migrations are pending or history drifted"
     )

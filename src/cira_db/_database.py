@@ -119,9 +119,7 @@ class Database:
     def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:
         kwargs: dict[str, Any] = self._settings.conninfo_dict(for_migrations=for_migrations)
         kwargs["autocommit"] = True
-        kwargs["prepare_threshold"] = (
-            None if for_migrations else self._settings.prepare_threshold()
-        )
+        kwargs["prepare_threshold"] = None if for_migrations else self._settings.prepare_threshold()
         return kwargs
 
     def connect_direct(self, *, for_migrations: bool = False) -> psycopg.Connection[Any]:

