@@ -108,6 +108,21 @@ def _cmd_baseline(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    from cira_db._doctor import run_checks
+
+    findings = run_checks(_database(args))
+    for finding in findings:
+        mark = "ok  " if finding.ok else "FAIL"
+        print(f"{mark} {finding.name:<11} {finding.detail}", file=out)
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        first = failed[0]
+        print(f"cira-db: error: {first.name}: {first.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from cira_db._demo import run_demo
 
@@ -157,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline", help="adopt a database created by the story's schema.sql"
     )
     baseline.set_defaults(handler=_cmd_baseline)
+
+    check = commands.add_parser(
+        "check", help="doctor: reach, TLS, server version, pooler, latency, pool, migrations"
+    )
+    check.set_defaults(handler=_cmd_check)
 
     demo = commands.add_parser(
         "demo", help="start an embedded PostgreSQL 16, migrate it and show what happened"

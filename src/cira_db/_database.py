@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import wrap_errors
+from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings
 from cira_db.errors import ConfigurationError
 
-__all__ = ["Database"]
+__all__ = ["Connection", "Database"]
+
+T = TypeVar("T")
+Connection = psycopg.Connection[Any]
 
 
 class Database:
@@ -28,6 +33,10 @@ class Database:
 
     Connections handed out are in autocommit mode, so a single statement costs
     one round trip; use `transaction` to group statements.
+
+    ``secrets_client`` and ``rds_client`` are optional boto3 clients to use for
+    ``CIRA_DB_SECRET_ARN`` and ``CIRA_DB_IAM_AUTH`` (by default they are made on
+    first use).
     """
 
     def __init__(
@@ -36,6 +45,8 @@ class Database:
         *,
         settings: DatabaseSettings | None = None,
         pool: bool = True,
+        secrets_client: Any = None,
+        rds_client: Any = None,
         **overrides: Any,
     ) -> None:
         if settings is not None and (url is not None or overrides):
@@ -44,8 +55,19 @@ class Database:
             settings = DatabaseSettings.load(url=url, **overrides)
         self._settings = settings
         self._use_pool = pool
-        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool: ConnectionPool[Connection] | None = None
         self._lock = threading.Lock()
+        self._secret = (
+            SecretProvider(settings.secret_arn, region=settings.aws_region, client=secrets_client)
+            if settings.secret_arn
+            else None
+        )
+        self._rds_client = rds_client
+        self._retry = RetryPolicy(
+            attempts=settings.retry_attempts,
+            backoff=settings.retry_backoff,
+            backoff_max=settings.retry_backoff_max,
+        )
 
     @classmethod
     def from_env(cls, *, pool: bool = True, **overrides: Any) -> Self:
@@ -61,6 +83,11 @@ class Database:
     def is_open(self) -> bool:
         """True between `open` and `close` for a pooled database."""
         return self._pool is not None
+
+    @property
+    def pool(self) -> ConnectionPool[Connection] | None:
+        """The psycopg pool while open (for its ``get_stats()``), else None."""
+        return self._pool
 
     def __repr__(self) -> str:
         try:
@@ -79,24 +106,32 @@ class Database:
         with self._lock:
             if self._pool is not None:
                 return
+            self._settings.conninfo_dict()  # configuration errors surface here, not in a worker
             min_size, max_size = self._settings.pool_sizes()
-            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-                kwargs=self._connect_kwargs(),
+            pool: ConnectionPool[Connection] = ConnectionPool(
+                kwargs=self._connect_kwargs,
+                connection_class=self._connection_class(),
                 min_size=min_size,
                 max_size=max_size,
                 timeout=self._settings.pool_timeout,
                 max_lifetime=self._settings.pool_max_lifetime,
                 max_idle=self._settings.pool_max_idle,
+                reconnect_timeout=max(self._settings.pool_timeout * 3, 30.0),
+                num_workers=1 if max_size <= 2 else 2,
                 check=ConnectionPool.check_connection,
                 name="cira_db",
                 open=False,
             )
-            with wrap_errors("open the database pool"):
-                pool.open(wait=wait and min_size > 0, timeout=self._settings.pool_timeout)
+            try:
+                with wrap_errors("open the database pool"):
+                    pool.open(wait=wait and min_size > 0, timeout=self._settings.pool_timeout)
+            except BaseException:
+                pool.close(timeout=0)
+                raise
             self._pool = pool
 
     def close(self) -> None:
-        """Close the pool; calling it twice is harmless."""
+        """Close the pool without waiting for anything; calling it twice is harmless."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -114,21 +149,68 @@ class Database:
     ) -> None:
         self.close()
 
-    # -- connections --------------------------------------------------------
+    # -- credentials ----------------------------------------------------------
 
     def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:
-        kwargs: dict[str, Any] = self._settings.conninfo_dict(for_migrations=for_migrations)
+        """Everything psycopg.connect needs; evaluated for every new connection."""
+        secret = self._secret.get() if self._secret is not None else None
+        kwargs: dict[str, Any] = self._settings.conninfo_dict(
+            for_migrations=for_migrations, secret=secret
+        )
+        if self._settings.iam_auth:
+            user = kwargs.get("user")
+            host = kwargs.get("host")
+            if not user or not host:
+                raise ConfigurationError(
+                    "IAM authentication needs a user and a host: set CIRA_DB_USER and CIRA_DB_HOST"
+                )
+            kwargs["password"] = iam_token(
+                host=str(host),
+                port=int(kwargs.get("port") or 5432),
+                user=str(user),
+                region=self._settings.aws_region,
+                client=self._rds_client,
+            )
         kwargs["autocommit"] = True
         kwargs["prepare_threshold"] = None if for_migrations else self._settings.prepare_threshold()
         return kwargs
 
-    def connect_direct(self, *, for_migrations: bool = False) -> psycopg.Connection[Any]:
+    def _refresh_credentials(self) -> bool:
+        """After an authentication failure: re-fetch a rotated secret. True if worth retrying."""
+        return self._secret.refresh() if self._secret is not None else False
+
+    def _connection_class(self) -> type[Connection]:
+        """A Connection class whose connect() retries once after a secret rotation."""
+        database = self
+
+        class _Connection(psycopg.Connection[Any]):
+            @classmethod
+            def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                try:
+                    return super().connect(conninfo, **kwargs)
+                except psycopg.OperationalError as exc:
+                    if not (is_auth_failure(exc) and database._refresh_credentials()):
+                        raise
+                kwargs.update(database._connect_kwargs())
+                return super().connect(conninfo, **kwargs)
+
+        return _Connection
+
+    # -- connections --------------------------------------------------------
+
+    def connect_direct(self, *, for_migrations: bool = False) -> Connection:
         """A new connection outside the pool, in autocommit mode; the caller closes it."""
         with wrap_errors("connect to the database"):
+            kwargs = self._connect_kwargs(for_migrations=for_migrations)
+            try:
+                return psycopg.connect(**kwargs)
+            except psycopg.OperationalError as exc:
+                if not (is_auth_failure(exc) and self._refresh_credentials()):
+                    raise
             return psycopg.connect(**self._connect_kwargs(for_migrations=for_migrations))
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> Iterator[Connection]:
         """A connection in autocommit mode, returned to the pool afterwards."""
         if not self._use_pool:
             conn = self.connect_direct()
@@ -146,7 +228,21 @@ class Database:
             yield conn
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def transaction(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed on success, rolled back on error."""
         with self.connection() as conn, conn.transaction():
             yield conn
+
+    def run(self, operation: str, work: Callable[[Connection], T], *, idempotent: bool) -> T:
+        """Run ``work`` on a pooled connection, retrying transient failures if idempotent.
+
+        ``work`` must be safe to repeat when ``idempotent`` is true: a read, a
+        create by a caller-chosen id, or a transaction it opens itself. psycopg
+        errors come out as cira_db errors named after ``operation``.
+        """
+
+        def once() -> T:
+            with self.connection() as conn:
+                return work(conn)
+
+        return call_with_retries(self._retry, operation, once, idempotent=idempotent)

@@ -15,6 +15,7 @@ import psycopg
 import psycopg.errors as pg_errors
 import psycopg_pool
 
+from cira_db._aws_auth import is_auth_failure
 from cira_db.errors import (
     CiraDbError,
     DatabaseError,
@@ -45,6 +46,8 @@ def is_transient(exc: BaseException) -> bool:
         return isinstance(exc, psycopg_pool.PoolTimeout)
     if not isinstance(exc, psycopg.Error):
         return False
+    if is_auth_failure(exc):
+        return False  # wrong credentials do not fix themselves
     state = exc.sqlstate
     if state is None:
         # Client-side failure: socket closed, SSL EOF, connect timeout.
@@ -62,6 +65,16 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
         return DatabaseError(f"{operation}: the Database is closed; open it first")
     state = exc.sqlstate or "no SQLSTATE"
     kind = type(exc).__name__
+    if is_auth_failure(exc):
+        return DatabaseError(
+            f"{operation}: the server refused the credentials (authentication failed); "
+            "check the user and password, CIRA_DB_SECRET_ARN or the IAM policy"
+        )
+    if "ssl" in str(exc).lower() or "certificate" in str(exc).lower():
+        return DatabaseUnavailableError(
+            f"{operation}: TLS handshake or certificate check failed ({kind}); check "
+            "CIRA_DB_SSLMODE, CIRA_DB_SSLROOTCERT and that the host name matches the certificate"
+        )
     if is_transient(exc):
         return DatabaseUnavailableError(f"{operation}: database unavailable ({kind}, {state})")
     if isinstance(exc, pg_errors.QueryCanceled):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
+import tempfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -73,6 +78,17 @@ class DatabaseSettings(BaseSettings):
     user: str | None = None
     password: SecretStr | None = None
 
+    secret_arn: str | None = Field(
+        default=None,
+        description="Secrets Manager secret (RDS JSON: username, password, host, port, dbname).",
+    )
+    iam_auth: bool = Field(
+        default=False, description="Authenticate with an RDS IAM token made per new connection."
+    )
+    aws_region: str | None = Field(
+        default=None, description="Region for Secrets Manager and IAM tokens; default AWS_REGION."
+    )
+
     migration_url: SecretStr | None = Field(
         default=None,
         description="Direct (not pooled) URL for the migrator, when `url` points at a pooler.",
@@ -88,8 +104,20 @@ class DatabaseSettings(BaseSettings):
         description="Permit an sslmode weaker than verify-full for a non-local host.",
     )
 
-    application_name: str = "cira_db"
+    application_name: str = Field(default="cira_db", pattern=r"^[A-Za-z0-9_.:@/ -]{0,63}$")
     connect_timeout: int = Field(default=10, ge=1)
+    statement_timeout: str | None = Field(
+        default=None,
+        pattern=r"^\d+(ms|s|min|h)?$",
+        description="statement_timeout for direct connections, e.g. '30s'. Behind a proxy, "
+        "set it on the role instead (ALTER ROLE ... SET statement_timeout).",
+    )
+
+    retry_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries for harmless calls, the first included."
+    )
+    retry_backoff: float = Field(default=0.05, ge=0, description="First backoff, seconds.")
+    retry_backoff_max: float = Field(default=2.0, ge=0, description="Backoff cap, seconds.")
 
     via_proxy: bool | None = Field(
         default=None,
@@ -122,6 +150,11 @@ class DatabaseSettings(BaseSettings):
     def _check_sources(self) -> DatabaseSettings:
         if self.url is not None and self.host is not None:
             raise ValueError("both CIRA_DB_URL and CIRA_DB_HOST are set; set one of them, not both")
+        if self.iam_auth and self.password is not None:
+            raise ValueError(
+                "CIRA_DB_IAM_AUTH and CIRA_DB_PASSWORD are both set; an IAM token replaces "
+                "the password, so unset CIRA_DB_PASSWORD"
+            )
         if (
             self.pool_min_size is not None
             and self.pool_max_size is not None
@@ -146,41 +179,52 @@ class DatabaseSettings(BaseSettings):
 
     # -- derived values -----------------------------------------------------
 
-    def conninfo_dict(self, *, for_migrations: bool = False) -> dict[str, Any]:
+    def conninfo_dict(
+        self, *, for_migrations: bool = False, secret: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The keyword arguments for `psycopg.connect` (password included).
 
-        Never log the result: it holds the credentials.
+        ``secret`` is the Secrets Manager JSON when ``secret_arn`` is set (the
+        `Database` fetches it; settings never call AWS). Never log the result:
+        it holds the credentials.
         """
-        source = self.migration_url if for_migrations and self.migration_url else self.url
-        params: dict[str, Any]
+        use_migration_url = for_migrations and self.migration_url is not None
+        source = self.migration_url if use_migration_url else self.url
+        params: dict[str, Any] = {}
         if source is not None:
             try:
                 params = dict(conninfo_to_dict(source.get_secret_value()))
             except psycopg.ProgrammingError:
+                variable = "CIRA_DB_MIGRATION_URL" if use_migration_url else "CIRA_DB_URL"
                 raise ConfigurationError(
-                    "CIRA_DB_URL is not a valid PostgreSQL URL or conninfo string"
+                    f"{variable} is not a valid PostgreSQL URL or conninfo string"
                 ) from None
         elif self.host is not None:
             params = {"host": self.host, "port": str(self.port)}
-            if self.dbname:
-                params["dbname"] = self.dbname
-            if self.user:
-                params["user"] = self.user
-            if self.password is not None:
-                params["password"] = self.password.get_secret_value()
-        else:
+        elif self.secret_arn is None:
             raise ConfigurationError(
                 "no database configured: set CIRA_DB_URL, or CIRA_DB_HOST "
-                "(with CIRA_DB_DBNAME, CIRA_DB_USER, CIRA_DB_PASSWORD), or pass a URL"
+                "(with CIRA_DB_DBNAME, CIRA_DB_USER, CIRA_DB_PASSWORD), or CIRA_DB_SECRET_ARN, "
+                "or pass a URL"
             )
-        if self.dbname and source is not None:
-            params["dbname"] = self.dbname
-        if self.user and source is not None:
-            params["user"] = self.user
-        if self.password is not None and source is not None:
-            params["password"] = self.password.get_secret_value()
+        if not use_migration_url:
+            for key, value in (("dbname", self.dbname), ("user", self.user)):
+                if value:
+                    params[key] = value
+            if self.password is not None:
+                params["password"] = self.password.get_secret_value()
+        if secret is not None and not use_migration_url:
+            _merge_secret(params, secret, direct=for_migrations and self.behind_proxy())
+        self._apply_tls(params)
+        self._apply_options(params, for_migrations=for_migrations)
+        params.setdefault("application_name", self.application_name)
+        params.setdefault("connect_timeout", str(self.connect_timeout))
+        return params
 
+    def _apply_tls(self, params: dict[str, Any]) -> None:
         host = params.get("host")
+        if host is None and self.secret_arn is not None:
+            host = "(host from secret)"  # not known yet: treat as remote
         local = is_local_host(host if isinstance(host, str) else None)
         explicit = self.sslmode or params.get("sslmode")
         if explicit is None:
@@ -195,9 +239,28 @@ class DatabaseSettings(BaseSettings):
                 )
         if self.sslrootcert:
             params["sslrootcert"] = self.sslrootcert
-        params.setdefault("application_name", self.application_name)
-        params.setdefault("connect_timeout", str(self.connect_timeout))
-        return params
+        elif params.get("sslmode") == "verify-full" and "sslrootcert" not in params:
+            params["sslrootcert"] = default_ca_bundle()
+        if self.iam_auth and params.get("sslmode") in (None, "disable", "allow", "prefer"):
+            raise ConfigurationError(
+                "IAM authentication needs TLS: set CIRA_DB_SSLMODE=verify-full (or require)"
+            )
+
+    def _apply_options(self, params: dict[str, Any], *, for_migrations: bool) -> None:
+        behind_proxy = self.behind_proxy() and not (for_migrations and self.migration_url)
+        if behind_proxy and params.get("options"):
+            raise ConfigurationError(
+                "the URL passes options=..., which RDS Proxy refuses ('command-line options "
+                "not supported'); set such parameters on the role (ALTER ROLE ... SET ...)"
+            )
+        if self.statement_timeout and not for_migrations:
+            if behind_proxy:
+                raise ConfigurationError(
+                    "CIRA_DB_STATEMENT_TIMEOUT cannot be sent through a transaction pooler "
+                    "(RDS Proxy refuses startup options and SET pins sessions); set it on the "
+                    "role instead: ALTER ROLE <user> SET statement_timeout = '30s'"
+                )
+            params["options"] = f"-c statement_timeout={self.statement_timeout}"
 
     def pool_sizes(self) -> tuple[int, int]:
         """(min_size, max_size) after applying the Lambda-aware defaults."""
@@ -211,7 +274,12 @@ class DatabaseSettings(BaseSettings):
         """True when a transaction pooler is configured or detected by host name."""
         if self.via_proxy is not None:
             return self.via_proxy
-        host = self.conninfo_dict().get("host")
+        host: Any = self.host
+        if self.url is not None:
+            try:
+                host = conninfo_to_dict(self.url.get_secret_value()).get("host")
+            except psycopg.ProgrammingError:
+                return False
         return isinstance(host, str) and any(
             _PROXY_HOST.match(h.strip().rstrip(".").lower()) for h in host.split(",")
         )
@@ -225,10 +293,11 @@ class DatabaseSettings(BaseSettings):
     def describe(self, *, for_migrations: bool = False) -> str:
         """A one-line description of the target that holds no secret."""
         params = self.conninfo_dict(for_migrations=for_migrations)
-        host = params.get("host") or "(default socket)"
+        from_secret = "(from secret)" if self.secret_arn else None
+        host = params.get("host") or from_secret or "(default socket)"
         port = params.get("port") or "5432"
-        user = params.get("user") or "(default user)"
-        dbname = params.get("dbname") or user
+        user = params.get("user") or from_secret or "(default user)"
+        dbname = params.get("dbname") or from_secret or user
         sslmode = params.get("sslmode", "prefer")
         return f"{user}@{host}:{port}/{dbname} sslmode={sslmode}"
 
@@ -245,6 +314,43 @@ def _describe_pydantic_error(exc: PydanticValidationError) -> str:
         else:
             parts.append(message)
     return "invalid settings: " + "; ".join(parts)
+
+
+def _merge_secret(params: dict[str, Any], secret: Mapping[str, Any], *, direct: bool) -> None:
+    """Fill credentials (and, where not configured, the target) from an RDS secret.
+
+    The secret's ``host`` is the database instance, not the proxy: it is used
+    when no host is configured, or for the migrator's direct connection.
+    """
+    username, password = secret.get("username"), secret.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ConfigurationError(
+            "the secret named by CIRA_DB_SECRET_ARN has no string 'username' and 'password'"
+        )
+    params["user"] = username
+    params["password"] = password
+    if secret.get("host") and ("host" not in params or direct):
+        params["host"] = str(secret["host"])
+        if secret.get("port"):
+            params["port"] = str(int(secret["port"]))
+    if "dbname" not in params:
+        params["dbname"] = str(secret.get("dbname") or "postgres")
+
+
+@functools.cache
+def default_ca_bundle() -> str:
+    """Path of the packaged Amazon Trust Services roots (RDS Proxy's certificates chain to them).
+
+    A direct RDS instance endpoint needs the RDS CA bundle instead: set
+    ``CIRA_DB_SSLROOTCERT`` to it (docs/connections.md).
+    """
+    resource = resources.files("cira_db.certs").joinpath("amazon-trust-roots.pem")
+    if isinstance(resource, Path) and resource.is_file():
+        return str(resource)
+    # Imported from a zip: libpq needs a real file, so extract it once.
+    target = Path(tempfile.gettempdir()) / f"cira_db-{os.getpid()}-amazon-trust-roots.pem"
+    target.write_bytes(resource.read_bytes())
+    return str(target)
 
 
 def running_in_lambda() -> bool:

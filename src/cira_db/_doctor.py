@@ -1,0 +1,133 @@
+"""``cira-db check``: is the database reachable, safely, and up to date?"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cira_db._database import Database
+from cira_db.errors import CiraDbError
+from cira_db.migrations import Migrator
+
+__all__ = ["Finding", "run_checks"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(db: Database, *, samples: int = 5) -> list[Finding]:
+    """Check reach, server, TLS, pooler, latency, pool settings and migrations.
+
+    Stops after the first failure that makes the rest meaningless (no
+    connection). Nothing here prints a password or token.
+    """
+    settings = db.settings
+    findings = [Finding("target", True, settings.describe())]
+    started = time.perf_counter()
+    try:
+        conn = db.connect_direct()
+    except CiraDbError as exc:
+        findings.append(Finding("reach", False, str(exc)))
+        return findings
+    try:
+        connect_ms = (time.perf_counter() - started) * 1000
+        findings.append(Finding("reach", True, f"connected in {connect_ms:.0f} ms"))
+        findings.append(Finding("server", True, _server_version(conn)))
+        findings.append(_tls(conn, settings.conninfo_dict().get("sslmode")))
+        findings.append(_pooler(conn, db))
+        findings.append(_latency(conn, samples))
+    finally:
+        conn.close()
+    findings.append(_pool(db))
+    findings.append(_migrations(db))
+    return findings
+
+
+def _server_version(conn: Any) -> str:
+    row = conn.execute("SELECT current_setting('server_version'), current_user").fetchone()
+    return f"PostgreSQL {row[0]} as {row[1]}"
+
+
+def _tls(conn: Any, sslmode: str | None) -> Finding:
+    pgconn = conn.pgconn
+    if not pgconn.ssl_in_use:
+        local = sslmode in (None, "disable", "allow", "prefer")
+        detail = "not in use" + (" (local connection)" if local else "")
+        return Finding("tls", local, detail)
+    protocol = (pgconn.ssl_attribute("protocol") or "TLS").strip()
+    cipher = pgconn.ssl_attribute("cipher") or "?"
+    verified = sslmode == "verify-full"
+    how = "certificate and host name verified" if verified else f"NOT verified (sslmode={sslmode})"
+    return Finding("tls", verified, f"{protocol} {cipher}, {how}")
+
+
+def _pooler(conn: Any, db: Database) -> Finding:
+    # A transaction pooler hands consecutive transactions to different server
+    # sessions; a direct connection always shows the same backend.
+    pids = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(4)}
+    observed = len(pids) > 1
+    configured = db.settings.behind_proxy()
+    prepared = "off" if db.settings.prepare_threshold() is None else "on"
+    if observed and prepared == "on":
+        return Finding(
+            "pooler",
+            False,
+            "a transaction pooler answers but server-side prepared statements are on; "
+            "set CIRA_DB_VIA_PROXY=true",
+        )
+    seen = "observed" if observed else "not observed"
+    return Finding(
+        "pooler",
+        True,
+        f"configured={'yes' if configured else 'no'}, switching backends {seen}, "
+        f"prepared statements {prepared}",
+    )
+
+
+def _latency(conn: Any, samples: int) -> Finding:
+    times: list[float] = []
+    for _ in range(max(samples, 1)):
+        started = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        times.append((time.perf_counter() - started) * 1000)
+    return Finding(
+        "latency",
+        True,
+        f"round trip median {statistics.median(times):.2f} ms, max {max(times):.2f} ms "
+        f"({len(times)} samples)",
+    )
+
+
+def _pool(db: Database) -> Finding:
+    s = db.settings
+    low, high = s.pool_sizes()
+    return Finding(
+        "pool",
+        True,
+        f"min {low}, max {high}, wait {s.pool_timeout:g} s, max_lifetime "
+        f"{s.pool_max_lifetime:g} s, max_idle {s.pool_max_idle:g} s, "
+        f"retries {s.retry_attempts - 1}",
+    )
+
+
+def _migrations(db: Database) -> Finding:
+    try:
+        migrator = Migrator(db)
+        problems = migrator.problems()
+        statuses = migrator.status()
+    except CiraDbError as exc:
+        return Finding("migrations", False, str(exc))
+    if problems:
+        return Finding("migrations", False, "; ".join(problems))
+    pending = [f"{s.version:04d}_{s.name}" for s in statuses if not s.applied]
+    if pending:
+        return Finding("migrations", False, f"{len(pending)} pending: {', '.join(pending)}")
+    return Finding("migrations", True, f"up to date ({len(statuses)} applied)")

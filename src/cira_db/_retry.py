@@ -1,0 +1,86 @@
+"""Retries with capped exponential backoff and full jitter, for harmless work only.
+
+Only work that is safe to repeat goes through `call_with_retries` with
+``idempotent=True``: reads, creates by a caller-chosen id, and transactions the
+library opens and owns (a failed transaction left nothing behind). Anything
+else gets one try; its failure surfaces as a cira_db error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg
+import psycopg_pool
+
+from cira_db._errors_map import is_transient, translate
+from cira_db.errors import DatabaseUnavailableError
+
+__all__ = ["RetryPolicy", "call_with_retries"]
+
+T = TypeVar("T")
+_log = logging.getLogger("cira_db.retry")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to repeat harmless work."""
+
+    attempts: int = 3
+    backoff: float = 0.05
+    backoff_max: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        """Seconds to sleep before retry number ``retry`` (1-based), with full jitter."""
+        ceiling = min(self.backoff_max, self.backoff * (2 ** (retry - 1)))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return False  # the pool already waited its full timeout
+    if isinstance(exc, DatabaseUnavailableError):
+        cause = exc.__cause__
+        return cause is not None and _retryable(cause)
+    return is_transient(exc)
+
+
+def call_with_retries(
+    policy: RetryPolicy,
+    operation: str,
+    work: Callable[[], T],
+    *,
+    idempotent: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``work``; repeat it after transient failures when ``idempotent``.
+
+    psycopg errors that escape are translated into cira_db errors with
+    ``operation`` in the message and the original as ``__cause__``.
+    """
+    tries = policy.attempts if idempotent else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return work()
+        except (psycopg.Error, DatabaseUnavailableError) as exc:
+            if attempt < tries and _retryable(exc):
+                pause = policy.delay(attempt)
+                _log.warning(
+                    "%s: transient failure (%s), retry %d of %d in %.0f ms",
+                    operation,
+                    type(exc).__name__,
+                    attempt,
+                    tries - 1,
+                    pause * 1000,
+                )
+                sleep(pause)
+                continue
+            if isinstance(exc, psycopg.Error):
+                raise translate(exc, operation) from exc
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Certificate bundles shipped with cira_db (data only)."""

@@ -1,0 +1,57 @@
+"""cira-db check (cira_db._doctor) against real servers."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from cira_db import Database
+from cira_db._cli import main
+from cira_db._doctor import run_checks
+
+
+def check(url: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["--url", url, "check"], out=out)
+    return code, out.getvalue()
+
+
+def test_healthy_database_passes_every_check(cira_db_url: str) -> None:
+    code, output = check(cira_db_url)
+    assert code == 0, output
+    names = [line.split()[1] for line in output.splitlines()]
+    assert names == ["target", "reach", "server", "tls", "pooler", "latency", "pool", "migrations"]
+    assert "up to date (2 applied)" in output
+    assert "PostgreSQL 1" in output
+    assert "FAIL" not in output
+
+
+def test_pending_migrations_fail_the_check(
+    cira_db_empty_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = check(cira_db_empty_url)
+    assert code == 1
+    assert "FAIL migrations  2 pending: 0001_initial_schema, 0002_hardening" in output
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cira-db: error: migrations: 2 pending: 0001_initial_schema, 0002_hardening"]
+
+
+def test_unreachable_server_fails_at_reach_and_hides_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, output = check("postgresql://app:Sup3r-s3cret@127.0.0.1:1/cira?connect_timeout=2")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAIL reach" in output
+    assert "Sup3r-s3cret" not in output + err
+    assert "app@127.0.0.1:1/cira" in output
+
+
+def test_findings_report_pool_settings(cira_db_url: str) -> None:
+    db = Database(cira_db_url, pool_max_size=7, pool_timeout=3)
+    findings = {f.name: f for f in run_checks(db)}
+    assert "max 7" in findings["pool"].detail
+    assert "wait 3 s" in findings["pool"].detail
+    assert findings["pooler"].ok
+    assert "switching backends not observed" in findings["pooler"].detail
