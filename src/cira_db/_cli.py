@@ -91,7 +91,7 @@ def _cmd_rollback(args: argparse.Namespace, out: TextIO) -> int:
         print(f"nothing to roll back: the database is at or below {args.to}", file=out)
     elif args.dry_run:
         for migration in plan:
-            print(f"would roll back {migration.filename}", file=out)
+            print(f"would roll back {migration.down_filename or migration.filename}", file=out)
         print("dry run: nothing changed", file=out)
     else:
         print(f"rolled back {len(plan)} migration(s); now at version {args.to}", file=out)

@@ -93,7 +93,7 @@ class Database:
         try:
             target = self._settings.describe()
         except ConfigurationError:
-            target = "(unconfigured)"
+            target = "(invalid or incomplete settings)"
         state = "open" if self.is_open else "closed"
         return f"<Database {target} pool={self._use_pool} {state}>"
 

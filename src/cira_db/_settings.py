@@ -67,6 +67,7 @@ class DatabaseSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,
+        env_ignore_empty=True,
     )
 
     url: SecretStr | None = Field(
@@ -172,8 +173,14 @@ class DatabaseSettings(BaseSettings):
         Raises `ConfigurationError` naming the variable to fix, never a
         pydantic error (whose input echo could hold a password).
         """
+        values = {k: v for k, v in overrides.items() if v is not None}
+        # An explicit target replaces the environment's, rather than clashing with it.
+        if "url" in values:
+            values.setdefault("host", None)
+        elif "host" in values:
+            values.setdefault("url", None)
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            return cls(**values)
         except PydanticValidationError as exc:
             raise ConfigurationError(_describe_pydantic_error(exc)) from None
 
@@ -207,6 +214,13 @@ class DatabaseSettings(BaseSettings):
                 "(with CIRA_DB_DBNAME, CIRA_DB_USER, CIRA_DB_PASSWORD), or CIRA_DB_SECRET_ARN, "
                 "or pass a URL"
             )
+        port = params.get("port")
+        if port is not None and not all(
+            not p.strip() or (p.strip().isdigit() and 1 <= int(p) <= 65535)
+            for p in str(port).split(",")
+        ):
+            variable = "CIRA_DB_MIGRATION_URL" if use_migration_url else "CIRA_DB_URL"
+            raise ConfigurationError(f"{variable} has an invalid port: use 1..65535")
         if not use_migration_url:
             for key, value in (("dbname", self.dbname), ("user", self.user)):
                 if value:

@@ -19,6 +19,7 @@ __all__ = ["Query", "load_queries", "query"]
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$", re.MULTILINE)
 _PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
+_ANY_HEADER = re.compile(r"^--\s*name\s*:.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class Query:
 def parse_queries(text: str, *, source: str) -> dict[str, Query]:
     """Split ``text`` into named queries; duplicate or empty names are errors."""
     queries: dict[str, Query] = {}
+    for line in _ANY_HEADER.finditer(text):
+        if not _HEADER.fullmatch(line.group(0)):
+            raise ValueError(f"{source}: malformed query header {line.group(0).strip()!r}")
     headers = list(_HEADER.finditer(text))
     if not headers:
         raise ValueError(f"{source}: no '-- name: ...' headers found")

@@ -1,0 +1,468 @@
+"""Connection settings: sources, TLS defaults, proxy and Lambda detection, secrecy.
+
+No database is needed: everything here is decided before a connection is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from pydantic import ValidationError as PydanticValidationError
+
+from cira_db import Database, DatabaseSettings
+from cira_db.errors import CiraDbError, ConfigurationError
+
+SECRET = "Zq7-s3cr3t-PW-8841"
+REMOTE = "db.example.com"
+PROXY = "name.proxy-abc123.us-east-1.rds.amazonaws.com"
+CUSTOM_PROXY = "x.endpoint.proxy-abc.eu-west-1.rds.amazonaws.com"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+WEAK_MODES = ("disable", "allow", "prefer", "require", "verify-ca")
+
+
+def remote_url(host: str = REMOTE, query: str = "") -> str:
+    return f"postgresql://app:{SECRET}@{host}:5432/cira{query}"
+
+
+def config_error(**kwargs: Any) -> ConfigurationError:
+    """The ConfigurationError raised by loading ``kwargs`` and deriving the conninfo."""
+    with pytest.raises(ConfigurationError) as info:
+        DatabaseSettings.load(**kwargs).conninfo_dict()
+    return info.value
+
+
+# -- sources: URL or host parts -------------------------------------------------------
+
+
+def test_url_is_parsed_into_connection_parameters() -> None:
+    params = DatabaseSettings.load(url=remote_url()).conninfo_dict()
+    assert params["host"] == REMOTE
+    assert params["port"] == "5432"
+    assert params["dbname"] == "cira"
+    assert params["user"] == "app"
+    assert params["password"] == SECRET
+    assert params["application_name"] == "cira_db"
+    assert params["connect_timeout"] == "10"
+
+
+def test_host_parts_build_the_connection_parameters() -> None:
+    settings = DatabaseSettings.load(
+        host=REMOTE, port=6543, dbname="cira", user="app", password=SECRET
+    )
+    params = settings.conninfo_dict()
+    assert params["host"] == REMOTE
+    assert params["port"] == "6543"
+    assert params["dbname"] == "cira"
+    assert params["user"] == "app"
+    assert params["password"] == SECRET
+
+
+def test_separate_fields_override_the_url_parts() -> None:
+    params = DatabaseSettings.load(
+        url="postgresql://someone@localhost/first", dbname="second", user="app", password=SECRET
+    ).conninfo_dict()
+    assert (params["dbname"], params["user"], params["password"]) == ("second", "app", SECRET)
+
+
+def test_url_and_host_together_are_refused_naming_both_variables() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        DatabaseSettings.load(url=remote_url(), host=REMOTE)
+    message = str(info.value)
+    assert "CIRA_DB_URL" in message
+    assert "CIRA_DB_HOST" in message
+    assert SECRET not in message
+
+
+def test_url_and_host_from_the_environment_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", remote_url())
+    monkeypatch.setenv("CIRA_DB_HOST", REMOTE)
+    with pytest.raises(ConfigurationError, match=r"CIRA_DB_URL.*CIRA_DB_HOST") as info:
+        DatabaseSettings.load()
+    assert SECRET not in str(info.value)
+
+
+def test_nothing_configured_says_which_variable_to_set() -> None:
+    error = config_error()
+    assert "CIRA_DB_URL" in str(error)
+    assert "CIRA_DB_HOST" in str(error)
+
+
+def test_empty_url_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", "")
+    with pytest.raises(ConfigurationError, match="CIRA_DB_URL"):
+        DatabaseSettings.load().conninfo_dict()
+
+
+def test_nothing_configured_database_fails_on_use_not_on_construction() -> None:
+    db = Database.from_env(pool=False)
+    assert "incomplete settings" in repr(db)
+    with pytest.raises(ConfigurationError, match="CIRA_DB_URL"):
+        db.connect_direct()
+
+
+def test_invalid_url_is_a_configuration_error_without_the_password() -> None:
+    error = config_error(url=f"postgresql://app:{SECRET}@{REMOTE}/cira?no_such_option=1")
+    assert "CIRA_DB_URL" in str(error)
+    assert SECRET not in str(error)
+    assert error.__cause__ is None
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_HOST", REMOTE)
+    monkeypatch.setenv("CIRA_DB_PORT", "6432")
+    monkeypatch.setenv("CIRA_DB_DBNAME", "cira")
+    monkeypatch.setenv("CIRA_DB_USER", "app")
+    monkeypatch.setenv("CIRA_DB_PASSWORD", SECRET)
+    monkeypatch.setenv("CIRA_DB_SSLROOTCERT", "/opt/certs/rds.pem")
+    monkeypatch.setenv("CIRA_DB_POOL_MAX_SIZE", "7")
+    monkeypatch.setenv("CIRA_DB_CONNECT_TIMEOUT", "3")
+    settings = DatabaseSettings.load()
+    params = settings.conninfo_dict()
+    assert params["host"] == REMOTE
+    assert params["port"] == "6432"
+    assert params["dbname"] == "cira"
+    assert params["user"] == "app"
+    assert params["password"] == SECRET
+    assert params["sslrootcert"] == "/opt/certs/rds.pem"
+    assert params["connect_timeout"] == "3"
+    assert settings.pool_sizes() == (1, 7)
+
+
+def test_url_environment_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", remote_url())
+    db = Database.from_env(pool=False)
+    assert db.settings.conninfo_dict()["host"] == REMOTE
+    assert "app@db.example.com:5432/cira" in repr(db)
+
+
+def test_arguments_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_HOST", "env.example.com")
+    monkeypatch.setenv("CIRA_DB_PORT", "1111")
+    settings = DatabaseSettings.load(host=REMOTE, port=2222)
+    assert settings.conninfo_dict()["host"] == REMOTE
+    assert settings.conninfo_dict()["port"] == "2222"
+
+
+def test_database_refuses_settings_and_url_together() -> None:
+    settings = DatabaseSettings.load(url=remote_url())
+    with pytest.raises(ConfigurationError, match="not both"):
+        Database(remote_url(), settings=settings)
+
+
+def test_unopened_pooled_database_refuses_connections() -> None:
+    db = Database(remote_url())
+    assert not db.is_open
+    with pytest.raises(ConfigurationError, match="not open"), db.connection():
+        pass  # pragma: no cover - never reached
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        remote_url(),
+        remote_url("10.0.0.12"),
+        remote_url("[2001:db8::1]"),
+        "postgresql://app@localhost,db.example.com/cira",
+    ],
+)
+def test_remote_hosts_default_to_verify_full(url: str) -> None:
+    assert DatabaseSettings.load(url=url).conninfo_dict()["sslmode"] == "verify-full"
+
+
+def test_remote_host_parts_default_to_verify_full() -> None:
+    assert DatabaseSettings.load(host=REMOTE).conninfo_dict()["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app@localhost/cira",
+        "postgresql://app@LOCALHOST./cira",
+        "postgresql://app@127.0.0.1/cira",
+        "postgresql://app@127.0.0.53/cira",
+        "postgresql://app@[::1]/cira",
+        "postgresql:///cira",
+        "postgresql:///cira?host=/var/run/postgresql",
+        "host=/tmp dbname=cira",
+        "postgresql://app@localhost,127.0.0.1/cira",
+    ],
+)
+def test_local_hosts_and_sockets_keep_libpq_default(url: str) -> None:
+    assert "sslmode" not in DatabaseSettings.load(url=url).conninfo_dict()
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "::1", "/var/run/postgresql"])
+def test_local_host_parts_keep_libpq_default(host: str) -> None:
+    assert "sslmode" not in DatabaseSettings.load(host=host).conninfo_dict()
+
+
+@pytest.mark.parametrize("mode", WEAK_MODES)
+def test_weaker_sslmode_for_a_remote_host_is_refused(mode: str) -> None:
+    error = config_error(url=remote_url(), sslmode=mode)
+    assert f"sslmode={mode}" in str(error)
+    assert "CIRA_DB_ALLOW_UNVERIFIED_TLS" in str(error)
+    assert SECRET not in str(error)
+
+
+@pytest.mark.parametrize("mode", WEAK_MODES)
+def test_weaker_sslmode_in_the_url_of_a_remote_host_is_refused(mode: str) -> None:
+    error = config_error(url=remote_url(query=f"?sslmode={mode}"))
+    assert f"sslmode={mode}" in str(error)
+    assert SECRET not in str(error)
+
+
+@pytest.mark.parametrize("mode", WEAK_MODES)
+def test_weaker_sslmode_is_allowed_when_asked_for(mode: str) -> None:
+    params = DatabaseSettings.load(
+        url=remote_url(), sslmode=mode, allow_unverified_tls=True
+    ).conninfo_dict()
+    assert params["sslmode"] == mode
+
+
+def test_weaker_sslmode_allowed_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", remote_url())
+    monkeypatch.setenv("CIRA_DB_SSLMODE", "require")
+    with pytest.raises(ConfigurationError):
+        DatabaseSettings.load().conninfo_dict()
+    monkeypatch.setenv("CIRA_DB_ALLOW_UNVERIFIED_TLS", "true")
+    assert DatabaseSettings.load().conninfo_dict()["sslmode"] == "require"
+
+
+@pytest.mark.parametrize("mode", SSL_MODES)
+def test_any_sslmode_is_accepted_for_a_local_host(mode: str) -> None:
+    params = DatabaseSettings.load(url="postgresql://app@localhost/cira", sslmode=mode)
+    assert params.conninfo_dict()["sslmode"] == mode
+
+
+def test_explicit_verify_full_and_root_certificate_are_passed_on() -> None:
+    params = DatabaseSettings.load(
+        url=remote_url(), sslmode="verify-full", sslrootcert="/certs/global-bundle.pem"
+    ).conninfo_dict()
+    assert params["sslmode"] == "verify-full"
+    assert params["sslrootcert"] == "/certs/global-bundle.pem"
+
+
+def test_describe_names_the_target_and_tls_mode_only() -> None:
+    described = DatabaseSettings.load(url=remote_url()).describe()
+    assert described == "app@db.example.com:5432/cira sslmode=verify-full"
+
+
+# -- RDS Proxy and Lambda ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        PROXY,
+        CUSTOM_PROXY,
+        "NAME.PROXY-ABC123.US-EAST-1.RDS.AMAZONAWS.COM",
+        PROXY + ".",
+        "name.proxy-abc123.cn-north-1.rds.amazonaws.com.cn",
+    ],
+)
+def test_rds_proxy_endpoints_are_detected(host: str) -> None:
+    settings = DatabaseSettings.load(url=remote_url(host))
+    assert settings.behind_proxy() is True
+    assert settings.prepare_threshold() is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "mydb.abc123xyz.us-east-1.rds.amazonaws.com",
+        "mycluster.cluster-abc123xyz.us-east-1.rds.amazonaws.com",
+        "mycluster.cluster-ro-abc123xyz.us-east-1.rds.amazonaws.com",
+        "name.proxy-abc123.us-east-1.rds.amazonaws.com.example.org",
+        "proxy-abc123.us-east-1.rds.amazonaws.com",
+        REMOTE,
+        "localhost",
+    ],
+)
+def test_instance_cluster_and_other_hosts_are_not_proxies(host: str) -> None:
+    settings = DatabaseSettings.load(url=remote_url(host))
+    assert settings.behind_proxy() is False
+    assert settings.prepare_threshold() == 5
+
+
+def test_proxy_detection_can_be_overridden() -> None:
+    assert DatabaseSettings.load(url=remote_url(PROXY), via_proxy=False).behind_proxy() is False
+    forced = DatabaseSettings.load(url=remote_url(), via_proxy=True)
+    assert forced.behind_proxy() is True
+    assert forced.prepare_threshold() is None
+
+
+def test_prepared_statements_can_be_forced_either_way() -> None:
+    assert DatabaseSettings.load(url=remote_url(PROXY), prepare_statements=True).prepare_threshold()
+    assert (
+        DatabaseSettings.load(url=remote_url(), prepare_statements=False).prepare_threshold()
+        is None
+    )
+
+
+def test_lambda_disables_prepared_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = DatabaseSettings.load(url=remote_url())
+    assert settings.prepare_threshold() == 5
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "cira-api")
+    assert settings.prepare_threshold() is None
+
+
+def test_pool_sizes_outside_lambda() -> None:
+    assert DatabaseSettings.load(url=remote_url()).pool_sizes() == (1, 4)
+
+
+def test_pool_sizes_inside_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "cira-api")
+    assert DatabaseSettings.load(url=remote_url()).pool_sizes() == (0, 1)
+
+
+def test_explicit_pool_sizes_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "cira-api")
+    assert DatabaseSettings.load(url=remote_url(), pool_max_size=3).pool_sizes() == (0, 3)
+    assert DatabaseSettings.load(pool_min_size=2, pool_max_size=5).pool_sizes() == (2, 5)
+    # An explicit max below the default min never yields min > max.
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    assert DatabaseSettings.load(pool_min_size=0, pool_max_size=1).pool_sizes() == (0, 1)
+
+
+def test_pool_min_above_max_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_POOL_MIN_SIZE"):
+        DatabaseSettings.load(pool_min_size=5, pool_max_size=2)
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def test_secrets_are_not_in_repr_or_str_of_settings() -> None:
+    for settings in (
+        DatabaseSettings.load(url=remote_url()),
+        DatabaseSettings.load(host=REMOTE, user="app", password=SECRET),
+        DatabaseSettings.load(url=remote_url(PROXY), migration_url=remote_url()),
+    ):
+        assert SECRET not in repr(settings)
+        assert SECRET not in str(settings)
+        assert SECRET not in settings.describe()
+        assert SECRET not in settings.describe(for_migrations=True)
+        assert SECRET not in repr(settings.model_dump())
+        assert SECRET not in settings.model_dump_json()
+
+
+def test_secrets_are_not_in_repr_or_str_of_database() -> None:
+    for db in (
+        Database(remote_url()),
+        Database(host=REMOTE, user="app", password=SECRET, pool=False),
+        Database(remote_url(), sslmode="require"),  # unusable settings still repr safely
+    ):
+        assert SECRET not in repr(db)
+        assert SECRET not in str(db)
+    assert "app@db.example.com" in repr(Database(remote_url()))
+
+
+def test_settings_are_frozen() -> None:
+    settings = DatabaseSettings.load(url=remote_url())
+    with pytest.raises(PydanticValidationError):
+        settings.host = "elsewhere"  # type: ignore[misc]
+
+
+def test_unknown_argument_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_NO_SUCH_FIELD"):
+        DatabaseSettings.load(url=remote_url(), no_such_field=SECRET)
+
+
+# -- bad input, generated --------------------------------------------------------------------
+
+_settings = hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+_env_text = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
+    max_size=30,
+)
+
+
+def _assert_safe(error: CiraDbError) -> None:
+    assert isinstance(error, ConfigurationError)
+    assert SECRET not in str(error)
+    assert not isinstance(error.__cause__, PydanticValidationError)
+
+
+@_settings
+@given(port=st.one_of(st.integers(max_value=0), st.integers(min_value=65536)))
+def test_port_out_of_range_is_a_configuration_error(port: int) -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_PORT") as info:
+        DatabaseSettings.load(host=REMOTE, password=SECRET, port=port)
+    _assert_safe(info.value)
+
+
+@_settings
+@given(mode=st.text(max_size=20).filter(lambda m: m not in SSL_MODES))
+@example(mode="VERIFY-FULL")
+@example(mode="verify_full")
+def test_garbage_sslmode_is_a_configuration_error(mode: str) -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_SSLMODE") as info:
+        DatabaseSettings.load(url=remote_url(), sslmode=mode)
+    _assert_safe(info.value)
+
+
+@_settings
+@given(
+    name=st.sampled_from(
+        ["PORT", "SSLMODE", "POOL_MIN_SIZE", "POOL_MAX_SIZE", "CONNECT_TIMEOUT", "POOL_TIMEOUT"]
+    ),
+    value=_env_text,
+)
+@example(name="PORT", value="70000")
+@example(name="PORT", value="0")
+@example(name="PORT", value="54 32")
+@example(name="SSLMODE", value="verify-fool")
+@example(name="POOL_TIMEOUT", value="-1")
+def test_environment_values_load_or_give_a_configuration_error(name: str, value: str) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CIRA_DB_PASSWORD", SECRET)
+        mp.setenv("CIRA_DB_HOST", REMOTE)
+        mp.setenv(f"CIRA_DB_{name}", value)
+        try:
+            settings = DatabaseSettings.load()
+        except ConfigurationError as exc:
+            error: ConfigurationError | None = exc
+        else:
+            error = None
+    if error is not None:
+        _assert_safe(error)
+        assert f"CIRA_DB_{name}" in str(error)
+        return
+    # Accepted values are valid ones.
+    assert 1 <= settings.port <= 65535
+    assert settings.sslmode is None or settings.sslmode in SSL_MODES
+    minimum, maximum = settings.pool_sizes()
+    assert 0 <= minimum <= maximum
+    assert maximum >= 1
+    assert settings.connect_timeout >= 1
+    assert settings.pool_timeout > 0
+
+
+@_settings
+@given(tail=st.text(max_size=40).filter(lambda t: "\x00" not in t))
+@example(tail="h:5432/db?sslmode=bogus")
+@example(tail="h/db?bogus=1")
+@example(tail="h/db?sslmode=require")
+@example(tail="[::1/db")
+@example(tail="%zz/db")
+def test_any_url_gives_parameters_or_a_safe_configuration_error(tail: str) -> None:
+    url = f"postgresql://app:{SECRET}@{tail}"
+    try:
+        settings = DatabaseSettings.load(url=url)
+        params = settings.conninfo_dict()
+        described = settings.describe()
+    except CiraDbError as exc:
+        _assert_safe(exc)
+        return
+    assert params["password"] == SECRET
+    assert SECRET not in described
+    assert SECRET not in repr(settings)

@@ -1,0 +1,63 @@
+"""The pytest plugin, used the way a downstream project uses it (a pytest run inside pytest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cira_db.testing import TestServer
+
+pytest_plugins = ["pytester"]
+
+DOWNSTREAM_CONFTEST = """
+pytest_plugins = ["cira_db.testing"]
+"""
+
+DOWNSTREAM_TESTS = """
+import psycopg
+from cira_db import Database
+from cira_db.migrations import Migrator
+
+
+def _count_then_insert(conn, client_id):
+    before = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    conn.execute(
+        "INSERT INTO jobs (client_id, pdf_url) VALUES (%s, %s)",
+        (client_id, "https://example.com/" + client_id + ".pdf"),
+    )
+    after = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    return before, after
+
+
+def test_first_writes_a_row(cira_db: Database) -> None:
+    with cira_db.connection() as conn:
+        assert _count_then_insert(conn, "client-a") == (0, 1)
+
+
+def test_second_sees_an_empty_table(cira_db_url: str) -> None:
+    assert all(s.applied for s in Migrator(cira_db_url).status())
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        assert _count_then_insert(conn, "client-b") == (0, 1)
+"""
+
+
+@pytest.fixture
+def downstream(
+    pytester: pytest.Pytester, cira_db_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
+    """A throwaway project whose tests reuse this session's server via CIRA_DB_TEST_URL."""
+    pytester.makepyfile(test_downstream=DOWNSTREAM_TESTS)
+    # runpytest_subprocess inherits os.environ; monkeypatch restores it afterwards.
+    monkeypatch.setenv("CIRA_DB_TEST_URL", cira_db_server.admin_url)
+    return pytester
+
+
+def test_plugin_gives_each_test_its_own_migrated_database(downstream: pytest.Pytester) -> None:
+    downstream.makeconftest(DOWNSTREAM_CONFTEST)
+    result = downstream.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=2)
+
+
+def test_plugin_is_not_registered_without_pytest_plugins(downstream: pytest.Pytester) -> None:
+    result = downstream.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*fixture 'cira_db*' not found*"])
