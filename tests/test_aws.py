@@ -64,7 +64,7 @@ def test_any_malformed_event_gives_validation_error_or_a_valid_id(junk: Any) -> 
         result = client_id_from_event(e)
     except ValidationError as exc:
         field = exc.field
-        assert field == "event"  # noqa: PT017 - hypothesis explores both outcomes here
+        assert field == "event"
     else:
         assert 1 <= len(result) <= 50
         assert result == result.strip()
