@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test lint format unit bench wheel clean
+.PHONY: all venv demo test test-proxy lint format bench wheel clean
 
 all: test
 
@@ -34,6 +34,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the suite again, with repository tests going through pgbouncer (TLS verify-full, transaction pooling)
+test-proxy: $(STAMP)
+	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

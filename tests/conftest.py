@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from _proxy import (
+    VIA_PGBOUNCER,
+    PgBouncer,
+    PgBouncerUnavailableError,
+    start_pgbouncer,
+)
+from cira_db import Database
+
+# Imported for types only: a runtime import here would come before pytest_plugins
+# and defeat assertion rewriting of the plugin (PytestAssertRewriteWarning).
+if TYPE_CHECKING:
+    from cira_db.testing import TestServer
 
 pytest_plugins = ["cira_db.testing"]
 
@@ -12,7 +28,8 @@ pytest_plugins = ["cira_db.testing"]
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("CIRA_DB_TEST_URL")
     where = "CIRA_DB_TEST_URL" if url else "testcontainers or embedded PostgreSQL 16"
-    return f"cira_db test server: {where}"
+    via = ", repository tests through pgbouncer (TLS)" if VIA_PGBOUNCER else ""
+    return f"cira_db test server: {where}{via}"
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +39,44 @@ def _clean_cira_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("CIRA_DB_") and name != "CIRA_DB_TEST_URL":
             monkeypatch.delenv(name)
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+
+
+# -- pgbouncer: the local RDS Proxy stand-in (transaction pooling, client TLS) --------------
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(cira_db_server: TestServer) -> Iterator[PgBouncer]:
+    """pgbouncer in transaction mode with required client TLS, in front of the test server.
+
+    Clients reach it with ``pgbouncer.url(dbname)`` (``sslmode=verify-full`` and
+    the session's throwaway CA, host ``localhost``). Skips when pgbouncer is
+    not installed.
+    """
+    try:
+        bouncer = start_pgbouncer(cira_db_server.admin_url, default_pool_size=5)
+    except PgBouncerUnavailableError as exc:
+        if VIA_PGBOUNCER:
+            pytest.fail(f"CIRA_DB_TEST_VIA_PGBOUNCER=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def cira_db(request: pytest.FixtureRequest, cira_db_url: str) -> Iterator[Database]:
+    """An open `Database` on this test's fresh database.
+
+    With ``CIRA_DB_TEST_VIA_PGBOUNCER=1`` it goes through pgbouncer
+    (``verify-full``, ``via_proxy=True``), and migrations keep the direct URL
+    (``migration_url``); otherwise it is the plugin's direct connection.
+    """
+    if not VIA_PGBOUNCER:
+        with Database(cira_db_url) as db:
+            yield db
+        return
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
+    with Database(bouncer.url(dbname), via_proxy=True, migration_url=cira_db_url) as db:
+        yield db

@@ -15,7 +15,7 @@ from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import wrap_errors
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings
-from cira_db.errors import ConfigurationError
+from cira_db.errors import ConfigurationError, DatabaseUnavailableError
 
 __all__ = ["Connection", "Database"]
 
@@ -125,6 +125,12 @@ class Database:
             try:
                 with wrap_errors("open the database pool"):
                     pool.open(wait=wait and min_size > 0, timeout=self._settings.pool_timeout)
+            except DatabaseUnavailableError:
+                pool.close(timeout=0)
+                # The pool only says "timed out"; one direct try names the real cause
+                # (refused certificate, wrong password, unreachable host).
+                self.connect_direct().close()
+                raise
             except BaseException:
                 pool.close(timeout=0)
                 raise

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cira_db._database import Database
@@ -62,11 +66,51 @@ def _tls(conn: Any, sslmode: str | None) -> Finding:
         local = sslmode in (None, "disable", "allow", "prefer")
         detail = "not in use" + (" (local connection)" if local else "")
         return Finding("tls", local, detail)
-    protocol = (pgconn.ssl_attribute("protocol") or "TLS").strip()
-    cipher = pgconn.ssl_attribute("cipher") or "?"
+    protocol, cipher = _ssl_attributes(conn)
     verified = sslmode == "verify-full"
     how = "certificate and host name verified" if verified else f"NOT verified (sslmode={sslmode})"
     return Finding("tls", verified, f"{protocol} {cipher}, {how}")
+
+
+def _ssl_attributes(conn: Any) -> tuple[str, str]:
+    """TLS protocol and cipher of this client connection, as libpq reports them.
+
+    psycopg exposes only ``ssl_in_use``, so libpq's ``PQsslAttribute`` is called
+    through ctypes; where that is not possible the server's ``pg_stat_ssl`` is
+    asked (which shows nothing when a pooler terminates TLS).
+    """
+    try:
+        library = _libpq()
+        function = library.PQsslAttribute
+        function.restype = ctypes.c_char_p
+        function.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        pointer = conn.pgconn.pgconn_ptr
+        protocol = function(pointer, b"protocol")
+        cipher = function(pointer, b"cipher")
+        if protocol:
+            return protocol.decode(), (cipher or b"?").decode()
+    except (OSError, AttributeError, TypeError):
+        pass
+    row = conn.execute(
+        "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl"
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else ("TLS (protocol not reported)", "?")
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL:
+    import psycopg
+
+    if psycopg.pq.__impl__ == "binary":
+        import psycopg_binary
+
+        libs = Path(psycopg_binary.__file__).parent.parent / "psycopg_binary.libs"
+        for candidate in sorted(libs.glob("libpq-*.so*")):
+            return ctypes.CDLL(str(candidate))
+    name = ctypes.util.find_library("pq")
+    if name is None:
+        raise OSError("libpq not found")
+    return ctypes.CDLL(name)
 
 
 def _pooler(conn: Any, db: Database) -> Finding:

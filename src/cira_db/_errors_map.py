@@ -40,14 +40,32 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+_TLS_REFUSALS = (
+    "certificate verify failed",
+    "does not match host name",
+    "ssl required",
+    "server does not support ssl",
+    "tlsv1 alert",
+    "sslv3 alert",
+    "root certificate file",
+    "could not read root certificate",
+)
+
+
+def is_tls_refusal(exc: BaseException) -> bool:
+    """True when TLS set-up was refused: a configuration problem, not a transient one."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _TLS_REFUSALS)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True if repeating the same harmless work may succeed."""
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
         return isinstance(exc, psycopg_pool.PoolTimeout)
     if not isinstance(exc, psycopg.Error):
         return False
-    if is_auth_failure(exc):
-        return False  # wrong credentials do not fix themselves
+    if is_auth_failure(exc) or is_tls_refusal(exc):
+        return False  # wrong credentials or certificates do not fix themselves
     state = exc.sqlstate
     if state is None:
         # Client-side failure: socket closed, SSL EOF, connect timeout.
@@ -70,8 +88,8 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
             f"{operation}: the server refused the credentials (authentication failed); "
             "check the user and password, CIRA_DB_SECRET_ARN or the IAM policy"
         )
-    if "ssl" in str(exc).lower() or "certificate" in str(exc).lower():
-        return DatabaseUnavailableError(
+    if is_tls_refusal(exc):
+        return DatabaseError(
             f"{operation}: TLS handshake or certificate check failed ({kind}); check "
             "CIRA_DB_SSLMODE, CIRA_DB_SSLROOTCERT and that the host name matches the certificate"
         )
