@@ -164,13 +164,38 @@ def test_permanent_error_is_not_retried() -> None:
 
 
 def test_terminated_pooled_connection_is_replaced(cira_db_url: str) -> None:
-    with Database(cira_db_url, pool_min_size=1, pool_max_size=1) as db:
+    with Database(cira_db_url, pool_min_size=1, pool_max_size=1, pool_check_after=0.2) as db:
         with db.connection() as conn:
             victim = backend_pid(conn)
         kill_backend(cira_db_url, victim)
-        # the pool's check on checkout notices the dead connection and replaces it
+        time.sleep(0.3)  # idle past pool_check_after, as after a Lambda freeze
+        # the check on checkout notices the dead connection and replaces it
         with db.connection() as conn:
             assert backend_pid(conn) != victim
+
+
+def test_busy_connections_skip_the_check_and_idle_ones_get_it(
+    cira_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    original = psycopg.Connection.execute
+
+    def counting(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    with Database(cira_db_url, pool_min_size=1, pool_max_size=1, pool_check_after=0.2) as db:
+        with db.connection() as conn:
+            conn.execute("SELECT 1")
+        monkeypatch.setattr(psycopg.Connection, "execute", counting)
+        with db.connection() as conn:  # just returned: no check, one statement only
+            conn.execute("SELECT 2")
+        assert statements == ["SELECT 2"]
+        statements.clear()
+        time.sleep(0.3)
+        with db.connection() as conn:  # idle past the threshold: checked first
+            conn.execute("SELECT 3")
+        assert statements == ["", "SELECT 3"]
 
 
 def test_connection_killed_mid_call_is_retried_for_idempotent_work(cira_db_url: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cira_db._database import Database
 from cira_db._models import Job, JobResult, JobStatus, Page, Usage
+from cira_db._repositories import JobRepository, JobResultRepository
 from cira_db._settings import DatabaseSettings
 from cira_db._version import __version__
 
@@ -17,7 +18,9 @@ __all__ = [
     "Database",
     "DatabaseSettings",
     "Job",
+    "JobRepository",
     "JobResult",
+    "JobResultRepository",
     "JobStatus",
     "Page",
     "Usage",

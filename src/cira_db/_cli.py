@@ -123,6 +123,52 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_seed(args: argparse.Namespace, out: TextIO) -> int:
+    from cira_db._seed import seed
+
+    progress = _Progress(sys.stderr)
+    summary = seed(
+        _database(args), jobs=args.jobs, clients=args.clients, seed=args.seed, progress=progress
+    )
+    progress.finish()
+    mix = ", ".join(f"{count} {status.value}" for status, count in summary.by_status.items())
+    print(
+        f"seeded {summary.jobs} jobs ({mix}) and {summary.results} results "
+        f"for {len(summary.clients)} clients: {', '.join(summary.clients)} (seed {args.seed})",
+        file=out,
+    )
+    return 0
+
+
+class _Progress:
+    """A progress bar on a terminal; a line every 10% elsewhere (logs, CI)."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+        self._tty = stream.isatty()
+        self._shown = -1
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        percent = int(share * 100)
+        if self._tty:
+            filled = int(share * self._width)
+            bar = "#" * filled + "." * (self._width - filled)
+            self._stream.write(f"\rseeding [{bar}] {percent:3d}%  {done}/{total} jobs")
+            self._drawn = True
+        elif percent // 10 > self._shown:
+            self._shown = percent // 10
+            self._stream.write(f"seeding: {percent}% ({done}/{total} jobs)\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from cira_db._demo import run_demo
 
@@ -178,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_cmd_check)
 
+    seed = commands.add_parser(
+        "seed", help="write reproducible development data (jobs, results), with progress"
+    )
+    seed.add_argument(
+        "--jobs", type=_count(0, 10_000_000), default=1000, help="how many jobs (default 1000)"
+    )
+    seed.add_argument(
+        "--clients",
+        type=_count(1, 1000),
+        default=3,
+        help="how many mock clients: client-a, client-b, client-c, test-client-1, ... (default 3)",
+    )
+    seed.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed writes the same rows"
+    )
+    seed.set_defaults(handler=_cmd_seed)
+
     demo = commands.add_parser(
         "demo", help="start an embedded PostgreSQL 16, migrate it and show what happened"
     )
@@ -197,6 +260,19 @@ def _version(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("a version is 0 or more")
     return value
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return convert
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
@@ -14,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import wrap_errors
 from cira_db._retry import RetryPolicy, call_with_retries
-from cira_db._settings import DatabaseSettings
+from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import ConfigurationError, DatabaseUnavailableError
 
 __all__ = ["Connection", "Database"]
@@ -63,6 +65,10 @@ class Database:
             else None
         )
         self._rds_client = rds_client
+        # Wall-clock time each pooled connection was last created or returned. Wall
+        # time, not monotonic: it must also count the time a Lambda environment spent
+        # frozen, which is when the proxy drops idle clients.
+        self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._retry = RetryPolicy(
             attempts=settings.retry_attempts,
             backoff=settings.retry_backoff,
@@ -118,7 +124,9 @@ class Database:
                 max_idle=self._settings.pool_max_idle,
                 reconnect_timeout=max(self._settings.pool_timeout * 3, 30.0),
                 num_workers=1 if max_size <= 2 else 2,
-                check=ConnectionPool.check_connection,
+                check=self._check_connection,
+                configure=self._mark_used,
+                reset=self._mark_used,
                 name="cira_db",
                 open=False,
             )
@@ -141,7 +149,8 @@ class Database:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close(timeout=0)
+            # In Lambda nothing may wait; elsewhere give the pool's threads a moment.
+            pool.close(timeout=0 if running_in_lambda() else 2.0)
 
     def __enter__(self) -> Self:
         self.open()
@@ -154,6 +163,17 @@ class Database:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- pool callbacks ---------------------------------------------------------
+
+    def _mark_used(self, conn: Connection) -> None:
+        self._last_used[conn] = time.time()
+
+    def _check_connection(self, conn: Connection) -> None:
+        """Check a connection that sat idle long enough to have been dropped meanwhile."""
+        last = self._last_used.get(conn)
+        if last is None or time.time() - last >= self._settings.pool_check_after:
+            ConnectionPool.check_connection(conn)
 
     # -- credentials ----------------------------------------------------------
 

@@ -136,6 +136,13 @@ class DatabaseSettings(BaseSettings):
         default=900.0, gt=0, description="Seconds; below RDS Proxy's 1800 s idle client timeout."
     )
     pool_max_idle: float = Field(default=300.0, gt=0)
+    pool_check_after: float = Field(
+        default=5.0,
+        ge=0,
+        description="Check a pooled connection (one empty query) before use when it sat idle "
+        "this many seconds; 0 checks on every checkout. Catches connections that died while a "
+        "Lambda environment was frozen, without a round trip on every busy call.",
+    )
 
     migration_lock_wait: float = Field(
         default=60.0, gt=0, description="Seconds to wait for another migration runner."

@@ -1,0 +1,234 @@
+"""What the repositories share: where statements run, rows to dataclasses, errors.
+
+A repository is built on an `Executor`: a `Database` (each call borrows an
+autocommit connection from the pool and runs one statement, so one round
+trip) or a psycopg connection the caller owns (used as is, so several calls
+can share the caller's transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, TypeAlias, TypeVar
+
+import psycopg
+import psycopg.errors as pg_errors
+from psycopg.rows import BaseRowFactory, class_row, kwargs_row
+
+from cira_db._database import Database
+from cira_db._errors_map import translate
+from cira_db._models import Job, JobResult, JobStatus, Usage
+from cira_db._sql import Query
+from cira_db.errors import (
+    CiraDbError,
+    ConflictError,
+    InvalidTransitionError,
+    ValidationError,
+)
+
+__all__ = [
+    "Executor",
+    "Runner",
+    "job_row",
+    "result_row",
+    "tagged_job_row",
+    "tagged_result_row",
+    "usage_row",
+]
+
+Executor: TypeAlias = Database | psycopg.Connection[Any]
+"""What a repository runs its statements on: a `Database`, or a connection."""
+
+R = TypeVar("R")
+
+_STATUS: Final = {status.value: status for status in JobStatus}
+
+# CHECK constraints (migration 0002) and the argument each one guards. The
+# arguments are validated first, so these fire only if a check is bypassed.
+_CHECK_FIELDS: Final = {
+    "jobs_client_id_not_empty": "client_id",
+    "jobs_pdf_url_not_empty": "pdf_url",
+    "jobs_attempts_non_negative": "attempts",
+    "job_results_confidence_range": "confidence_score",
+    "job_results_tokens_non_negative": "tokens_used",
+}
+
+
+# -- rows ---------------------------------------------------------------------------
+
+
+def _job(*, status: str, **columns: Any) -> Job:
+    # psycopg returns the job_status enum as its label (str): no adapter is
+    # registered anywhere, the label is mapped to the JobStatus member here.
+    return Job(status=_STATUS[status], **columns)
+
+
+def _tagged_job(*, outcome: str, **columns: Any) -> tuple[str, Job | None]:
+    if columns["id"] is None:
+        return outcome, None
+    return outcome, _job(**columns)
+
+
+def _tagged_result(*, outcome: str, **columns: Any) -> tuple[str, JobResult | None]:
+    if columns["id"] is None:
+        return outcome, None
+    return outcome, JobResult(**columns)
+
+
+job_row: Final[BaseRowFactory[Job]] = kwargs_row(_job)
+"""Rows of the ten job columns -> `Job`."""
+
+tagged_job_row: Final[BaseRowFactory[tuple[str, Job | None]]] = kwargs_row(_tagged_job)
+"""Rows of ``outcome`` plus the job columns (NULL when nothing moved)."""
+
+result_row: Final[BaseRowFactory[JobResult]] = class_row(JobResult)
+"""Rows of the six result columns -> `JobResult`."""
+
+tagged_result_row: Final[BaseRowFactory[tuple[str, JobResult | None]]] = kwargs_row(_tagged_result)
+"""Rows of ``outcome`` plus the result columns (NULL when nothing was written)."""
+
+usage_row: Final[BaseRowFactory[Usage]] = class_row(Usage)
+"""The one row of ``usage_by_client`` -> `Usage`."""
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def map_error(exc: psycopg.Error, operation: str) -> CiraDbError:
+    """The cira_db error for a failed repository statement (raise it ``from exc``)."""
+    constraint = getattr(exc.diag, "constraint_name", None)
+    if isinstance(exc, pg_errors.CheckViolation) and constraint in _CHECK_FIELDS:
+        return ValidationError(
+            _CHECK_FIELDS[constraint],
+            f"refused by the database (constraint {constraint}); nothing was written",
+        )
+    if isinstance(exc, pg_errors.UniqueViolation):
+        if constraint == "job_results_job_id_key":
+            return InvalidTransitionError(
+                f"{operation}: the job has a result already; nothing was changed"
+            )
+        if constraint == "jobs_pkey":
+            return ConflictError(f"{operation}: a job with this id exists already")
+    return translate(exc, operation)
+
+
+@contextmanager
+def mapped_errors(operation: str) -> Iterator[None]:
+    """Re-raise psycopg errors inside the block as cira_db errors."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise map_error(exc, operation) from exc
+
+
+# -- running statements -------------------------------------------------------------
+
+
+class Runner:
+    """Runs named queries on a `Database` or on a caller's connection."""
+
+    __slots__ = ("_connection", "_database")
+
+    def __init__(self, executor: Executor) -> None:
+        if isinstance(executor, Database):
+            self._database: Database | None = executor
+            self._connection: psycopg.Connection[Any] | None = None
+        elif isinstance(executor, psycopg.Connection):
+            self._database = None
+            self._connection = executor
+        else:
+            raise TypeError(
+                "a repository needs a cira_db.Database or a psycopg.Connection, "
+                f"not {type(executor).__name__}"
+            )
+
+    @property
+    def executor(self) -> Executor:
+        """The `Database` or connection statements run on."""
+        if self._database is not None:
+            return self._database
+        assert self._connection is not None  # one of the two is always set
+        return self._connection
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The caller's connection, or an autocommit one borrowed from the pool."""
+        if self._connection is not None:
+            yield self._connection
+            return
+        assert self._database is not None  # one of the two is always set
+        with self._database.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction (a savepoint inside the caller's one, if any); errors mapped."""
+        with self.connection() as conn, mapped_errors(operation), conn.transaction():
+            yield conn
+
+    def call(
+        self, operation: str, work: Callable[[psycopg.Connection[Any]], R], *, idempotent: bool
+    ) -> R:
+        """Run ``work`` on a connection.
+
+        On a `Database`, transient failures (connection loss, serialization
+        failure, ...) are retried with backoff when ``idempotent`` says that
+        repeating the statement is harmless (`Database.run`); on a caller's
+        connection never, since the caller owns the transaction.
+        """
+        if self._connection is not None:
+            return work(self._connection)
+        assert self._database is not None  # one of the two is always set
+        return self._database.run(operation, work, idempotent=idempotent)
+
+    def one(
+        self,
+        query: Query,
+        params: Mapping[str, Any],
+        row_factory: BaseRowFactory[R],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> R | None:
+        """Run ``query`` (one round trip) and return its first row, if any."""
+        bound = query.bind(params)
+
+        def work(conn: psycopg.Connection[Any]) -> R | None:
+            with mapped_errors(operation), conn.cursor(row_factory=row_factory) as cur:
+                cur.execute(query.sql, bound)
+                return cur.fetchone()
+
+        return self.call(operation, work, idempotent=idempotent)
+
+    def all(
+        self,
+        query: Query,
+        params: Mapping[str, Any],
+        row_factory: BaseRowFactory[R],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> list[R]:
+        """Run ``query`` (one round trip) and return every row."""
+        bound = query.bind(params)
+
+        def work(conn: psycopg.Connection[Any]) -> list[R]:
+            with mapped_errors(operation), conn.cursor(row_factory=row_factory) as cur:
+                cur.execute(query.sql, bound)
+                return cur.fetchall()
+
+        return self.call(operation, work, idempotent=idempotent)
+
+    def rowcount(
+        self, query: Query, params: Mapping[str, Any], operation: str, *, idempotent: bool
+    ) -> int:
+        """Run ``query`` (one round trip) and return how many rows it changed."""
+        bound = query.bind(params)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            with mapped_errors(operation), conn.cursor() as cur:
+                cur.execute(query.sql, bound)
+                return cur.rowcount
+
+        return self.call(operation, work, idempotent=idempotent)

@@ -1,0 +1,302 @@
+"""Checks on repository arguments, run before any SQL.
+
+Each ``check_*`` function returns the value in the form the SQL binds (a
+`UUID`, a quantised `Decimal`, JSON text, ...) or raises
+`cira_db.errors.ValidationError` naming the argument. Messages never quote
+the rejected value: it may be long, or hold something a log should not.
+
+pydantic is used where it earns its place: parsing URLs (its WHATWG parser
+catches bad hosts, ports and schemes that a regular expression would let
+through). The other checks are a few comparisons each; a pydantic model per
+call would cost more than the statement's round trip saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import AnyHttpUrl, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from cira_db._models import JobStatus
+from cira_db.errors import ValidationError
+
+__all__ = [
+    "CLIENT_ID_MAX",
+    "CREATE_MANY_MAX",
+    "ERROR_MESSAGE_MAX",
+    "LEASE_MAX",
+    "LIMIT_MAX",
+    "PDF_URL_MAX",
+    "check_aware_datetime",
+    "check_client_id",
+    "check_confidence_score",
+    "check_error_message",
+    "check_extracted_data",
+    "check_job_id",
+    "check_lease",
+    "check_limit",
+    "check_optional_client_id",
+    "check_pdf_url",
+    "check_pdf_urls",
+    "check_positive_int",
+    "check_status",
+    "check_time_range",
+    "check_tokens_used",
+]
+
+CLIENT_ID_MAX: Final = 50
+PDF_URL_MAX: Final = 2048
+LIMIT_MAX: Final = 1000
+CREATE_MANY_MAX: Final = 100_000
+ERROR_MESSAGE_MAX: Final = 10_000
+LEASE_MAX: Final = timedelta(days=7)
+INT4_MAX: Final = 2**31 - 1
+
+_CONFIDENCE_STEP: Final = Decimal("0.01")
+_ZERO: Final = Decimal(0)
+_ONE: Final = Decimal(1)
+_ZERO_DURATION: Final = timedelta(0)
+
+# Control characters (C0, DEL, C1): never part of an id or a URL, and NUL is
+# something PostgreSQL text cannot store at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Whitespace or control characters anywhere: a URL must have them percent-encoded.
+_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_URL_PREFIX = re.compile(r"^https?://", re.IGNORECASE)
+# A JSON \u0000 escape (an odd number of backslashes before "u0000"): jsonb rejects it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+_HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
+_STATUSES: Final = {status.value: status for status in JobStatus}
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_client_id(value: object, field: str = "client_id") -> str:
+    """A client id: a string of 1 to 50 characters, not blank, no control characters.
+
+    Leading or trailing whitespace is rejected rather than stripped, so the
+    id that is stored is always the one the caller sent.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise ValidationError(field, "must not be empty or blank")
+    if len(value) > CLIENT_ID_MAX:
+        raise ValidationError(field, f"must be at most {CLIENT_ID_MAX} characters")
+    if value != value.strip():
+        raise ValidationError(field, "must not start or end with whitespace")
+    if _CONTROL.search(value):
+        raise ValidationError(field, "must not contain control characters")
+    return value
+
+
+def check_optional_client_id(value: object, field: str = "client_id") -> str | None:
+    """`check_client_id`, with None meaning "every client" (worker calls)."""
+    return None if value is None else check_client_id(value, field)
+
+
+def check_pdf_url(value: object, field: str = "pdf_url") -> str:
+    """An absolute http(s) URL of at most 2048 characters, stored exactly as given.
+
+    It must start with ``http://`` or ``https://``, have a valid host (and
+    port), contain no whitespace or control characters (percent-encode them)
+    and carry no user name or password. Query strings, such as those of
+    pre-signed S3 URLs, are fine.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, not {_type_name(value)}")
+    if len(value) > PDF_URL_MAX:
+        raise ValidationError(field, f"must be at most {PDF_URL_MAX} characters")
+    if not _URL_PREFIX.match(value):
+        raise ValidationError(field, "must be an absolute URL starting with http:// or https://")
+    if _URL_FORBIDDEN.search(value):
+        raise ValidationError(field, "must not contain whitespace or control characters")
+    try:
+        url = _HTTP_URL.validate_python(value)
+    except PydanticValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        reason = str(errors[0]["msg"]) if errors else "invalid URL"
+        raise ValidationError(field, f"not a valid http(s) URL ({reason})") from None
+    if url.username is not None or url.password is not None:
+        raise ValidationError(field, "must not carry a user name or password")
+    return value
+
+
+def check_pdf_urls(value: object, field: str = "pdf_urls") -> list[str]:
+    """A list (or other sequence) of 1 to 100,000 URLs, each as `check_pdf_url`.
+
+    A bad entry is named with its index, for example ``pdf_urls[3]``.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValidationError(field, f"must be a list of URLs, not {_type_name(value)}")
+    if len(value) > CREATE_MANY_MAX:
+        raise ValidationError(field, f"at most {CREATE_MANY_MAX} URLs per call")
+    return [check_pdf_url(url, f"{field}[{index}]") for index, url in enumerate(value)]
+
+
+def check_job_id(value: object, field: str = "job_id") -> UUID:
+    """A job (or result) id: a `UUID`, or a string holding one."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            raise ValidationError(field, "not a valid UUID") from None
+    raise ValidationError(field, f"must be a UUID or a string, not {_type_name(value)}")
+
+
+def check_status(value: object, field: str = "status") -> JobStatus | None:
+    """A `JobStatus`, its string value (``"queued"``, ...), or None for "any"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        status = _STATUSES.get(value)
+        if status is not None:
+            return status
+        allowed = ", ".join(_STATUSES)
+        raise ValidationError(field, f"must be one of {allowed}")
+    raise ValidationError(field, f"must be a JobStatus or a string, not {_type_name(value)}")
+
+
+def check_limit(value: object, field: str = "limit", maximum: int = LIMIT_MAX) -> int:
+    """An int from 1 to ``maximum`` (1000 by default); bools are refused."""
+    if not _is_int(value):
+        raise ValidationError(field, f"must be an int, not {_type_name(value)}")
+    assert isinstance(value, int)  # narrowed by _is_int, for the type checker
+    if not 1 <= value <= maximum:
+        raise ValidationError(field, f"must be between 1 and {maximum}")
+    return value
+
+
+def check_positive_int(value: object, field: str) -> int:
+    """An int from 1 to 2**31 - 1 (PostgreSQL ``integer``); bools are refused."""
+    return check_limit(value, field, INT4_MAX)
+
+
+def check_lease(value: object, field: str = "lease") -> timedelta:
+    """A `timedelta` longer than zero and at most 7 days."""
+    if not isinstance(value, timedelta):
+        raise ValidationError(field, f"must be a datetime.timedelta, not {_type_name(value)}")
+    if value <= _ZERO_DURATION:
+        raise ValidationError(field, "must be longer than zero")
+    if value > LEASE_MAX:
+        raise ValidationError(field, "must be at most 7 days")
+    return value
+
+
+def check_aware_datetime(value: object, field: str) -> datetime:
+    """A timezone-aware `datetime` (a naive one is ambiguous, so it is refused)."""
+    if not isinstance(value, datetime):
+        raise ValidationError(field, f"must be a datetime, not {_type_name(value)}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(field, "must be timezone-aware (for example tzinfo=UTC)")
+    return value
+
+
+def check_time_range(since: object, until: object) -> tuple[datetime | None, datetime | None]:
+    """Optional aware bounds ``since <= until`` (None leaves that side open)."""
+    start = None if since is None else check_aware_datetime(since, "since")
+    end = None if until is None else check_aware_datetime(until, "until")
+    if start is not None and end is not None and end < start:
+        raise ValidationError("until", "must not be earlier than since")
+    return start, end
+
+
+def check_confidence_score(value: object, field: str = "confidence_score") -> Decimal:
+    """A score from 0 to 1, rounded half-even to 2 decimal places.
+
+    The column is ``DECIMAL(3,2)``. The range is checked on the value as
+    given (1.004 is refused), then extra digits are rounded half to even:
+    0.935 -> 0.94, 0.925 -> 0.92, 0.9349 -> 0.93. A float is read through its
+    shortest repr (``str(0.935) == "0.935"``), not its binary expansion.
+    Accepts `Decimal`, `float` and `int`; bools, NaN and infinities are refused.
+    """
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(field, "must be a finite number")
+        number = Decimal(repr(value))
+    elif _is_int(value):
+        assert isinstance(value, int)  # narrowed by _is_int, for the type checker
+        number = Decimal(value)
+    else:
+        raise ValidationError(field, f"must be a Decimal, float or int, not {_type_name(value)}")
+    if not number.is_finite():
+        raise ValidationError(field, "must be a finite number")
+    if not _ZERO <= number <= _ONE:
+        raise ValidationError(field, "must be between 0 and 1")
+    try:
+        return number.quantize(_CONFIDENCE_STEP, rounding=ROUND_HALF_EVEN)
+    except InvalidOperation:  # pragma: no cover - a finite value in 0..1 always quantises
+        raise ValidationError(field, "cannot be rounded to 2 decimal places") from None
+
+
+def check_tokens_used(value: object, field: str = "tokens_used") -> int:
+    """An int from 0 to 2**31 - 1 (PostgreSQL ``integer``); bools are refused."""
+    if not _is_int(value):
+        raise ValidationError(field, f"must be an int, not {_type_name(value)}")
+    assert isinstance(value, int)  # narrowed by _is_int, for the type checker
+    if value < 0:
+        raise ValidationError(field, "must be 0 or more")
+    if value > INT4_MAX:
+        raise ValidationError(field, f"must be at most {INT4_MAX}")
+    return value
+
+
+def check_extracted_data(value: object, field: str = "extracted_data") -> str:
+    """A dict that survives a JSON round trip unchanged; returns its JSON text.
+
+    Keys must be strings; values JSON types (dict, list, str, int, float,
+    bool, None). Refused: tuples and sets, non-string keys, NaN and
+    infinities, `Decimal`, and the character U+0000 (jsonb cannot store it).
+    """
+    if not isinstance(value, dict):
+        raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        raise ValidationError(
+            field, "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)"
+        ) from None
+    try:
+        same: Any = json.loads(text) == value
+    except RecursionError:  # pragma: no cover - dumps would have failed first
+        same = False
+    if not same:
+        raise ValidationError(
+            field,
+            "must read back unchanged from JSON (str keys only; lists, not tuples)",
+        )
+    if _JSON_NUL.search(text):
+        raise ValidationError(field, "must not contain the character U+0000")
+    return text
+
+
+def check_error_message(value: object, field: str = "error_message") -> str:
+    """A non-blank string of at most 10,000 characters without U+0000."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise ValidationError(field, "must not be empty or blank")
+    if len(value) > ERROR_MESSAGE_MAX:
+        raise ValidationError(field, f"must be at most {ERROR_MESSAGE_MAX} characters")
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain the character U+0000")
+    return value

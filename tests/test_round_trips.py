@@ -1,0 +1,232 @@
+"""One round trip per single-job call, counted on the wire; and every named query is used.
+
+The wire count uses libpq's protocol trace on the connection the repository
+runs on: every exchange with the server ends with the server's
+``ReadyForQuery`` message, so counting those counts round trips exactly.
+The connection has server-side prepared statements off, as behind RDS Proxy
+(with them on, psycopg spends one extra round trip the fifth time a
+connection runs a statement, to prepare it; that cost is psycopg's, once).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import pq
+
+import cira_db
+from cira_db import Database, JobRepository, JobResultRepository
+from cira_db._sql import load_queries
+from cira_db.errors import CiraDbError, InvalidTransitionError, NotFoundError
+
+A = "client-a"
+LEASE = timedelta(minutes=5)
+SRC = Path(cira_db.__file__).resolve().parent
+
+
+class Wire:
+    """The protocol messages of one traced block."""
+
+    def __init__(self, text: str) -> None:
+        self.messages = [line.split("\t") for line in text.splitlines() if line.strip()]
+
+    def count(self, sender: str, name: str) -> int:
+        return sum(1 for m in self.messages if m[0] == sender and len(m) > 2 and m[2] == name)
+
+    @property
+    def round_trips(self) -> int:
+        return self.count("B", "ReadyForQuery")
+
+
+@contextmanager
+def traced(conn: psycopg.Connection[Any]) -> Iterator[list[Wire]]:
+    """Trace ``conn``'s protocol messages inside the block; the Wire is set on exit."""
+    found: list[Wire] = []
+    with tempfile.TemporaryFile() as sink:
+        conn.pgconn.trace(sink.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            yield found
+        finally:
+            conn.pgconn.untrace()
+            sink.seek(0)
+            found.append(Wire(sink.read().decode("utf-8", "replace")))
+
+
+@pytest.fixture
+def conn(cira_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cira_db_url, autocommit=True, prepare_threshold=None) as connection:
+        yield connection
+
+
+def _trips(conn: psycopg.Connection[Any], call: Callable[[], object]) -> int:
+    with traced(conn) as wire, suppress(CiraDbError):
+        call()
+    (seen,) = wire
+    return seen.round_trips
+
+
+def test_the_trace_counts_round_trips(conn: psycopg.Connection[Any]) -> None:
+    assert _trips(conn, lambda: conn.execute("SELECT 1")) == 1
+    assert _trips(conn, lambda: (conn.execute("SELECT 1"), conn.execute("SELECT 2"))) == 2
+
+
+def test_every_single_job_call_is_one_round_trip(conn: psycopg.Connection[Any]) -> None:
+    jobs, results = JobRepository(conn), JobResultRepository(conn)
+    fixed = uuid.uuid4()
+    state: dict[str, Any] = {}
+
+    def claim() -> None:
+        state["job"] = jobs.claim_next(lease=LEASE)
+
+    def page() -> None:
+        state["page"] = jobs.list(client_id=A, limit=2)
+
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("create", lambda: jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")),
+        (
+            "create with id",
+            lambda: jobs.create(client_id=A, pdf_url="https://e.com/2", job_id=fixed),
+        ),
+        ("create again", lambda: jobs.create(client_id=A, pdf_url="https://e.com/2", job_id=fixed)),
+        ("create conflict", lambda: jobs.create(client_id=A, pdf_url="https://x", job_id=fixed)),
+        ("create_many", lambda: jobs.create_many(client_id=A, pdf_urls=["https://e.com/m"] * 50)),
+        ("get", lambda: jobs.get(fixed, client_id=A)),
+        ("get missing", lambda: jobs.get(uuid.uuid4(), client_id=A)),
+        ("find", lambda: jobs.find(fixed, client_id=A)),
+        ("list", page),
+        ("list next", lambda: jobs.list(client_id=A, limit=2, cursor=state["page"].next_cursor)),
+        ("list by status", lambda: jobs.list(client_id=A, status="queued")),
+        ("count_by_status", lambda: jobs.count_by_status(client_id=A)),
+        ("claim_next", claim),
+        ("claim_batch", lambda: jobs.claim_batch(3, lease=LEASE, client_id=A)),
+        ("extend_lease", lambda: jobs.extend_lease(state["job"].id, lease=LEASE)),
+        (
+            "complete",
+            lambda: jobs.complete(
+                state["job"].id, extracted_data={"a": 1}, confidence_score=0.9, tokens_used=5
+            ),
+        ),
+        (
+            "complete refused",
+            lambda: jobs.complete(
+                state["job"].id, extracted_data={}, confidence_score=0.9, tokens_used=5
+            ),
+        ),
+        ("extend refused", lambda: jobs.extend_lease(state["job"].id, lease=LEASE)),
+        ("fail refused", lambda: jobs.fail(fixed, error_message="x")),
+        ("retry refused", lambda: jobs.retry(fixed)),
+        ("release_expired", lambda: jobs.release_expired()),
+        ("get_for_job", lambda: results.get_for_job(state["job"].id, client_id=A)),
+        ("get_for_job missing", lambda: results.get_for_job(fixed, client_id=A)),
+        ("usage", lambda: results.usage(client_id=A, since=datetime(2024, 1, 1, tzinfo=UTC))),
+    ]
+    counted = {name: _trips(conn, call) for name, call in calls}
+    assert counted == dict.fromkeys(counted, 1)
+
+
+def test_fail_and_retry_are_one_round_trip_each(conn: psycopg.Connection[Any]) -> None:
+    jobs = JobRepository(conn)
+    jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")
+    job = jobs.claim_next(lease=LEASE)
+    assert job is not None
+    assert _trips(conn, lambda: jobs.fail(job.id, error_message="broken")) == 1
+    assert _trips(conn, lambda: jobs.retry(job.id)) == 1
+
+
+def test_complete_is_atomic_in_one_statement(conn: psycopg.Connection[Any]) -> None:
+    jobs = JobRepository(conn)
+    jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")
+    job = jobs.claim_next(lease=LEASE)
+    assert job is not None
+    with traced(conn) as wire:
+        jobs.complete(job.id, extracted_data={}, confidence_score=1, tokens_used=1)
+    (seen,) = wire
+    # One Parse/Bind/Execute/Sync: no BEGIN, no COMMIT, a single statement.
+    assert seen.count("F", "Parse") == 1
+    assert seen.count("F", "Sync") == 1
+    assert seen.count("F", "Query") == 0
+
+
+def test_refused_calls_change_nothing_in_one_round_trip(conn: psycopg.Connection[Any]) -> None:
+    jobs = JobRepository(conn)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")
+    with pytest.raises(InvalidTransitionError):
+        jobs.complete(job.id, extracted_data={}, confidence_score=1, tokens_used=1)
+    with pytest.raises(NotFoundError):
+        jobs.complete(uuid.uuid4(), extracted_data={}, confidence_score=1, tokens_used=1)
+    assert conn.execute("SELECT count(*) FROM job_results").fetchone() == (0,)
+
+
+def test_on_a_database_each_call_runs_one_statement(
+    cira_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the pool: one statement per call, and nothing else on the wire.
+
+    The pool checks a connection (an empty query) only when it sat idle longer
+    than ``pool_check_after`` (5 s by default), so back-to-back calls pay no check.
+    """
+    jobs, results = JobRepository(cira_db), JobResultRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")
+    statements: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def counting(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(query if isinstance(query, str) else "<composed>")
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    calls: list[Callable[[], object]] = [
+        lambda: jobs.get(job.id, client_id=A),
+        lambda: jobs.claim_next(lease=LEASE),
+        lambda: jobs.extend_lease(job.id, lease=LEASE),
+        lambda: jobs.complete(job.id, extracted_data={}, confidence_score=1, tokens_used=1),
+        lambda: results.get_for_job(job.id, client_id=A),
+        lambda: results.usage(client_id=A),
+        lambda: jobs.count_by_status(client_id=A),
+    ]
+    for call in calls:
+        statements.clear()
+        call()
+        assert len(statements) == 1, statements
+        assert statements[0].strip()
+
+
+# -- the SQL files and the code agree -------------------------------------------------------------
+
+_USE = re.compile(r"""query\(\s*"(?P<file>[a-z_]+\.sql)",\s*"(?P<name>[a-z0-9_]+)"\s*\)""")
+_FILES = ("jobs.sql", "job_results.sql")
+
+
+def _used() -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for path in SRC.rglob("*.py"):
+        for match in _USE.finditer(path.read_text(encoding="utf-8")):
+            found.add((match["file"], match["name"]))
+    return found
+
+
+def test_every_named_query_is_used_and_every_used_name_exists() -> None:
+    used = {pair for pair in _used() if pair[0] in _FILES}
+    defined = {(file, name) for file in _FILES for name in load_queries(file)}
+    assert used, "no query(...) calls found: the pattern no longer matches the code"
+    assert defined - used == set(), "named queries nobody runs"
+    assert used - defined == set(), "query names the SQL files do not define"
+
+
+def test_named_queries_bind_only_placeholders() -> None:
+    for file in _FILES:
+        for query in load_queries(file).values():
+            assert query.description, f"{file}:{query.name} has no description"
+            # Any % that is not a %(name)s placeholder must be an escaped %%.
+            stripped = re.sub(r"%\([a-z_][a-z0-9_]*\)s|%%", "", query.sql)
+            assert "%" not in stripped, f"{file}:{query.name} has a stray %"

@@ -1,0 +1,523 @@
+"""Input validation: every bad argument is a ValidationError naming it, before any SQL.
+
+Most tests use repositories on a `Database` that was never opened: any
+attempt to run SQL would raise `ConfigurationError`, so a `ValidationError`
+proves the check ran first. The database tests then show that nothing was
+written and that valid values survive the round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from cira_db._validation import (
+    check_client_id,
+    check_confidence_score,
+    check_error_message,
+    check_extracted_data,
+    check_job_id,
+    check_lease,
+    check_limit,
+    check_pdf_url,
+    check_pdf_urls,
+    check_status,
+    check_tokens_used,
+)
+from cira_db.errors import ValidationError
+
+A = "client-a"
+URL = "https://example.com/a.pdf"
+LEASE = timedelta(minutes=1)
+UNOPENED = Database("postgresql://localhost/never-opened")
+JOBS = JobRepository(UNOPENED)
+RESULTS = JobResultRepository(UNOPENED)
+SOME_ID = uuid.uuid4()
+
+
+def _field(call: Callable[[], object]) -> str:
+    with pytest.raises(ValidationError) as info:
+        call()
+    assert isinstance(info.value, ValueError)  # ValidationError is also a ValueError
+    return info.value.field
+
+
+# -- the single checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["a", "client-a", "x" * 50, "ünïcödé-client", "test client 1", "a.b@c:d/e"]
+)
+def test_good_client_ids(value: str) -> None:
+    assert check_client_id(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "blank"),
+        ("x" * 51, "at most 50"),
+        (" client", "whitespace"),
+        ("client\n", "whitespace"),
+        ("cli\x00ent", "control"),
+        ("cli\x1bent", "control"),
+        (None, "string"),
+        (42, "string"),
+        (b"client", "string"),
+    ],
+)
+def test_bad_client_ids(value: object, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason) as info:
+        check_client_id(value)
+    assert info.value.field == "client_id"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://example.com/a.pdf",
+        "http://localhost:8080/files/a.pdf",
+        "HTTPS://EXAMPLE.COM/A.PDF",
+        "https://bucket.s3.amazonaws.com/k/a.pdf?X-Amz-Signature=abc&X-Amz-Expires=900",
+        "https://[::1]/a.pdf",
+        "https://例え.jp/文書.pdf",
+        "https://example.com/" + "a" * (2048 - len("https://example.com/")),
+    ],
+)
+def test_good_pdf_urls(value: str) -> None:
+    assert check_pdf_url(value) == value  # stored exactly as given
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "http"),
+        ("example.com/a.pdf", "http"),
+        ("ftp://example.com/a.pdf", "http"),
+        ("file:///etc/passwd", "http"),
+        ("javascript:alert(1)", "http"),
+        ("https:example.com", "http"),
+        ("https://", "valid"),
+        ("https://exa mple.com/a.pdf", "whitespace"),
+        ("https://example.com/a b.pdf", "whitespace"),
+        (" https://example.com/a.pdf", "http"),
+        ("https://example.com/a.pdf\n", "whitespace"),
+        ("https://example.com/\x00.pdf", "control"),
+        ("https://example.com:99999/a.pdf", "valid"),
+        ("https://user:secret@example.com/a.pdf", "user name or password"),
+        ("https://example.com/" + "a" * 2048, "at most 2048"),
+        (None, "string"),
+        (["https://example.com/a.pdf"], "string"),
+    ],
+)
+def test_bad_pdf_urls(value: object, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason) as info:
+        check_pdf_url(value)
+    assert info.value.field == "pdf_url"
+    assert "secret" not in str(info.value)
+
+
+def test_pdf_urls_names_the_bad_entry() -> None:
+    assert check_pdf_urls((URL, URL)) == [URL, URL]
+    with pytest.raises(ValidationError) as info:
+        check_pdf_urls([URL, URL, "nope"])
+    assert info.value.field == "pdf_urls[2]"
+    for bad in (URL, None, {URL}, 3):
+        with pytest.raises(ValidationError) as whole:
+            check_pdf_urls(bad)
+        assert whole.value.field == "pdf_urls"
+
+
+def test_pdf_urls_has_a_ceiling() -> None:
+    with pytest.raises(ValidationError, match="at most 100000"):
+        check_pdf_urls([URL] * 100_001)
+
+
+@pytest.mark.parametrize(
+    ("given_value", "stored"),
+    [
+        (0, Decimal("0.00")),
+        (1, Decimal("1.00")),
+        (0.5, Decimal("0.50")),
+        (0.935, Decimal("0.94")),  # half-even: 3 is odd, rounds up
+        (0.925, Decimal("0.92")),  # half-even: 2 is even, stays
+        (0.9349, Decimal("0.93")),
+        (Decimal("0.125"), Decimal("0.12")),
+        (Decimal("0.135"), Decimal("0.14")),
+        (Decimal("0.999"), Decimal("1.00")),
+        (Decimal("0.001"), Decimal("0.00")),
+        (Decimal("1.000"), Decimal("1.00")),
+        (1e-9, Decimal("0.00")),
+        (0.1 + 0.2, Decimal("0.30")),
+    ],
+)
+def test_confidence_is_rounded_half_even(given_value: Any, stored: Decimal) -> None:
+    assert check_confidence_score(given_value) == stored
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -0.01,
+        1.001,
+        Decimal("1.004"),
+        Decimal("-0.001"),
+        2,
+        -1,
+        float("nan"),
+        float("inf"),
+        Decimal("NaN"),
+        Decimal("sNaN"),
+        Decimal("Infinity"),
+        True,
+        "0.5",
+        None,
+    ],
+)
+def test_bad_confidence(value: object) -> None:
+    assert _field(lambda: check_confidence_score(value)) == "confidence_score"
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, True, False, 1.0, "1", None])
+def test_bad_tokens_used(value: object) -> None:
+    assert _field(lambda: check_tokens_used(value)) == "tokens_used"
+
+
+def test_tokens_used_bounds() -> None:
+    assert check_tokens_used(0) == 0
+    assert check_tokens_used(2**31 - 1) == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        "{}",
+        None,
+        {1: "int key"},
+        {"t": (1, 2)},
+        {"s": {1, 2}},
+        {"d": Decimal("1.5")},
+        {"f": float("nan")},
+        {"f": float("inf")},
+        {"nul": "a\x00b"},
+        {"nested": [{"nul": "\x00"}]},
+        {"\x00": 1},
+        {"dt": datetime(2024, 1, 1, tzinfo=UTC)},
+        {"b": b"bytes"},
+    ],
+)
+def test_bad_extracted_data(value: object) -> None:
+    assert _field(lambda: check_extracted_data(value)) == "extracted_data"
+
+
+def test_extracted_data_accepts_backslashes_that_only_look_like_nul() -> None:
+    value = {"text": "a literal \\u0000 is six characters", "\\": "\\\\u0000"}
+    assert json.loads(check_extracted_data(value)) == value
+
+
+def test_deeply_nested_data_is_a_validation_error() -> None:
+    value: dict[str, Any] = {}
+    cursor = value
+    for _ in range(5000):
+        cursor["x"] = {}
+        cursor = cursor["x"]
+    assert _field(lambda: check_extracted_data(value)) == "extracted_data"
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, True, 1.5, "10", None])
+def test_bad_limits(value: object) -> None:
+    assert _field(lambda: check_limit(value)) == "limit"
+
+
+@pytest.mark.parametrize(
+    "value", [timedelta(0), timedelta(seconds=-1), timedelta(days=8), 60, 60.0, "15m", None]
+)
+def test_bad_leases(value: object) -> None:
+    assert _field(lambda: check_lease(value)) == "lease"
+
+
+@pytest.mark.parametrize("value", ["not-a-uuid", "", 123, None, SOME_ID.bytes])
+def test_bad_job_ids(value: object) -> None:
+    assert _field(lambda: check_job_id(value)) == "job_id"
+
+
+def test_job_ids_as_uuid_or_str() -> None:
+    assert check_job_id(SOME_ID) is SOME_ID
+    assert check_job_id(str(SOME_ID)) == SOME_ID
+    assert check_job_id(str(SOME_ID).upper()) == SOME_ID
+
+
+def test_status_values() -> None:
+    assert check_status(None) is None
+    assert check_status("failed") is JobStatus.FAILED
+    assert check_status(JobStatus.QUEUED) is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("value", ["QUEUED", "done", 1, b"queued"])
+def test_bad_statuses(value: object) -> None:
+    assert _field(lambda: check_status(value)) == "status"
+
+
+@pytest.mark.parametrize("value", ["", "   ", "x" * 10_001, "a\x00b", None, 1])
+def test_bad_error_messages(value: object) -> None:
+    assert _field(lambda: check_error_message(value)) == "error_message"
+
+
+# -- every public call checks before any SQL -------------------------------------------------
+
+CALLS: list[tuple[str, Callable[[], object], str]] = [
+    ("create client", lambda: JOBS.create(client_id="", pdf_url=URL), "client_id"),
+    ("create url", lambda: JOBS.create(client_id=A, pdf_url="ftp://x/y"), "pdf_url"),
+    ("create id", lambda: JOBS.create(client_id=A, pdf_url=URL, job_id="x"), "job_id"),
+    ("many client", lambda: JOBS.create_many(client_id=None, pdf_urls=[URL]), "client_id"),  # type: ignore[arg-type]
+    ("many urls", lambda: JOBS.create_many(client_id=A, pdf_urls=URL), "pdf_urls"),
+    ("get id", lambda: JOBS.get("x", client_id=A), "job_id"),
+    ("get client", lambda: JOBS.get(SOME_ID, client_id=" a"), "client_id"),
+    ("find client", lambda: JOBS.find(SOME_ID, client_id=""), "client_id"),
+    ("list client", lambda: JOBS.list(client_id=""), "client_id"),
+    ("list status", lambda: JOBS.list(client_id=A, status="done"), "status"),
+    ("list limit", lambda: JOBS.list(client_id=A, limit=0), "limit"),
+    ("list limit high", lambda: JOBS.list(client_id=A, limit=1001), "limit"),
+    ("list cursor", lambda: JOBS.list(client_id=A, cursor="abc"), "cursor"),
+    ("list cursor type", lambda: JOBS.list(client_id=A, cursor=b"abc"), "cursor"),  # type: ignore[arg-type]
+    ("claim lease", lambda: JOBS.claim_next(lease=timedelta(0)), "lease"),
+    ("claim client", lambda: JOBS.claim_next(lease=LEASE, client_id=""), "client_id"),
+    ("batch limit", lambda: JOBS.claim_batch(0, lease=LEASE), "limit"),
+    ("batch lease", lambda: JOBS.claim_batch(5, lease=5), "lease"),  # type: ignore[arg-type]
+    ("extend id", lambda: JOBS.extend_lease("x", lease=LEASE), "job_id"),
+    ("extend lease", lambda: JOBS.extend_lease(SOME_ID, lease=timedelta(-1)), "lease"),
+    (
+        "complete data",
+        lambda: JOBS.complete(SOME_ID, extracted_data=[], confidence_score=1, tokens_used=1),  # type: ignore[arg-type]
+        "extracted_data",
+    ),
+    (
+        "complete confidence",
+        lambda: JOBS.complete(SOME_ID, extracted_data={}, confidence_score=1.5, tokens_used=1),
+        "confidence_score",
+    ),
+    (
+        "complete tokens",
+        lambda: JOBS.complete(SOME_ID, extracted_data={}, confidence_score=1, tokens_used=-1),
+        "tokens_used",
+    ),
+    (
+        "complete client",
+        lambda: JOBS.complete(
+            SOME_ID, extracted_data={}, confidence_score=1, tokens_used=1, client_id=""
+        ),
+        "client_id",
+    ),
+    ("fail message", lambda: JOBS.fail(SOME_ID, error_message=""), "error_message"),
+    ("fail id", lambda: JOBS.fail(None, error_message="x"), "job_id"),  # type: ignore[arg-type]
+    ("retry id", lambda: JOBS.retry(3), "job_id"),  # type: ignore[arg-type]
+    ("retry client", lambda: JOBS.retry(SOME_ID, client_id="x" * 51), "client_id"),
+    ("release attempts", lambda: JOBS.release_expired(max_attempts=0), "max_attempts"),
+    ("release limit", lambda: JOBS.release_expired(limit=5000), "limit"),
+    ("count client", lambda: JOBS.count_by_status(client_id=""), "client_id"),
+    (
+        "delete cutoff",
+        lambda: JOBS.delete_finished_before(datetime(2024, 1, 1)),
+        "cutoff",
+    ),
+    (
+        "delete batch",
+        lambda: JOBS.delete_finished_before(datetime.now(UTC), batch_size=10_001),
+        "batch_size",
+    ),
+    ("result id", lambda: RESULTS.get_for_job("x", client_id=A), "job_id"),
+    ("result client", lambda: RESULTS.find_for_job(SOME_ID, client_id=""), "client_id"),
+    ("usage client", lambda: RESULTS.usage(client_id=""), "client_id"),
+    ("usage since", lambda: RESULTS.usage(client_id=A, since="yesterday"), "since"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "field"), [(c, f) for _, c, f in CALLS], ids=[n for n, _, _ in CALLS]
+)
+def test_every_call_validates_before_sql(call: Callable[[], object], field: str) -> None:
+    assert _field(call) == field
+
+
+# -- hypothesis: arbitrary bad input --------------------------------------------------------------
+
+_not_str = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.binary(),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_bad_client_ids = st.one_of(
+    _not_str,
+    st.text(min_size=51, max_size=80).filter(lambda s: len(s) > 50),
+    st.text(alphabet=" \t\n\r\x0b\x0c", max_size=10),
+    st.text(max_size=20).map(lambda s: " " + s),
+    st.tuples(st.text(max_size=10), st.characters(max_codepoint=31), st.text(max_size=10)).map(
+        "".join
+    ),
+)
+_bad_urls = st.one_of(
+    _not_str,
+    st.text(max_size=40).filter(lambda s: not s.lower().startswith(("http://", "https://"))),
+    st.text(min_size=1, max_size=20).map(lambda s: "https://example.com/a b" + s),
+    st.text(max_size=20).map(lambda s: "https://" + " " + s),
+    st.integers(min_value=0, max_value=100).map(lambda n: "https://e.com/" + "x" * (2040 + n)),
+)
+_bad_scores = st.one_of(
+    st.floats().filter(lambda f: not 0 <= f <= 1),
+    st.decimals(allow_nan=True).filter(lambda d: not d.is_finite() or not 0 <= d <= 1),
+    st.integers().filter(lambda n: n not in (0, 1)),
+    st.booleans(),
+    st.text(max_size=5),
+    st.none(),
+)
+_bad_tokens = st.one_of(
+    st.integers(max_value=-1),
+    st.integers(min_value=2**31),
+    st.booleans(),
+    st.floats(),
+    st.text(max_size=5),
+    st.none(),
+)
+_bad_data = st.one_of(
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.text(max_size=5),
+    st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=3),
+    st.dictionaries(st.text(max_size=3), st.tuples(st.integers()), min_size=1, max_size=3),
+    st.dictionaries(st.text(max_size=3), st.decimals(), min_size=1, max_size=3),
+    st.dictionaries(
+        st.text(max_size=3),
+        st.text(max_size=5).map(lambda s: s + "\x00"),
+        min_size=1,
+        max_size=3,
+    ),
+)
+_bad_limits = st.one_of(
+    st.integers(max_value=0), st.integers(min_value=1001), st.booleans(), st.floats(), st.none()
+)
+
+_fast = settings(max_examples=60, deadline=None)
+
+
+@_fast
+@given(_bad_client_ids)
+def test_any_bad_client_id_is_refused(value: Any) -> None:
+    assert _field(lambda: JOBS.create(client_id=value, pdf_url=URL)) == "client_id"
+    assert _field(lambda: JOBS.list(client_id=value)) == "client_id"
+    assert _field(lambda: RESULTS.usage(client_id=value)) == "client_id"
+
+
+@_fast
+@given(_bad_urls)
+def test_any_bad_url_is_refused(value: Any) -> None:
+    assert _field(lambda: JOBS.create(client_id=A, pdf_url=value)) == "pdf_url"
+
+
+@_fast
+@given(_bad_scores, _bad_tokens, _bad_data)
+def test_any_bad_result_is_refused(score: Any, tokens: Any, data: Any) -> None:
+    def complete(**kwargs: Any) -> None:
+        arguments = {"extracted_data": {}, "confidence_score": 0.5, "tokens_used": 1, **kwargs}
+        JOBS.complete(SOME_ID, **arguments)
+
+    assert _field(lambda: complete(confidence_score=score)) == "confidence_score"
+    assert _field(lambda: complete(tokens_used=tokens)) == "tokens_used"
+    assert _field(lambda: complete(extracted_data=data)) == "extracted_data"
+
+
+@_fast
+@given(_bad_limits)
+def test_any_bad_limit_is_refused(value: Any) -> None:
+    assert _field(lambda: JOBS.list(client_id=A, limit=value)) == "limit"
+    assert _field(lambda: JOBS.claim_batch(value, lease=LEASE)) == "limit"
+
+
+@_fast
+@given(st.text(max_size=60))
+def test_any_made_up_cursor_is_refused(value: str) -> None:
+    assert _field(lambda: JOBS.list(client_id=A, cursor=value)) == "cursor"
+
+
+# -- against the database: nothing written, good values unchanged ----------------------------------
+
+_db_settings = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_db_settings
+@given(client_id=_bad_client_ids, pdf_url=_bad_urls)
+def test_bad_input_writes_nothing(cira_db: Database, client_id: Any, pdf_url: Any) -> None:
+    jobs = JobRepository(cira_db)
+    with pytest.raises(ValidationError):
+        jobs.create(client_id=client_id, pdf_url=URL)
+    with pytest.raises(ValidationError):
+        jobs.create(client_id=A, pdf_url=pdf_url)
+    with pytest.raises(ValidationError):
+        jobs.create_many(client_id=A, pdf_urls=[URL, pdf_url])
+    with cira_db.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+_json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15),
+    st.text(max_size=20).filter(lambda s: "\x00" not in s),
+)
+_json = st.recursive(
+    _json_leaves,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8).filter(lambda s: "\x00" not in s), children, max_size=4
+        )
+    ),
+    max_leaves=25,
+)
+_good_client_ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")),
+    min_size=1,
+    max_size=50,
+)
+
+
+@_db_settings
+@given(
+    data=st.dictionaries(st.text(max_size=8).filter(lambda s: "\x00" not in s), _json, max_size=6),
+    score=st.decimals(min_value=0, max_value=1, places=2),
+    tokens=st.integers(min_value=0, max_value=2**31 - 1),
+    client_id=_good_client_ids,
+)
+def test_good_values_round_trip_unchanged(
+    cira_db: Database, data: dict[str, Any], score: Decimal, tokens: int, client_id: str
+) -> None:
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=client_id, pdf_url=URL)
+    assert jobs.get(job.id, client_id=client_id).client_id == client_id
+    claimed = jobs.claim_next(lease=LEASE, client_id=client_id)
+    assert claimed is not None
+    result = jobs.complete(
+        claimed.id, extracted_data=data, confidence_score=score, tokens_used=tokens
+    )
+    assert result.extracted_data == data
+    assert result.confidence_score == score
+    assert result.tokens_used == tokens
+    stored = JobResultRepository(cira_db).get_for_job(job.id, client_id=client_id)
+    assert stored == result

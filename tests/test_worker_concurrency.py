@@ -1,0 +1,263 @@
+"""Many workers on one queue.
+
+Threads and processes never claim a job twice and together finish every
+job; a killed worker's job comes back once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from cira_db.errors import InvalidTransitionError
+
+A, B = "client-a", "client-b"
+LEASE = timedelta(seconds=30)
+SHORT = timedelta(milliseconds=300)
+
+
+def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
+    """A worker loop: claim (one or a batch), complete each, until the queue is empty.
+
+    ``start`` (a barrier) makes every worker begin at the same moment.
+    """
+    done: list[str] = []
+    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+        jobs = JobRepository(db)
+        if start is not None:
+            start.wait(timeout=60)
+        while True:
+            claimed = jobs.claim_batch(batch, lease=LEASE)
+            if not claimed:
+                return done
+            for job in claimed:
+                jobs.complete(
+                    job.id,
+                    extracted_data={"worker": worker, "pid": os.getpid()},
+                    confidence_score=0.9,
+                    tokens_used=10,
+                )
+                done.append(str(job.id))
+
+
+def _process_worker(url: str, worker: str, batch: int, start: Any, out: Any) -> None:
+    out.put(_work(url, worker, batch, start))
+
+
+def _check_all_done_once(db: Database, made: list[UUID], done: list[str], workers: int) -> None:
+    counts = Counter(done)
+    assert [job_id for job_id, n in counts.items() if n > 1] == []
+    assert {UUID(job_id) for job_id in done} == set(made)
+    with db.connection() as conn:
+        rows = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'completed'), count(*),"
+            " (SELECT count(*) FROM job_results), max(attempts) FROM jobs"
+        ).fetchone()
+    assert rows == (len(made), len(made), len(made), 1)
+    with db.connection() as conn:
+        busy = conn.execute(
+            "SELECT count(DISTINCT extracted_data->>'worker') FROM job_results"
+        ).fetchone()
+    assert busy == (workers,), "every worker should have completed some jobs"
+
+
+def test_threads_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+    jobs = JobRepository(cira_db)
+    made = [
+        job.id
+        for job in jobs.create_many(
+            client_id=A, pdf_urls=[f"https://e.com/{n}" for n in range(300)]
+        )
+    ]
+    made += [
+        job.id
+        for job in jobs.create_many(
+            client_id=B, pdf_urls=[f"https://e.com/{n}" for n in range(100)]
+        )
+    ]
+    done: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def run(worker: str, batch: int) -> None:
+        try:
+            mine = _work(cira_db_url, worker, batch, start)
+        except BaseException as exc:  # pragma: no cover - surfaced by the assert below
+            errors.append(exc)
+            return
+        with lock:
+            done.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(f"t{n}", 1 if n % 2 else 5)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    _check_all_done_once(cira_db, made, done, workers=6)
+
+
+def test_threads_sharing_one_pool(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    made = [
+        job.id
+        for job in jobs.create_many(
+            client_id=A, pdf_urls=[f"https://e.com/{n}" for n in range(120)]
+        )
+    ]
+    done: list[str] = []
+    lock = threading.Lock()
+
+    start = threading.Barrier(4)
+
+    def run(worker: str) -> None:
+        start.wait(timeout=30)
+        while (job := jobs.claim_next(lease=LEASE)) is not None:
+            jobs.complete(
+                job.id, extracted_data={"worker": worker}, confidence_score=1, tokens_used=1
+            )
+            with lock:
+                done.append(str(job.id))
+
+    threads = [threading.Thread(target=run, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    _check_all_done_once(cira_db, made, done, workers=4)
+
+
+@pytest.mark.slow
+def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+    jobs = JobRepository(cira_db)
+    made = [
+        job.id
+        for job in jobs.create_many(
+            client_id=A, pdf_urls=[f"https://e.com/{n}" for n in range(300)]
+        )
+    ]
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Barrier(3), context.Queue()
+    workers = [
+        context.Process(
+            target=_process_worker, args=(cira_db_url, f"p{n}", 1 + 4 * (n % 2), start, out)
+        )
+        for n in range(3)
+    ]
+    for process in workers:
+        process.start()
+    try:
+        outputs = [out.get(timeout=60) for _ in workers]
+    finally:
+        for process in workers:
+            process.join(timeout=30)
+            if process.is_alive():  # pragma: no cover - only when a worker hangs
+                process.kill()
+    assert [process.exitcode for process in workers] == [0, 0, 0]
+    done = [job_id for output in outputs for job_id in output]
+    _check_all_done_once(cira_db, made, done, workers=3)
+    with cira_db.connection() as conn:
+        pids = conn.execute(
+            "SELECT count(DISTINCT (extracted_data->>'pid')::int) FROM job_results"
+        ).fetchone()
+    assert pids == (3,)  # three processes, none of them this one
+    results = JobResultRepository(cira_db)
+    assert results.get_for_job(made[0], client_id=A).extracted_data["pid"] != os.getpid()
+
+
+def _claim_and_hang(url: str, ready: Any) -> None:
+    """A worker that claims one job with a short lease, reports it, then hangs until killed."""
+    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+        job = JobRepository(db).claim_next(lease=SHORT)
+        ready.put(str(job.id) if job else None)
+        time.sleep(60)
+
+
+@pytest.mark.slow
+def test_a_killed_workers_job_comes_back(cira_db: Database, cira_db_url: str) -> None:
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/a.pdf")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    worker = context.Process(target=_claim_and_hang, args=(cira_db_url, ready))
+    worker.start()
+    try:
+        assert ready.get(timeout=30) == str(job.id)
+    finally:
+        worker.kill()
+        worker.join(timeout=10)
+    assert jobs.get(job.id, client_id=A).status is JobStatus.PROCESSING
+    assert jobs.claim_next(lease=LEASE) is None  # held by the dead worker's lease
+    assert jobs.release_expired() == []  # lease still running
+
+    deadline = time.monotonic() + 10
+    released: list[Any] = []
+    while not released and time.monotonic() < deadline:
+        time.sleep(0.1)
+        released = jobs.release_expired(max_attempts=3)
+    assert [j.id for j in released] == [job.id]
+    assert released[0].status is JobStatus.QUEUED
+
+    rescuer = jobs.claim_next(lease=LEASE)
+    assert rescuer is not None
+    assert rescuer.id == job.id
+    assert rescuer.attempts == 2
+    result = jobs.complete(
+        job.id, extracted_data={"by": "rescuer"}, confidence_score=1, tokens_used=1
+    )
+    assert JobResultRepository(cira_db).get_for_job(job.id, client_id=A) == result
+
+
+def test_a_stalled_thread_worker_is_replaced(cira_db: Database) -> None:
+    """A worker that stops (not killed) loses its job; its late complete is refused."""
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/a.pdf")
+    stalled = jobs.claim_next(lease=SHORT)
+    assert stalled is not None
+    time.sleep(0.35)
+    assert [j.id for j in jobs.release_expired()] == [job.id]
+    second = jobs.claim_next(lease=LEASE)
+    assert second is not None
+    assert second.attempts == 2
+    jobs.complete(second.id, extracted_data={"by": "second"}, confidence_score=1, tokens_used=1)
+    with pytest.raises(InvalidTransitionError):
+        jobs.complete(
+            stalled.id, extracted_data={"by": "stalled"}, confidence_score=1, tokens_used=1
+        )
+    result = JobResultRepository(cira_db).get_for_job(job.id, client_id=A)
+    assert result.extracted_data == {"by": "second"}
+
+
+def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_url: str) -> None:
+    job_id = "01900000-0000-7000-8000-00000000abcd"
+    outcomes: list[Any] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        with Database(cira_db_url, pool_min_size=1, pool_max_size=1) as db:
+            repo = JobRepository(db)
+            barrier.wait()
+            job = repo.create(client_id=A, pdf_url="https://e.com/a.pdf", job_id=job_id)
+        with lock:
+            outcomes.append(job)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 6
+    assert len(set(outcomes)) == 1
+    with cira_db.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
