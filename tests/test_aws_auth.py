@@ -26,6 +26,7 @@ from botocore.stub import Stubber
 from cira_db import Database, _aws_auth
 from cira_db._embedded import start_embedded
 from cira_db.errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
+from cira_db.migrations import Migrator
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cira-db-AbCdEf"
 
@@ -232,3 +233,39 @@ def test_iam_auth_refuses_plain_text_and_a_password() -> None:
         )._connect_kwargs()
     with pytest.raises(ConfigurationError, match="CIRA_DB_IAM_AUTH and CIRA_DB_PASSWORD"):
         Database(host="db.example.com", user="app", iam_auth=True, password="pw")
+
+
+def test_migrator_with_proxy_host_and_secret_uses_the_secret_host(
+    fake_aws: None, scram_server: tuple[str, str]
+) -> None:
+    _, socket_dir = scram_server
+    client = secrets_client()
+    with Stubber(client) as stub:
+        for _ in range(2):
+            stub.add_response("get_secret_value", secret_response(socket_dir, "first-Pa55"))
+        db = Database(
+            host="cira.proxy-abc123.eu-west-1.rds.amazonaws.com",
+            secret_arn=ARN,
+            secrets_client=client,
+            pool=False,
+        )
+        assert db.settings.behind_proxy()
+        statuses = Migrator(db).status()  # reached the instance (the secret's host)
+    assert [s.version for s in statuses] == [1, 2]
+    assert all(s.applied_at is None for s in statuses)
+
+
+def test_migrator_needs_a_host_in_the_secret_behind_a_proxy(fake_aws: None) -> None:
+    client = secrets_client()
+    with Stubber(client) as stub:
+        response = secret_response("/tmp", "pw")
+        response["SecretString"] = json.dumps({"username": "app", "password": "pw"})
+        stub.add_response("get_secret_value", response)
+        db = Database(
+            host="cira.proxy-abc123.eu-west-1.rds.amazonaws.com",
+            secret_arn=ARN,
+            secrets_client=client,
+            pool=False,
+        )
+        with pytest.raises(ConfigurationError, match="has no 'host'; set CIRA_DB_MIGRATION_URL"):
+            Migrator(db).status()

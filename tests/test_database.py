@@ -359,3 +359,16 @@ def test_server_restart_mid_run_loses_and_doubles_nothing(
     assert gave_up == []  # every write got through, retried across the restart
     assert sorted(written) == list(range(total))
     assert rows == (total, total)  # nothing lost, nothing doubled
+
+
+def test_failure_at_commit_is_a_cira_db_error(cira_db_url: str) -> None:
+    with Database(cira_db_url, pool_min_size=1, pool_max_size=1) as db:
+
+        def lose_the_connection_before_commit() -> None:
+            with db.transaction() as conn:
+                conn.execute("SELECT 1")
+                kill_backend(cira_db_url, backend_pid(conn))
+
+        with pytest.raises(DatabaseUnavailableError, match="run a transaction") as info:
+            lose_the_connection_before_commit()
+        assert isinstance(info.value.__cause__, psycopg.OperationalError)

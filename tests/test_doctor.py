@@ -87,3 +87,25 @@ def test_check_flags_prepared_statements_behind_an_undeclared_pooler(
         raise AssertionError(findings["pooler"].detail)
     if not findings["pooler"].ok:
         assert "CIRA_DB_VIA_PROXY=true" in findings["pooler"].detail
+
+
+def test_service_configuration_through_the_proxy_only_passes(
+    pgbouncer: PgBouncer, cira_db_url: str
+) -> None:
+    """A service knows only the proxy endpoint: the history is read through it."""
+    dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
+    db = Database(pgbouncer.url(dbname), via_proxy=True)
+    findings = {f.name: f for f in run_checks(db, samples=2)}
+    assert findings["migrations"].ok, findings["migrations"].detail
+    assert findings["migrations"].detail == "up to date (2 applied)"
+    assert all(f.ok for f in findings.values()), findings
+
+
+def test_local_tls_without_verification_is_not_a_failure(
+    pgbouncer: PgBouncer, cira_db_url: str
+) -> None:
+    dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
+    url = pgbouncer.url(dbname).replace("sslmode=verify-full", "sslmode=require")
+    findings = {f.name: f for f in run_checks(Database(url, via_proxy=True), samples=2)}
+    assert findings["tls"].ok
+    assert "not verified (local, sslmode=require)" in findings["tls"].detail

@@ -133,6 +133,19 @@ def test_create_same_id_different_content_is_a_conflict(
     assert _rows(cira_db, "SELECT client_id, pdf_url FROM jobs") == [(A, URL)]
 
 
+def test_create_conflict_reads_the_same_whichever_client_owns_the_id(
+    jobs: JobRepository,
+) -> None:
+    job_id = uuid.uuid4()
+    jobs.create(client_id=A, pdf_url=URL, job_id=job_id)
+    messages = set()
+    for client_id, pdf_url in [(A, "https://example.com/other.pdf"), (B, URL), (B, _url(9))]:
+        with pytest.raises(ConflictError) as info:
+            jobs.create(client_id=client_id, pdf_url=pdf_url, job_id=job_id)
+        messages.add(str(info.value))
+    assert messages == {f"job {job_id} exists already with a different client or pdf_url"}
+
+
 def test_create_gives_up_when_the_row_keeps_changing(
     jobs: JobRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -602,6 +615,98 @@ def test_a_late_worker_cannot_complete_a_released_job(jobs: JobRepository) -> No
         jobs.complete(job.id, extracted_data={}, confidence_score=0.5, tokens_used=1)
     with pytest.raises(InvalidTransitionError):
         jobs.extend_lease(job.id, lease=LEASE)
+
+
+# -- stale workers: attempt= is the claim's token ----------------------------------------------
+
+
+def _reclaimed(jobs: JobRepository) -> tuple[Job, Job]:
+    """Worker A's claim (attempt 1), expired and released; worker B's claim (attempt 2)."""
+    job = jobs.create(client_id=A, pdf_url=URL)
+    first = _claim(jobs, job, lease=SHORT)
+    time.sleep(0.25)
+    assert [j.id for j in jobs.release_expired()] == [job.id]
+    second = _claim(jobs, job)
+    assert (first.attempts, second.attempts) == (1, 2)
+    return first, second
+
+
+def _snapshot(db: Database, job_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    with db.connection() as conn:
+        return conn.execute(
+            "SELECT status::text, attempts, lease_expires_at, error_message, updated_at,"
+            " (SELECT count(*) FROM job_results) FROM jobs WHERE id = %s",
+            (job_id,),
+        ).fetchall()
+
+
+def test_a_stale_worker_is_refused_before_the_new_one_reports(
+    jobs: JobRepository, results: JobResultRepository, cira_db: Database
+) -> None:
+    stale, current = _reclaimed(jobs)
+    before = _snapshot(cira_db, current.id)
+    claimed_again = r"claimed again \(attempt 2\)"
+    with pytest.raises(InvalidTransitionError, match=claimed_again):
+        jobs.extend_lease(stale.id, lease=timedelta(hours=2), attempt=stale.attempts)
+    with pytest.raises(InvalidTransitionError, match=claimed_again):
+        jobs.complete(
+            stale.id,
+            extracted_data={"by": "stale"},
+            confidence_score=0.5,
+            tokens_used=1,
+            attempt=stale.attempts,
+        )
+    with pytest.raises(InvalidTransitionError, match=claimed_again):
+        jobs.fail(stale.id, error_message="stale", attempt=stale.attempts, client_id=A)
+    assert _snapshot(cira_db, current.id) == before  # nothing changed: not even the lease
+    # The worker holding the current claim carries on as if nothing happened.
+    extended = jobs.extend_lease(current.id, lease=LEASE, attempt=current.attempts)
+    assert extended.attempts == 2
+    result = jobs.complete(
+        current.id,
+        extracted_data={"by": "current"},
+        confidence_score=1,
+        tokens_used=1,
+        attempt=current.attempts,
+    )
+    assert results.get_for_job(current.id, client_id=A) == result
+    assert result.extracted_data == {"by": "current"}
+
+
+def test_a_stale_worker_is_refused_after_the_new_one_reported(
+    jobs: JobRepository, results: JobResultRepository
+) -> None:
+    stale, current = _reclaimed(jobs)
+    failed = jobs.fail(current.id, error_message="current", attempt=current.attempts)
+    assert failed.status is JobStatus.FAILED
+    with pytest.raises(InvalidTransitionError, match=r"claimed again \(attempt 2\)"):
+        jobs.complete(
+            stale.id, extracted_data={}, confidence_score=1, tokens_used=1, attempt=stale.attempts
+        )
+    assert results.find_for_job(stale.id, client_id=A) is None
+    assert jobs.get(stale.id, client_id=A).error_message == "current"
+
+
+def test_attempt_none_acts_on_whatever_claim_holds_the_job(jobs: JobRepository) -> None:
+    stale, _ = _reclaimed(jobs)
+    # Without attempt=, the call cannot tell the claims apart (the old behaviour).
+    assert jobs.extend_lease(stale.id, lease=LEASE).attempts == 2
+    assert jobs.fail(stale.id, error_message="whoever").status is JobStatus.FAILED
+
+
+def test_attempt_of_the_current_claim_and_other_refusals(jobs: JobRepository) -> None:
+    job = jobs.create(client_id=A, pdf_url=URL)
+    with pytest.raises(InvalidTransitionError, match="it is queued, not processing"):
+        jobs.extend_lease(job.id, lease=LEASE, attempt=1)
+    claimed = _claim(jobs, job)
+    with pytest.raises(InvalidTransitionError, match="on attempt 1, not 3"):
+        jobs.fail(job.id, error_message="x", attempt=3)
+    with pytest.raises(NotFoundError):
+        jobs.complete(uuid.uuid4(), extracted_data={}, confidence_score=1, tokens_used=1, attempt=1)
+    assert jobs.extend_lease(job.id, lease=LEASE, attempt=claimed.attempts).id == job.id
+    jobs.complete(job.id, extracted_data={}, confidence_score=1, tokens_used=1, attempt=1)
+    with pytest.raises(InvalidTransitionError, match="it is completed, not processing"):
+        jobs.fail(job.id, error_message="x", attempt=1)
 
 
 # -- count_by_status -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from cira_db import Database
+from cira_db import Database, JobRepository
 from cira_db.errors import ConfigurationError, MigrationError
 from cira_db.migrations import LOCK_KEY, Migrator, checksum, load_migrations, split_statements
 
@@ -455,11 +457,36 @@ def test_waiting_for_a_busy_lock_times_out_clearly(empty: str) -> None:
 
 
 def test_lock_is_released_after_a_failed_run(empty: str, migrations_dir: Path) -> None:
+    """The runner unlocks on failure even when its connection lives on (a caller's)."""
     (migrations_dir / "0003_broken.sql").write_text("SELECT 1 / 0;")
-    with pytest.raises(MigrationError):
-        Migrator(empty, directory=migrations_dir).apply()
-    db = Database(empty, pool=False, migration_lock_wait=0.2)
-    assert Migrator(db).apply() == []  # lock free again; packaged set is fully applied
+    migrator = Migrator(empty, directory=migrations_dir)
+    with psycopg.connect(empty, autocommit=True) as conn:
+
+        @contextmanager
+        def keep_open() -> Iterator[psycopg.Connection[Any]]:
+            yield conn  # not closed afterwards: closing would drop the lock anyway
+
+        migrator._connect = keep_open  # type: ignore[method-assign]
+        with pytest.raises(MigrationError, match="0003_broken"):
+            migrator.apply()
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        ).fetchone()
+    assert held == (0,)
+    assert history(empty) == [(1, "initial_schema"), (2, "hardening")]
+
+
+def test_explicit_url_is_not_redirected_by_the_environment(
+    empty: str, cira_db_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CIRA_DB_* variables must not send `Migrator(url)` to another database."""
+    with cira_db_server.database() as other:
+        monkeypatch.setenv("CIRA_DB_DBNAME", str(conninfo_to_dict(other)["dbname"]))
+        monkeypatch.setenv("CIRA_DB_MIGRATION_URL", other)
+        monkeypatch.setenv("CIRA_DB_USER", "someone_else")
+        Migrator(empty).apply()
+        assert len(history(empty)) == 2
+        assert history(other) == []
 
 
 # -- baseline ---------------------------------------------------------------------
@@ -510,6 +537,30 @@ def test_baseline_then_migrate_matches_a_fresh_database(empty: str, cira_db_serv
     assert adopted["indexes"] == built["indexes"]
     assert adopted["constraints"] == built["constraints"]
     assert adopted["triggers"] == built["triggers"]
+
+
+def test_adopted_processing_jobs_get_an_expired_lease_and_come_back(empty: str) -> None:
+    load_story_schema(empty)
+    execute(
+        empty,
+        "INSERT INTO jobs (client_id, status, pdf_url) "
+        "VALUES ('client-a', 'processing', 'https://example.com/stuck.pdf')",
+    )
+    Migrator(empty).baseline()
+    Migrator(empty).apply()
+    assert scalar(empty, "SELECT lease_expires_at IS NOT NULL FROM jobs") is True
+    with Database(empty) as db:
+        released = JobRepository(db).release_expired(max_attempts=3)
+    assert [j.pdf_url for j in released] == ["https://example.com/stuck.pdf"]
+    assert scalar(empty, "SELECT status::text FROM jobs") == "queued"
+
+
+def test_baseline_refuses_a_story_schema_missing_a_key(empty: str) -> None:
+    load_story_schema(empty)
+    execute(empty, "ALTER TABLE job_results DROP CONSTRAINT job_results_job_id_key")
+    with pytest.raises(MigrationError, match=r"job_results\.job_id is not UNIQUE"):
+        Migrator(empty).baseline()
+    assert history(empty) == []
 
 
 def test_baseline_refuses_a_database_without_the_schema(empty: str) -> None:

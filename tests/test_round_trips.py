@@ -14,7 +14,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ import pytest
 from psycopg import pq
 
 import cira_db
-from cira_db import Database, JobRepository, JobResultRepository
+from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._sql import load_queries
-from cira_db.errors import CiraDbError, InvalidTransitionError, NotFoundError
+from cira_db.errors import CiraDbError, ConflictError, InvalidTransitionError, NotFoundError
 
 A = "client-a"
 LEASE = timedelta(minutes=5)
@@ -68,9 +68,18 @@ def conn(cira_db_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
 
 
-def _trips(conn: psycopg.Connection[Any], call: Callable[[], object]) -> int:
-    with traced(conn) as wire, suppress(CiraDbError):
-        call()
+def _trips(
+    conn: psycopg.Connection[Any],
+    call: Callable[[], object],
+    raises: type[CiraDbError] | None = None,
+) -> int:
+    """Round trips of ``call``, which must succeed, or raise exactly ``raises``."""
+    with traced(conn) as wire:
+        if raises is None:
+            call()
+        else:
+            with pytest.raises(raises):
+                call()
     (seen,) = wire
     return seen.round_trips
 
@@ -88,50 +97,107 @@ def test_every_single_job_call_is_one_round_trip(conn: psycopg.Connection[Any]) 
     def claim() -> None:
         state["job"] = jobs.claim_next(lease=LEASE)
 
+    def claim_batch() -> None:
+        state["batch"] = jobs.claim_batch(3, lease=LEASE, client_id=A)
+
+    def make_many() -> None:
+        state["many"] = jobs.create_many(client_id=A, pdf_urls=["https://e.com/m"] * 50)
+
     def page() -> None:
         state["page"] = jobs.list(client_id=A, limit=2)
 
-    calls: list[tuple[str, Callable[[], object]]] = [
-        ("create", lambda: jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")),
+    def job() -> uuid.UUID:
+        claimed: Job = state["job"]
+        return claimed.id
+
+    def queued() -> uuid.UUID:
+        last: Job = state["many"][-1]  # never claimed: claim_batch takes the oldest
+        return last.id
+
+    # (name, call, the error it must raise or None for success): a call that fails
+    # unexpectedly is a test failure, not one round trip.
+    calls: list[tuple[str, Callable[[], object], type[CiraDbError] | None]] = [
+        ("create", lambda: jobs.create(client_id=A, pdf_url="https://e.com/1.pdf"), None),
         (
             "create with id",
             lambda: jobs.create(client_id=A, pdf_url="https://e.com/2", job_id=fixed),
+            None,
         ),
-        ("create again", lambda: jobs.create(client_id=A, pdf_url="https://e.com/2", job_id=fixed)),
-        ("create conflict", lambda: jobs.create(client_id=A, pdf_url="https://x", job_id=fixed)),
-        ("create_many", lambda: jobs.create_many(client_id=A, pdf_urls=["https://e.com/m"] * 50)),
-        ("get", lambda: jobs.get(fixed, client_id=A)),
-        ("get missing", lambda: jobs.get(uuid.uuid4(), client_id=A)),
-        ("find", lambda: jobs.find(fixed, client_id=A)),
-        ("list", page),
-        ("list next", lambda: jobs.list(client_id=A, limit=2, cursor=state["page"].next_cursor)),
-        ("list by status", lambda: jobs.list(client_id=A, status="queued")),
-        ("count_by_status", lambda: jobs.count_by_status(client_id=A)),
-        ("claim_next", claim),
-        ("claim_batch", lambda: jobs.claim_batch(3, lease=LEASE, client_id=A)),
-        ("extend_lease", lambda: jobs.extend_lease(state["job"].id, lease=LEASE)),
+        (
+            "create again",
+            lambda: jobs.create(client_id=A, pdf_url="https://e.com/2", job_id=fixed),
+            None,
+        ),
+        (
+            "create conflict",
+            lambda: jobs.create(client_id=A, pdf_url="https://x", job_id=fixed),
+            ConflictError,
+        ),
+        ("create_many", make_many, None),
+        ("get", lambda: jobs.get(fixed, client_id=A), None),
+        ("get missing", lambda: jobs.get(uuid.uuid4(), client_id=A), NotFoundError),
+        ("find", lambda: jobs.find(fixed, client_id=A), None),
+        ("list", page, None),
+        (
+            "list next",
+            lambda: jobs.list(client_id=A, limit=2, cursor=state["page"].next_cursor),
+            None,
+        ),
+        ("list by status", lambda: jobs.list(client_id=A, status="queued"), None),
+        ("count_by_status", lambda: jobs.count_by_status(client_id=A), None),
+        ("claim_next", claim, None),
+        ("claim_batch", claim_batch, None),
+        ("extend_lease", lambda: jobs.extend_lease(job(), lease=LEASE), None),
+        (
+            "extend_lease with attempt",
+            lambda: jobs.extend_lease(job(), lease=LEASE, attempt=1),
+            None,
+        ),
+        (
+            "extend stale attempt",
+            lambda: jobs.extend_lease(job(), lease=LEASE, attempt=2),
+            InvalidTransitionError,
+        ),
         (
             "complete",
             lambda: jobs.complete(
-                state["job"].id, extracted_data={"a": 1}, confidence_score=0.9, tokens_used=5
+                job(), extracted_data={"a": 1}, confidence_score=0.9, tokens_used=5, attempt=1
             ),
+            None,
         ),
         (
             "complete refused",
-            lambda: jobs.complete(
-                state["job"].id, extracted_data={}, confidence_score=0.9, tokens_used=5
-            ),
+            lambda: jobs.complete(job(), extracted_data={}, confidence_score=0.9, tokens_used=5),
+            InvalidTransitionError,
         ),
-        ("extend refused", lambda: jobs.extend_lease(state["job"].id, lease=LEASE)),
-        ("fail refused", lambda: jobs.fail(fixed, error_message="x")),
-        ("retry refused", lambda: jobs.retry(fixed)),
-        ("release_expired", lambda: jobs.release_expired()),
-        ("get_for_job", lambda: results.get_for_job(state["job"].id, client_id=A)),
-        ("get_for_job missing", lambda: results.get_for_job(fixed, client_id=A)),
-        ("usage", lambda: results.usage(client_id=A, since=datetime(2024, 1, 1, tzinfo=UTC))),
+        (
+            "extend refused",
+            lambda: jobs.extend_lease(job(), lease=LEASE),
+            InvalidTransitionError,
+        ),
+        ("fail", lambda: jobs.fail(fixed, error_message="x", attempt=1), None),
+        ("fail refused", lambda: jobs.fail(queued(), error_message="x"), InvalidTransitionError),
+        ("retry", lambda: jobs.retry(fixed), None),
+        ("retry refused", lambda: jobs.retry(queued()), InvalidTransitionError),
+        ("release_expired", lambda: jobs.release_expired(), None),
+        ("get_for_job", lambda: results.get_for_job(job(), client_id=A), None),
+        (
+            "get_for_job missing",
+            lambda: results.get_for_job(fixed, client_id=A),
+            NotFoundError,
+        ),
+        (
+            "usage",
+            lambda: results.usage(client_id=A, since=datetime(2024, 1, 1, tzinfo=UTC)),
+            None,
+        ),
     ]
-    counted = {name: _trips(conn, call) for name, call in calls}
+    counted = {name: _trips(conn, call, raises) for name, call, raises in calls}
     assert counted == dict.fromkeys(counted, 1)
+    # The calls above moved the jobs they were meant to move.
+    assert state["batch"][0].id == fixed
+    assert jobs.get(fixed, client_id=A).status is JobStatus.QUEUED  # failed, then retried
+    assert jobs.get(job(), client_id=A).status is JobStatus.COMPLETED
 
 
 def test_fail_and_retry_are_one_round_trip_each(conn: psycopg.Connection[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -241,8 +242,53 @@ def test_demo_seeds_and_runs_a_job(cira_db_empty_url: str) -> None:
         assert step in text
     assert "confidence 0.94" in text
     assert "usage     last 24 h: 1 job(s), 1840 tokens, mean confidence 0.9400" in text
-    # Run again on the same database: already migrated, seeded again with a new seed.
+    # Run again on the same database: already migrated, seeded again with a new seed,
+    # and a new client of its own, so its usage counts only its own job.
     again = StringIO()
     assert run_demo(directory=None, keep_running=False, url=cira_db_empty_url, out=again) == 0
     assert "nothing to apply" in again.getvalue()
-    assert "2 job(s)" in again.getvalue()
+    assert "usage     last 24 h: 1 job(s), 1840 tokens" in again.getvalue()
+    assert _demo_client(text) != _demo_client(again.getvalue())
+
+
+def _demo_client(text: str) -> str:
+    match = re.search(r"5\. a job's life, for (\S+)", text)
+    assert match is not None, text
+    return match.group(1)
+
+
+def test_demo_claims_the_job_it_created_after_a_full_seed(cira_db_url: str) -> None:
+    """`cira-db seed --clients 6` leaves older queued jobs of "demo-client"; the demo skips them."""
+    with Database(cira_db_url, pool=False) as db:
+        seed(db, jobs=600, clients=6, seed=11, anchor=datetime.now(UTC))
+        seeded_queue = JobRepository(db).count_by_status(client_id="demo-client")
+    assert seeded_queue[JobStatus.QUEUED] > 0  # what a claim for "demo-client" would take first
+    out = StringIO()
+    assert run_demo(directory=None, keep_running=False, url=cira_db_url, out=out) == 0
+    text = out.getvalue()
+    created = re.search(r"create    job (\S+): queued", text)
+    claimed = re.search(r"claim     job (\S+): processing, attempt 1", text)
+    assert created is not None, text
+    assert claimed is not None, text
+    assert claimed.group(1) == created.group(1)
+    client = _demo_client(text)
+    assert client.startswith("demo-")
+    assert client != "demo-client"
+    with Database(cira_db_url, pool=False) as db:
+        jobs, results = JobRepository(db), JobResultRepository(db)
+        job = jobs.get(created.group(1), client_id=client)
+        assert job.status is JobStatus.COMPLETED
+        assert results.get_for_job(job.id, client_id=client).tokens_used == 1840
+        # The seeded jobs of "demo-client" were left alone.
+        assert jobs.count_by_status(client_id="demo-client") == seeded_queue
+
+
+def test_demo_stops_when_another_worker_took_the_job(
+    cira_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(JobRepository, "claim_next", lambda *_args, **_kwargs: None)
+    out = StringIO()
+    assert run_demo(directory=None, keep_running=False, url=cira_db_url, out=out) == 0
+    text = out.getvalue()
+    assert "another worker took the job first" in text
+    assert "complete  " not in text

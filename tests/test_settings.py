@@ -466,3 +466,35 @@ def test_any_url_gives_parameters_or_a_safe_configuration_error(tail: str) -> No
     assert params["password"] == SECRET
     assert SECRET not in described
     assert SECRET not in repr(settings)
+
+
+def test_pghost_decides_the_tls_default_when_no_host_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGHOST", "db.example.com")
+    params = DatabaseSettings.load(url="postgresql:///cira").conninfo_dict()
+    assert params["sslmode"] == "verify-full"
+    monkeypatch.setenv("PGHOST", "/var/run/postgresql")
+    assert "sslmode" not in DatabaseSettings.load(url="postgresql:///cira").conninfo_dict()
+
+
+def test_remote_hostaddr_behind_a_local_name_still_needs_verify_full() -> None:
+    params = DatabaseSettings.load(
+        url="postgresql://app@localhost/cira?hostaddr=192.0.2.10"
+    ).conninfo_dict()
+    assert params["sslmode"] == "verify-full"
+
+
+def test_explicit_url_ignores_target_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_DBNAME", "prod")
+    monkeypatch.setenv("CIRA_DB_USER", "admin")
+    monkeypatch.setenv("CIRA_DB_PASSWORD", "prod-Secret")
+    monkeypatch.setenv("CIRA_DB_MIGRATION_URL", "postgresql://admin@10.0.0.9/prod")
+    settings = DatabaseSettings.load(url="postgresql://app@localhost/cira_test")
+    for for_migrations in (False, True):
+        params = settings.conninfo_dict(for_migrations=for_migrations)
+        assert (params["dbname"], params["user"]) == ("cira_test", "app")
+        assert "password" not in params
+    # without an explicit URL the variables are the configuration
+    monkeypatch.setenv("CIRA_DB_HOST", "localhost")
+    assert DatabaseSettings.load().conninfo_dict()["dbname"] == "prod"

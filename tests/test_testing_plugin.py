@@ -37,6 +37,16 @@ def test_second_sees_an_empty_table(cira_db_url: str) -> None:
     assert all(s.applied for s in Migrator(cira_db_url).status())
     with psycopg.connect(cira_db_url, autocommit=True) as conn:
         assert _count_then_insert(conn, "client-b") == (0, 1)
+
+
+def test_factories(cira_db_factory) -> None:
+    from cira_db import JobStatus
+
+    job, result = cira_db_factory.completed_job(client_id="client-c", tokens_used=5)
+    assert job.status is JobStatus.COMPLETED and result.tokens_used == 5
+    assert cira_db_factory.job(status="failed").status is JobStatus.FAILED
+    counts = cira_db_factory.jobs.count_by_status(client_id="client-a")
+    assert counts[JobStatus.FAILED] == 1 and sum(counts.values()) == 1
 """
 
 
@@ -54,10 +64,10 @@ def downstream(
 def test_plugin_gives_each_test_its_own_migrated_database(downstream: pytest.Pytester) -> None:
     downstream.makeconftest(DOWNSTREAM_CONFTEST)
     result = downstream.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_plugin_is_not_registered_without_pytest_plugins(downstream: pytest.Pytester) -> None:
     result = downstream.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(["*fixture 'cira_db*' not found*"])

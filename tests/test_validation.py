@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._validation import (
     check_client_id,
     check_confidence_score,
@@ -28,6 +29,7 @@ from cira_db._validation import (
     check_job_id,
     check_lease,
     check_limit,
+    check_optional_attempt,
     check_pdf_url,
     check_pdf_urls,
     check_status,
@@ -274,6 +276,58 @@ def test_bad_error_messages(value: object) -> None:
     assert _field(lambda: check_error_message(value)) == "error_message"
 
 
+@pytest.mark.parametrize("value", [0, -1, True, False, 1.0, "1", 2**31])
+def test_bad_attempts(value: object) -> None:
+    assert _field(lambda: check_optional_attempt(value)) == "attempt"
+
+
+def test_attempts() -> None:
+    assert check_optional_attempt(None) is None
+    assert check_optional_attempt(1) == 1
+    assert check_optional_attempt(2**31 - 1) == 2**31 - 1
+
+
+# -- text that UTF-8 cannot encode (surrogate code points) -----------------------------------------
+
+SURROGATES = ["a\ud800", "\udcff", "bad \udcff", "\ud83d\ude00", "x\udfffy"]
+
+
+@pytest.mark.parametrize("value", SURROGATES)
+def test_surrogates_are_refused_in_every_text_field(value: str) -> None:
+    assert _field(lambda: check_client_id(value)) == "client_id"
+    assert _field(lambda: check_pdf_url("https://example.com/" + value)) == "pdf_url"
+    assert _field(lambda: check_error_message(value)) == "error_message"
+    assert _field(lambda: check_extracted_data({"x": value})) == "extracted_data"
+    assert _field(lambda: check_extracted_data({value: 1})) == "extracted_data"
+    assert _field(lambda: check_extracted_data({"a": [{"b": value}]})) == "extracted_data"
+
+
+def test_surrogates_are_refused_by_every_call_before_sql() -> None:
+    bad = "a\ud800"
+    assert _field(lambda: JOBS.create(client_id=bad, pdf_url=URL)) == "client_id"
+    assert _field(lambda: JOBS.create(client_id=A, pdf_url=URL + bad)) == "pdf_url"
+    assert _field(lambda: JOBS.create_many(client_id=A, pdf_urls=[URL, URL + bad])) == "pdf_urls[1]"
+    assert _field(lambda: JOBS.get(SOME_ID, client_id=bad)) == "client_id"
+    assert _field(lambda: JOBS.claim_next(lease=LEASE, client_id=bad)) == "client_id"
+    assert _field(lambda: JOBS.fail(SOME_ID, error_message="bad \udcff")) == "error_message"
+    assert (
+        _field(
+            lambda: JOBS.complete(
+                SOME_ID, extracted_data={"x": "\ud800"}, confidence_score=1, tokens_used=1
+            )
+        )
+        == "extracted_data"
+    )
+    assert _field(lambda: RESULTS.usage(client_id=bad)) == "client_id"
+
+
+def test_non_ascii_text_is_fine() -> None:
+    assert check_client_id("ünïcödé-😀") == "ünïcödé-😀"
+    assert check_error_message("échec 😀") == "échec 😀"
+    text = check_extracted_data({"clé": "😀", "n": "\u00e9"})
+    assert json.loads(text) == {"clé": "😀", "n": "é"}
+
+
 # -- every public call checks before any SQL -------------------------------------------------
 
 CALLS: list[tuple[str, Callable[[], object], str]] = [
@@ -297,6 +351,7 @@ CALLS: list[tuple[str, Callable[[], object], str]] = [
     ("batch lease", lambda: JOBS.claim_batch(5, lease=5), "lease"),  # type: ignore[arg-type]
     ("extend id", lambda: JOBS.extend_lease("x", lease=LEASE), "job_id"),
     ("extend lease", lambda: JOBS.extend_lease(SOME_ID, lease=timedelta(-1)), "lease"),
+    ("extend attempt", lambda: JOBS.extend_lease(SOME_ID, lease=LEASE, attempt=0), "attempt"),
     (
         "complete data",
         lambda: JOBS.complete(SOME_ID, extracted_data=[], confidence_score=1, tokens_used=1),  # type: ignore[arg-type]
@@ -319,7 +374,15 @@ CALLS: list[tuple[str, Callable[[], object], str]] = [
         ),
         "client_id",
     ),
+    (
+        "complete attempt",
+        lambda: JOBS.complete(
+            SOME_ID, extracted_data={}, confidence_score=1, tokens_used=1, attempt=True
+        ),
+        "attempt",
+    ),
     ("fail message", lambda: JOBS.fail(SOME_ID, error_message=""), "error_message"),
+    ("fail attempt", lambda: JOBS.fail(SOME_ID, error_message="x", attempt="1"), "attempt"),  # type: ignore[arg-type]
     ("fail id", lambda: JOBS.fail(None, error_message="x"), "job_id"),  # type: ignore[arg-type]
     ("retry id", lambda: JOBS.retry(3), "job_id"),  # type: ignore[arg-type]
     ("retry client", lambda: JOBS.retry(SOME_ID, client_id="x" * 51), "client_id"),
@@ -460,18 +523,31 @@ _db_settings = settings(
 )
 
 
+@pytest.fixture
+def direct(cira_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """One autocommit connection, no pool, for the hypothesis tests.
+
+    A pool's worker threads call `random` when they open a connection (psycopg_pool's
+    lifetime jitter); a pool that grows while hypothesis draws data fails the test with
+    "Do not use the random module inside strategies".
+    """
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        yield conn
+
+
 @_db_settings
 @given(client_id=_bad_client_ids, pdf_url=_bad_urls)
-def test_bad_input_writes_nothing(cira_db: Database, client_id: Any, pdf_url: Any) -> None:
-    jobs = JobRepository(cira_db)
+def test_bad_input_writes_nothing(
+    direct: psycopg.Connection[Any], client_id: Any, pdf_url: Any
+) -> None:
+    jobs = JobRepository(direct)
     with pytest.raises(ValidationError):
         jobs.create(client_id=client_id, pdf_url=URL)
     with pytest.raises(ValidationError):
         jobs.create(client_id=A, pdf_url=pdf_url)
     with pytest.raises(ValidationError):
         jobs.create_many(client_id=A, pdf_urls=[URL, pdf_url])
-    with cira_db.connection() as conn:
-        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    assert direct.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
 
 _json_leaves = st.one_of(
@@ -506,9 +582,13 @@ _good_client_ids = st.text(
     client_id=_good_client_ids,
 )
 def test_good_values_round_trip_unchanged(
-    cira_db: Database, data: dict[str, Any], score: Decimal, tokens: int, client_id: str
+    direct: psycopg.Connection[Any],
+    data: dict[str, Any],
+    score: Decimal,
+    tokens: int,
+    client_id: str,
 ) -> None:
-    jobs = JobRepository(cira_db)
+    jobs = JobRepository(direct)
     job = jobs.create(client_id=client_id, pdf_url=URL)
     assert jobs.get(job.id, client_id=client_id).client_id == client_id
     claimed = jobs.claim_next(lease=LEASE, client_id=client_id)
@@ -519,5 +599,111 @@ def test_good_values_round_trip_unchanged(
     assert result.extracted_data == data
     assert result.confidence_score == score
     assert result.tokens_used == tokens
-    stored = JobResultRepository(cira_db).get_for_job(job.id, client_id=client_id)
+    stored = JobResultRepository(direct).get_for_job(job.id, client_id=client_id)
     assert stored == result
+
+
+# -- hypothesis: any text at all, surrogates included ---------------------------------------------
+
+# Every code point, surrogates (category Cs) included, and half of the time a surrogate for sure:
+# st.characters() leaves them out by default, and drawn from all code points they are rare.
+_any_char = st.characters(exclude_categories=()) | st.characters(categories=["Cs"])
+_any_text = st.text(_any_char, max_size=20)
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refusal(call: Callable[[], object]) -> str | None:
+    """None if ``call`` succeeded, else its `ValidationError`'s field; nothing else may leak."""
+    try:
+        call()
+    except ValidationError as exc:
+        return exc.field
+    return None
+
+
+@_fast
+@given(_any_text)
+def test_any_text_is_accepted_or_refused_with_a_validation_error(value: str) -> None:
+    checks: list[tuple[Callable[[], object], str]] = [
+        (lambda: check_client_id(value), "client_id"),
+        (lambda: check_pdf_url("https://example.com/" + value), "pdf_url"),
+        (lambda: check_error_message(value), "error_message"),
+        (lambda: check_extracted_data({value: value}), "extracted_data"),
+        (lambda: check_extracted_data({"k": [value]}), "extracted_data"),
+    ]
+    for check, field in checks:
+        refused = _refusal(check)
+        assert refused in (None, field)
+        if not _encodable(value):
+            assert refused == field, "text UTF-8 cannot encode was accepted"
+
+
+def _state(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, client_id, status::text, pdf_url, error_message, attempts, updated_at,"
+        " (SELECT count(*) FROM job_results) FROM jobs ORDER BY id"
+    ).fetchall()
+
+
+@_db_settings
+@given(client_id=_any_text, url_tail=_any_text, message=_any_text, key=_any_text, text=_any_text)
+def test_any_text_is_stored_unchanged_or_refused_without_writing(
+    direct: psycopg.Connection[Any],
+    client_id: str,
+    url_tail: str,
+    message: str,
+    key: str,
+    text: str,
+) -> None:
+    jobs, results = JobRepository(direct), JobResultRepository(direct)
+    url = "https://example.com/" + url_tail
+
+    before = _state(direct)
+    made: list[Job] = []
+    refused = _refusal(lambda: made.append(jobs.create(client_id=client_id, pdf_url=url)))
+    if refused is None:
+        assert _encodable(client_id)
+        assert _encodable(url)
+        assert jobs.get(made[0].id, client_id=client_id).pdf_url == url
+    else:
+        assert refused in {"client_id", "pdf_url"}
+        assert _state(direct) == before
+
+    job_id = jobs.create(client_id=A, pdf_url=URL).id
+    claimed = jobs.claim_next(lease=LEASE, client_id=A)
+    assert claimed is not None
+    assert claimed.id == job_id
+    attempt = claimed.attempts
+    before = _state(direct)
+    failed: list[Job] = []
+    refused = _refusal(
+        lambda: failed.append(jobs.fail(job_id, error_message=message, attempt=attempt))
+    )
+    if refused is None:
+        assert _encodable(message)
+        assert failed[0].error_message == message
+        jobs.retry(job_id)
+        assert jobs.claim_next(lease=LEASE, client_id=A) is not None
+    else:
+        assert refused == "error_message"
+        assert _state(direct) == before
+
+    data = {key: text, "list": [text, {key: None}]}
+    before = _state(direct)
+    refused = _refusal(
+        lambda: jobs.complete(job_id, extracted_data=data, confidence_score=1, tokens_used=1)
+    )
+    if refused is None:
+        assert _encodable(key)
+        assert _encodable(text)
+        assert results.get_for_job(job_id, client_id=A).extracted_data == data
+    else:
+        assert refused == "extracted_data"
+        assert _state(direct) == before

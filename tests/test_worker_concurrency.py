@@ -23,6 +23,9 @@ from cira_db.errors import InvalidTransitionError
 A, B = "client-a", "client-b"
 LEASE = timedelta(seconds=30)
 SHORT = timedelta(milliseconds=300)
+# The killed worker's lease: long enough that "still running" checks made right after
+# the worker reports hold on a loaded 2-core CI machine, short enough to wait out.
+KILLED_LEASE = timedelta(seconds=3)
 
 
 def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
@@ -45,6 +48,7 @@ def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
                     extracted_data={"worker": worker, "pid": os.getpid()},
                     confidence_score=0.9,
                     tokens_used=10,
+                    attempt=job.attempts,
                 )
                 done.append(str(job.id))
 
@@ -176,10 +180,10 @@ def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) 
 
 
 def _claim_and_hang(url: str, ready: Any) -> None:
-    """A worker that claims one job with a short lease, reports it, then hangs until killed."""
+    """A worker that claims one job (lease `KILLED_LEASE`), reports it, then hangs until killed."""
     with Database(url, pool_min_size=1, pool_max_size=1) as db:
-        job = JobRepository(db).claim_next(lease=SHORT)
-        ready.put(str(job.id) if job else None)
+        job = JobRepository(db).claim_next(lease=KILLED_LEASE)
+        ready.put((str(job.id), job.lease_expires_at) if job else None)
         time.sleep(60)
 
 
@@ -192,18 +196,21 @@ def test_a_killed_workers_job_comes_back(cira_db: Database, cira_db_url: str) ->
     worker = context.Process(target=_claim_and_hang, args=(cira_db_url, ready))
     worker.start()
     try:
-        assert ready.get(timeout=30) == str(job.id)
+        claimed_id, lease_until = ready.get(timeout=30)
     finally:
         worker.kill()
         worker.join(timeout=10)
-    assert jobs.get(job.id, client_id=A).status is JobStatus.PROCESSING
+    assert claimed_id == str(job.id)
+    stored = jobs.get(job.id, client_id=A)
+    assert stored.status is JobStatus.PROCESSING
+    assert stored.lease_expires_at == lease_until
     assert jobs.claim_next(lease=LEASE) is None  # held by the dead worker's lease
-    assert jobs.release_expired() == []  # lease still running
+    assert jobs.release_expired() == []  # lease still running (3 s from the claim)
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + KILLED_LEASE.total_seconds() + 10
     released: list[Any] = []
     while not released and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.2)
         released = jobs.release_expired(max_attempts=3)
     assert [j.id for j in released] == [job.id]
     assert released[0].status is JobStatus.QUEUED
@@ -213,7 +220,11 @@ def test_a_killed_workers_job_comes_back(cira_db: Database, cira_db_url: str) ->
     assert rescuer.id == job.id
     assert rescuer.attempts == 2
     result = jobs.complete(
-        job.id, extracted_data={"by": "rescuer"}, confidence_score=1, tokens_used=1
+        job.id,
+        extracted_data={"by": "rescuer"},
+        confidence_score=1,
+        tokens_used=1,
+        attempt=rescuer.attempts,
     )
     assert JobResultRepository(cira_db).get_for_job(job.id, client_id=A) == result
 
@@ -229,7 +240,24 @@ def test_a_stalled_thread_worker_is_replaced(cira_db: Database) -> None:
     second = jobs.claim_next(lease=LEASE)
     assert second is not None
     assert second.attempts == 2
-    jobs.complete(second.id, extracted_data={"by": "second"}, confidence_score=1, tokens_used=1)
+    # The stalled worker wakes up before the second one finishes: its token is stale.
+    with pytest.raises(InvalidTransitionError, match=r"claimed again \(attempt 2\)"):
+        jobs.extend_lease(stalled.id, lease=LEASE, attempt=stalled.attempts)
+    with pytest.raises(InvalidTransitionError, match=r"claimed again \(attempt 2\)"):
+        jobs.complete(
+            stalled.id,
+            extracted_data={"by": "stalled"},
+            confidence_score=1,
+            tokens_used=1,
+            attempt=stalled.attempts,
+        )
+    jobs.complete(
+        second.id,
+        extracted_data={"by": "second"},
+        confidence_score=1,
+        tokens_used=1,
+        attempt=second.attempts,
+    )
     with pytest.raises(InvalidTransitionError):
         jobs.complete(
             stalled.id, extracted_data={"by": "stalled"}, confidence_score=1, tokens_used=1

@@ -14,7 +14,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
-from cira_db._errors_map import wrap_errors
+from cira_db._errors_map import translate, wrap_errors
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import ConfigurationError, DatabaseUnavailableError
@@ -126,7 +126,6 @@ class Database:
                 num_workers=1 if max_size <= 2 else 2,
                 check=self._check_connection,
                 configure=self._mark_used,
-                reset=self._mark_used,
                 name="cira_db",
                 open=False,
             )
@@ -251,13 +250,27 @@ class Database:
         with ExitStack() as stack:
             with wrap_errors("get a connection from the pool"):
                 conn = stack.enter_context(pool.connection())
-            yield conn
+            try:
+                yield conn
+            finally:
+                # Stamped here rather than in a pool `reset` callback: with one, the
+                # pool returns connections through a worker thread, and a caller's
+                # next checkout would find none idle and grow the pool.
+                self._mark_used(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection inside one transaction: committed on success, rolled back on error."""
-        with self.connection() as conn, conn.transaction():
-            yield conn
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        A failure of BEGIN or COMMIT themselves (connection lost, serialization
+        failure at commit) comes out as a cira_db error, like any other.
+        """
+        with self.connection() as conn:
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.Error as exc:
+                raise translate(exc, "run a transaction") from exc
 
     def run(self, operation: str, work: Callable[[Connection], T], *, idempotent: bool) -> T:
         """Run ``work`` on a pooled connection, retrying transient failures if idempotent.

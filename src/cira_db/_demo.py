@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -69,17 +70,22 @@ def _seed_some(db: Database, out: TextIO) -> None:
 
 def _job_life(db: Database, out: TextIO) -> None:
     jobs, results = JobRepository(db), JobResultRepository(db)
-    client = "demo-client"
+    # A client of this run alone: its queue holds just the job created below, so
+    # claiming from it claims that job. (The seeded mock client "demo-client"
+    # may have older queued jobs, which a claim would take first.)
+    client = f"demo-{uuid.uuid4().hex[:8]}"
     print(f"5. a job's life, for {client}", file=out)
     job = jobs.create(client_id=client, pdf_url="https://example.com/demo/invoice-42.pdf")
     print(f"   create    job {job.id}: {job.status.value}, {job.pdf_url}", file=out)
     claimed = jobs.claim_next(lease=timedelta(minutes=15), client_id=client)
-    if claimed is None:  # pragma: no cover - the job was just created
-        print("   claim     nothing queued", file=out)
+    if claimed is None:
+        # Only a worker serving every client on this database can get there first.
+        print("   claim     another worker took the job first; stopping here", file=out)
         return
     lease = f"{claimed.lease_expires_at:%H:%M:%S %Z}" if claimed.lease_expires_at else "-"
     print(
-        f"   claim     {claimed.status.value}, attempt {claimed.attempts}, lease until {lease}",
+        f"   claim     job {claimed.id}: {claimed.status.value}, attempt {claimed.attempts}, "
+        f"lease until {lease}",
         file=out,
     )
     result = jobs.complete(
@@ -92,6 +98,7 @@ def _job_life(db: Database, out: TextIO) -> None:
         },
         confidence_score=0.935,
         tokens_used=1840,
+        attempt=claimed.attempts,
     )
     done = jobs.get(claimed.id, client_id=client)
     print(

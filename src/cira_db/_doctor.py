@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cira_db._database import Database
+from cira_db._settings import is_local_host
 from cira_db.errors import CiraDbError
 from cira_db.migrations import Migrator
 
@@ -45,13 +46,16 @@ def run_checks(db: Database, *, samples: int = 5) -> list[Finding]:
         connect_ms = (time.perf_counter() - started) * 1000
         findings.append(Finding("reach", True, f"connected in {connect_ms:.0f} ms"))
         findings.append(Finding("server", True, _server_version(conn)))
-        findings.append(_tls(conn, settings.conninfo_dict().get("sslmode")))
+        params = settings.conninfo_dict()
+        host = params.get("host")
+        local = is_local_host(host if isinstance(host, str) else None)
+        findings.append(_tls(conn, params.get("sslmode"), local=local))
         findings.append(_pooler(conn, db))
         findings.append(_latency(conn, samples))
+        findings.append(_pool(db))
+        findings.append(_migrations(db, conn))
     finally:
         conn.close()
-    findings.append(_pool(db))
-    findings.append(_migrations(db))
     return findings
 
 
@@ -60,16 +64,18 @@ def _server_version(conn: Any) -> str:
     return f"PostgreSQL {row[0]} as {row[1]}"
 
 
-def _tls(conn: Any, sslmode: str | None) -> Finding:
+def _tls(conn: Any, sslmode: str | None, *, local: bool) -> Finding:
     pgconn = conn.pgconn
     if not pgconn.ssl_in_use:
-        local = sslmode in (None, "disable", "allow", "prefer")
         detail = "not in use" + (" (local connection)" if local else "")
         return Finding("tls", local, detail)
     protocol, cipher = _ssl_attributes(conn)
-    verified = sslmode == "verify-full"
-    how = "certificate and host name verified" if verified else f"NOT verified (sslmode={sslmode})"
-    return Finding("tls", verified, f"{protocol} {cipher}, {how}")
+    if sslmode == "verify-full":
+        return Finding("tls", True, f"{protocol} {cipher}, certificate and host name verified")
+    mode = sslmode or "prefer"
+    if local:
+        return Finding("tls", True, f"{protocol} {cipher}, not verified (local, sslmode={mode})")
+    return Finding("tls", False, f"{protocol} {cipher}, NOT verified (sslmode={mode})")
 
 
 def _ssl_attributes(conn: Any) -> tuple[str, str]:
@@ -162,11 +168,11 @@ def _pool(db: Database) -> Finding:
     )
 
 
-def _migrations(db: Database) -> Finding:
+def _migrations(db: Database, conn: Any) -> Finding:
+    # Reading the history is a plain query: it goes over the application's own
+    # connection, so a service that only knows the proxy endpoint is checked too.
     try:
-        migrator = Migrator(db)
-        problems = migrator.problems()
-        statuses = migrator.status()
+        statuses, problems = Migrator(db).report(conn)
     except CiraDbError as exc:
         return Finding("migrations", False, str(exc))
     if problems:

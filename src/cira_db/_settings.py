@@ -181,9 +181,13 @@ class DatabaseSettings(BaseSettings):
         pydantic error (whose input echo could hold a password).
         """
         values = {k: v for k, v in overrides.items() if v is not None}
-        # An explicit target replaces the environment's, rather than clashing with it.
+        # An explicit URL is the whole target: no CIRA_DB_* variable may redirect it to
+        # another database, user or migration endpoint. (Explicit arguments still
+        # override parts of it.) An explicit host replaces CIRA_DB_URL.
         if "url" in values:
-            values.setdefault("host", None)
+            for name in ("host", "dbname", "user", "password", "migration_url", "secret_arn"):
+                values.setdefault(name, None)
+            values.setdefault("iam_auth", False)
         elif "host" in values:
             values.setdefault("url", None)
         try:
@@ -246,7 +250,14 @@ class DatabaseSettings(BaseSettings):
         host = params.get("host")
         if host is None and self.secret_arn is not None:
             host = "(host from secret)"  # not known yet: treat as remote
-        local = is_local_host(host if isinstance(host, str) else None)
+        if host is None:
+            host = os.environ.get("PGHOST")  # what libpq will use when no host is given
+        hostaddr = params.get("hostaddr") or (
+            None if params.get("host") else os.environ.get("PGHOSTADDR")
+        )
+        local = is_local_host(host if isinstance(host, str) else None) and is_local_host(
+            hostaddr if isinstance(hostaddr, str) else None
+        )
         explicit = self.sslmode or params.get("sslmode")
         if explicit is None:
             if not local:
@@ -268,7 +279,8 @@ class DatabaseSettings(BaseSettings):
             )
 
     def _apply_options(self, params: dict[str, Any], *, for_migrations: bool) -> None:
-        behind_proxy = self.behind_proxy() and not (for_migrations and self.migration_url)
+        direct = for_migrations and (self.migration_url is not None or self.secret_arn is not None)
+        behind_proxy = self.behind_proxy() and not direct
         if behind_proxy and params.get("options"):
             raise ConfigurationError(
                 "the URL passes options=..., which RDS Proxy refuses ('command-line options "
@@ -350,6 +362,11 @@ def _merge_secret(params: dict[str, Any], secret: Mapping[str, Any], *, direct: 
         )
     params["user"] = username
     params["password"] = password
+    if direct and not secret.get("host"):
+        raise ConfigurationError(
+            "migrations need the database instance endpoint, but the secret named by "
+            "CIRA_DB_SECRET_ARN has no 'host'; set CIRA_DB_MIGRATION_URL"
+        )
     if secret.get("host") and ("host" not in params or direct):
         params["host"] = str(secret["host"])
         if secret.get("port"):

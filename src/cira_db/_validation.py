@@ -43,6 +43,7 @@ __all__ = [
     "check_job_id",
     "check_lease",
     "check_limit",
+    "check_optional_attempt",
     "check_optional_client_id",
     "check_pdf_url",
     "check_pdf_urls",
@@ -86,6 +87,21 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_unicode(value: str, field: str) -> None:
+    """Refuse text that UTF-8 cannot encode: surrogate code points (U+D800..U+DFFF).
+
+    Python strings can hold them (``"\\udcff"`` from ``surrogateescape``, a
+    lone half of a pair); the driver cannot send them, and PostgreSQL text
+    and jsonb cannot store them.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            field, "must be valid Unicode text (no surrogate code points U+D800..U+DFFF)"
+        ) from None
+
+
 def check_client_id(value: object, field: str = "client_id") -> str:
     """A client id: a string of 1 to 50 characters, not blank, no control characters.
 
@@ -94,6 +110,7 @@ def check_client_id(value: object, field: str = "client_id") -> str:
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
+    _check_unicode(value, field)
     if not value.strip():
         raise ValidationError(field, "must not be empty or blank")
     if len(value) > CLIENT_ID_MAX:
@@ -122,6 +139,7 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
     if len(value) > PDF_URL_MAX:
         raise ValidationError(field, f"must be at most {PDF_URL_MAX} characters")
+    _check_unicode(value, field)
     if not _URL_PREFIX.match(value):
         raise ValidationError(field, "must be an absolute URL starting with http:// or https://")
     if _URL_FORBIDDEN.search(value):
@@ -187,6 +205,11 @@ def check_limit(value: object, field: str = "limit", maximum: int = LIMIT_MAX) -
 def check_positive_int(value: object, field: str) -> int:
     """An int from 1 to 2**31 - 1 (PostgreSQL ``integer``); bools are refused."""
     return check_limit(value, field, INT4_MAX)
+
+
+def check_optional_attempt(value: object, field: str = "attempt") -> int | None:
+    """None (any claim), or the ``attempts`` of a worker's claim: an int from 1 to 2**31 - 1."""
+    return None if value is None else check_positive_int(value, field)
 
 
 def check_lease(value: object, field: str = "lease") -> timedelta:
@@ -265,12 +288,15 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
 
     Keys must be strings; values JSON types (dict, list, str, int, float,
     bool, None). Refused: tuples and sets, non-string keys, NaN and
-    infinities, `Decimal`, and the character U+0000 (jsonb cannot store it).
+    infinities, `Decimal`, the character U+0000 and surrogate code points
+    (U+D800..U+DFFF) in keys or strings (jsonb can store neither). The text
+    keeps non-ASCII characters as they are (no ``\\u`` escapes), so a
+    surrogate shows: UTF-8 cannot encode it.
     """
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         raise ValidationError(
             field, "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)"
@@ -286,6 +312,7 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         )
     if _JSON_NUL.search(text):
         raise ValidationError(field, "must not contain the character U+0000")
+    _check_unicode(text, field)
     return text
 
 
@@ -293,6 +320,7 @@ def check_error_message(value: object, field: str = "error_message") -> str:
     """A non-blank string of at most 10,000 characters without U+0000."""
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
+    _check_unicode(value, field)
     if not value.strip():
         raise ValidationError(field, "must not be empty or blank")
     if len(value) > ERROR_MESSAGE_MAX:

@@ -77,6 +77,13 @@ _STORY_COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 _STORY_LABELS = ["queued", "processing", "completed", "failed"]
+# (table, kind, columns, referenced table): the keys the repositories rely on.
+_STORY_KEYS = {
+    ("jobs", "p", "id", ""): "jobs has no primary key on id",
+    ("job_results", "p", "id", ""): "job_results has no primary key on id",
+    ("job_results", "u", "job_id", ""): "job_results.job_id is not UNIQUE",
+    ("job_results", "f", "job_id", "jobs"): "job_results.job_id does not reference jobs",
+}
 
 
 def checksum(text: str) -> str:
@@ -291,13 +298,23 @@ class Migrator:
     def status(self) -> list[MigrationStatus]:
         """One entry per known migration, oldest first; never changes anything."""
         with self._connect() as conn:
-            applied = {row.version: row for row in self._read_history(conn)}
-        return [self._status_of(m, applied.get(m.version)) for m in self.migrations]
+            return self.report(conn)[0]
 
     def problems(self) -> list[str]:
         """What `apply` would refuse to run over; empty when history is sound."""
         with self._connect() as conn:
-            return self._problems(self._read_history(conn))
+            return self.report(conn)[1]
+
+    def report(self, conn: psycopg.Connection[Any]) -> tuple[list[MigrationStatus], list[str]]:
+        """`status` and `problems` read over ``conn``, a connection the caller owns.
+
+        A plain read with no session state, so unlike the other calls it may go
+        through a transaction pooler (``cira-db check`` uses it that way).
+        """
+        history = self._read_history(conn)
+        applied = {row.version: row for row in history}
+        statuses = [self._status_of(m, applied.get(m.version)) for m in self.migrations]
+        return statuses, self._problems(history)
 
     def pending(self) -> list[Migration]:
         """Known migrations not yet applied, oldest first."""
@@ -475,6 +492,10 @@ class Migrator:
                     differences.append(
                         f"{table}.{column} is {actual[column]}, expected {expected[column]}"
                     )
+        if "job_results" in found:
+            with self._wrap("inspect the schema"):
+                keys = {tuple(r) for r in self._execute(conn, "story_constraints").fetchall()}
+            differences.extend(message for key, message in _STORY_KEYS.items() if key not in keys)
         if labels != _STORY_LABELS:
             differences.append(
                 f"enum job_status has labels {labels or 'none'}, expected {_STORY_LABELS}"
@@ -565,9 +586,14 @@ class Migrator:
     @contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
         settings = self._db.settings
-        if settings.migration_url is None and settings.behind_proxy():
+        if (
+            settings.migration_url is None
+            and settings.secret_arn is None
+            and (settings.behind_proxy())
+        ):
+            variable = "CIRA_DB_URL" if settings.url is not None else "CIRA_DB_HOST"
             raise ConfigurationError(
-                "migrations need a direct connection, but CIRA_DB_URL points at a "
+                f"migrations need a direct connection, but {variable} points at a "
                 "transaction pooler (RDS Proxy/pgbouncer); set CIRA_DB_MIGRATION_URL to the "
                 "database endpoint itself"
             )

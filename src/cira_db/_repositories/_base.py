@@ -31,9 +31,10 @@ __all__ = [
     "Executor",
     "Runner",
     "job_row",
+    "moved_job_row",
+    "moved_result_row",
     "result_row",
     "tagged_job_row",
-    "tagged_result_row",
     "usage_row",
 ]
 
@@ -70,10 +71,16 @@ def _tagged_job(*, outcome: str, **columns: Any) -> tuple[str, Job | None]:
     return outcome, _job(**columns)
 
 
-def _tagged_result(*, outcome: str, **columns: Any) -> tuple[str, JobResult | None]:
-    if columns["id"] is None:
-        return outcome, None
-    return outcome, JobResult(**columns)
+def _moved_job(
+    *, outcome: str, current_attempts: int, **columns: Any
+) -> tuple[str, int, Job | None]:
+    return outcome, current_attempts, None if columns["id"] is None else _job(**columns)
+
+
+def _moved_result(
+    *, outcome: str, current_attempts: int, **columns: Any
+) -> tuple[str, int, JobResult | None]:
+    return outcome, current_attempts, None if columns["id"] is None else JobResult(**columns)
 
 
 job_row: Final[BaseRowFactory[Job]] = kwargs_row(_job)
@@ -82,11 +89,16 @@ job_row: Final[BaseRowFactory[Job]] = kwargs_row(_job)
 tagged_job_row: Final[BaseRowFactory[tuple[str, Job | None]]] = kwargs_row(_tagged_job)
 """Rows of ``outcome`` plus the job columns (NULL when nothing moved)."""
 
+moved_job_row: Final[BaseRowFactory[tuple[str, int, Job | None]]] = kwargs_row(_moved_job)
+"""Rows of ``outcome`` and ``current_attempts`` (the target row's) plus the job columns."""
+
 result_row: Final[BaseRowFactory[JobResult]] = class_row(JobResult)
 """Rows of the six result columns -> `JobResult`."""
 
-tagged_result_row: Final[BaseRowFactory[tuple[str, JobResult | None]]] = kwargs_row(_tagged_result)
-"""Rows of ``outcome`` plus the result columns (NULL when nothing was written)."""
+moved_result_row: Final[BaseRowFactory[tuple[str, int, JobResult | None]]] = kwargs_row(
+    _moved_result
+)
+"""Rows of ``outcome`` and ``current_attempts`` plus the result columns (NULL if none)."""
 
 usage_row: Final[BaseRowFactory[Usage]] = class_row(Usage)
 """The one row of ``usage_by_client`` -> `Usage`."""

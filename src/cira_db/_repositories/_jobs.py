@@ -17,8 +17,9 @@ from cira_db._repositories._base import (
     Executor,
     Runner,
     job_row,
+    moved_job_row,
+    moved_result_row,
     tagged_job_row,
-    tagged_result_row,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
 from cira_db._sql import query
@@ -31,6 +32,7 @@ from cira_db._validation import (
     check_job_id,
     check_lease,
     check_limit,
+    check_optional_attempt,
     check_optional_client_id,
     check_pdf_url,
     check_pdf_urls,
@@ -73,7 +75,27 @@ def _not_found(job_id: UUID) -> NotFoundError:
     return NotFoundError(f"job {job_id} not found")
 
 
-def _refused(job_id: UUID, action: str, status: str, needed: JobStatus) -> InvalidTransitionError:
+def _refused(
+    job_id: UUID,
+    action: str,
+    status: str,
+    needed: JobStatus,
+    *,
+    attempt: int | None = None,
+    current: int | None = None,
+) -> InvalidTransitionError:
+    if attempt is not None and current is not None:
+        # ``attempts`` only grows: a higher one means the worker's claim is gone.
+        if current > attempt:
+            return InvalidTransitionError(
+                f"cannot {action} job {job_id}: it was claimed again (attempt {current}) "
+                f"after attempt {attempt}; nothing was changed"
+            )
+        if current < attempt and status == needed.value:
+            return InvalidTransitionError(
+                f"cannot {action} job {job_id}: it is on attempt {current}, not {attempt}; "
+                "nothing was changed"
+            )
     if status == needed.value:
         return InvalidTransitionError(
             f"cannot {action} job {job_id}: it changed while this call ran; nothing was changed"
@@ -97,7 +119,10 @@ class JobRepository:
     Calls that take ``client_id`` only see that client's jobs: another
     client's job raises `NotFoundError` exactly like a missing one. Worker
     calls (`claim_next`, `extend_lease`, `complete`, `fail`, `retry`) serve
-    every client unless given a ``client_id``.
+    every client unless given a ``client_id``. A worker passes
+    ``attempt=claimed.attempts`` to `extend_lease`, `complete` and `fail`, so
+    that once its lease ran out and the job was claimed again, its late
+    calls are refused instead of acting on the other worker's claim.
 
     Arguments are validated before any SQL runs (`ValidationError` naming the
     argument); database errors come out as `cira_db.errors` types with the
@@ -279,24 +304,31 @@ class JobRepository:
         )
 
     def extend_lease(
-        self, job_id: UUID | str, *, lease: timedelta, client_id: str | None = None
+        self,
+        job_id: UUID | str,
+        *,
+        lease: timedelta,
+        client_id: str | None = None,
+        attempt: int | None = None,
     ) -> Job:
         """Move a processing job's lease to ``now() + lease`` (a worker's heartbeat).
 
         `NotFoundError` if the job does not exist (or is another client's);
         `InvalidTransitionError` if it is not processing, for example because
-        its lease already expired and `release_expired` put it back.
+        its lease already expired and `release_expired` put it back, or, with
+        ``attempt`` (the ``attempts`` of the worker's claim), if it was
+        claimed again since; nothing changes then.
         """
         key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
         params = {
             "id": key,
             "lease": check_lease(lease),
             "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
         }
-        row = self._run.one(
-            _EXTEND_LEASE, params, tagged_job_row, "extend a lease", idempotent=True
-        )
-        return _moved(row, key, "extend the lease of", JobStatus.PROCESSING)
+        row = self._run.one(_EXTEND_LEASE, params, moved_job_row, "extend a lease", idempotent=True)
+        return _moved(row, key, "extend the lease of", JobStatus.PROCESSING, claim)
 
     def complete(
         self,
@@ -306,6 +338,7 @@ class JobRepository:
         confidence_score: float | Decimal | int,
         tokens_used: int,
         client_id: str | None = None,
+        attempt: int | None = None,
     ) -> JobResult:
         """Store the result of a processing job and mark it completed, atomically.
 
@@ -314,9 +347,13 @@ class JobRepository:
         inserted with the same ``now()``. ``confidence_score`` is rounded
         half-even to 2 places (0.935 -> 0.94). A job that is queued,
         completed or failed raises `InvalidTransitionError`, and nothing
-        changes; a missing job raises `NotFoundError`.
+        changes; a missing job raises `NotFoundError`. With ``attempt`` (the
+        ``attempts`` of the worker's claim, ``attempt=claimed.attempts``) a
+        job claimed again since that claim is refused the same way, so a
+        worker whose lease ran out never writes over another worker's claim.
         """
         key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
         params = {
             "id": key,
             "result_id": uuid7(),
@@ -324,39 +361,58 @@ class JobRepository:
             "confidence_score": check_confidence_score(confidence_score),
             "tokens_used": check_tokens_used(tokens_used),
             "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
         }
         row = self._run.one(
-            _COMPLETE_JOB, params, tagged_result_row, "complete a job", idempotent=False
+            _COMPLETE_JOB, params, moved_result_row, "complete a job", idempotent=False
         )
         if row is None:
             raise _not_found(key)
-        outcome, result = row
+        outcome, current, result = row
         if result is None:
-            raise _refused(key, "complete", outcome, JobStatus.PROCESSING)
+            raise _refused(
+                key, "complete", outcome, JobStatus.PROCESSING, attempt=claim, current=current
+            )
         return result
 
-    def fail(self, job_id: UUID | str, *, error_message: str, client_id: str | None = None) -> Job:
+    def fail(
+        self,
+        job_id: UUID | str,
+        *,
+        error_message: str,
+        client_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Job:
         """Mark a processing job failed with ``error_message``; its lease is dropped.
 
         Only a processing job can fail: a queued job has not been tried (and
         a worker whose lease expired must not fail the job another worker
-        may be about to claim), so that raises `InvalidTransitionError`.
+        may be about to claim), so that raises `InvalidTransitionError`. With
+        ``attempt`` (the ``attempts`` of the worker's claim) a job claimed
+        again since that claim is refused the same way.
         """
         key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
         params = {
             "id": key,
             "error_message": check_error_message(error_message),
             "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
         }
-        row = self._run.one(_FAIL_JOB, params, tagged_job_row, "fail a job", idempotent=False)
-        return _moved(row, key, "fail", JobStatus.PROCESSING)
+        row = self._run.one(_FAIL_JOB, params, moved_job_row, "fail a job", idempotent=False)
+        return _moved(row, key, "fail", JobStatus.PROCESSING, claim)
 
     def retry(self, job_id: UUID | str, *, client_id: str | None = None) -> Job:
         """Put a failed job back in the queue (error cleared, attempts kept)."""
         key = check_job_id(job_id)
         params = {"id": key, "client_id": check_optional_client_id(client_id)}
         row = self._run.one(_RETRY_JOB, params, tagged_job_row, "retry a job", idempotent=False)
-        return _moved(row, key, "retry", JobStatus.FAILED)
+        if row is None:
+            raise _not_found(key)
+        outcome, job = row
+        if job is None:
+            raise _refused(key, "retry", outcome, JobStatus.FAILED)
+        return job
 
     def release_expired(self, *, max_attempts: int = 3, limit: int = 1000) -> builtins.list[Job]:
         """Take back jobs whose worker's lease ran out; returns them as changed.
@@ -398,10 +454,16 @@ class JobRepository:
                 return deleted
 
 
-def _moved(row: tuple[str, Job | None] | None, job_id: UUID, action: str, needed: JobStatus) -> Job:
+def _moved(
+    row: tuple[str, int, Job | None] | None,
+    job_id: UUID,
+    action: str,
+    needed: JobStatus,
+    attempt: int | None,
+) -> Job:
     if row is None:
         raise _not_found(job_id)
-    outcome, job = row
+    outcome, current, job = row
     if job is None:
-        raise _refused(job_id, action, outcome, needed)
+        raise _refused(job_id, action, outcome, needed, attempt=attempt, current=current)
     return job

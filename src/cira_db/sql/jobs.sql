@@ -5,7 +5,11 @@
 -- data-modifying CTE and report its status as `outcome`: no rows means not
 -- found (or another client's), a status without a row means the move was
 -- refused and nothing changed. Every value is a bound %(name)s parameter.
--- `client_id` is NULL in worker calls that serve every client.
+-- `client_id` is NULL in worker calls that serve every client. The worker
+-- moves (extend_lease, complete_job, fail_job) also take `attempt`, the
+-- `attempts` value of the claim the worker holds (NULL: any claim): a job
+-- claimed again since then has a higher `attempts` and is left alone; they
+-- report the row's `attempts` as `current_attempts` to tell that case apart.
 
 -- name: insert_job
 -- Create one job; with an id that exists already, report whether the stored
@@ -117,33 +121,36 @@ WITH picked AS MATERIALIZED (
 SELECT * FROM claimed ORDER BY created_at, id
 
 -- name: extend_lease
--- Move a processing job's lease to now() + %(lease)s.
+-- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
 WITH target AS (
-    SELECT id, status
+    SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), moved AS (
     UPDATE jobs
     SET lease_expires_at = now() + %(lease)s::interval
     WHERE id = (SELECT id FROM target) AND status = 'processing'
+      AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at
 )
-SELECT target.status::text AS outcome, moved.*
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, moved.*
 FROM target LEFT JOIN moved ON true
 
 -- name: complete_job
 -- Finish a processing job: mark it completed and insert its result, both
 -- stamped with the same now(), in one statement. A job that is not
--- processing is left alone (outcome = its status, no result columns).
+-- processing, or was claimed again after the claim `attempt`, is left alone
+-- (outcome = its status, no result columns).
 WITH target AS (
-    SELECT id, status
+    SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL
     WHERE id = (SELECT id FROM target) AND status = 'processing'
+      AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id
 ), result AS (
     INSERT INTO job_results (id, job_id, extracted_data, confidence_score, tokens_used, created_at)
@@ -152,23 +159,24 @@ WITH target AS (
     FROM done
     RETURNING id, job_id, extracted_data, confidence_score, tokens_used, created_at
 )
-SELECT target.status::text AS outcome, result.*
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, result.*
 FROM target LEFT JOIN result ON true
 
 -- name: fail_job
--- A processing job failed: record why and drop its lease.
+-- A processing job failed (on the claim `attempt`, if given): record why, drop its lease.
 WITH target AS (
-    SELECT id, status
+    SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), failed AS (
     UPDATE jobs
     SET status = 'failed', error_message = %(error_message)s, lease_expires_at = NULL
     WHERE id = (SELECT id FROM target) AND status = 'processing'
+      AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at
 )
-SELECT target.status::text AS outcome, failed.*
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, failed.*
 FROM target LEFT JOIN failed ON true
 
 -- name: retry_job

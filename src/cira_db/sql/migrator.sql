@@ -70,3 +70,15 @@ FROM pg_enum AS e
 JOIN pg_type AS t ON t.oid = e.enumtypid
 WHERE t.typname = 'job_status' AND t.typnamespace = current_schema()::regnamespace
 ORDER BY e.enumsortorder
+
+-- name: story_constraints
+-- Keys of jobs and job_results: (table, kind p/u/f, columns, referenced table).
+SELECT c.conrelid::regclass::text,
+       c.contype::text,
+       array_to_string(array_agg(a.attname::text ORDER BY a.attname), ','),
+       CASE WHEN c.confrelid = 0 THEN '' ELSE c.confrelid::regclass::text END
+FROM pg_constraint AS c
+JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+WHERE c.conrelid IN (to_regclass('jobs'), to_regclass('job_results'))
+  AND c.contype IN ('p', 'u', 'f')
+GROUP BY c.oid, c.conrelid, c.contype, c.confrelid

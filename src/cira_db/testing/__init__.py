@@ -17,6 +17,9 @@ Nothing is registered automatically and no fixture is ``autouse``. Fixtures:
     a fresh, empty database for one test (for migration tests).
 ``cira_db``
     an opened `cira_db.Database` on ``cira_db_url``.
+``cira_db_factory``
+    a `CiraDbFactory` on ``cira_db``: ``job(status=...)``, ``completed_job()``
+    and ``result()`` make jobs in any status through the public repositories.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from collections.abc import Iterator
 import pytest
 
 from cira_db._database import Database
+from cira_db.testing._factories import CiraDbFactory
 from cira_db.testing._server import TestServer, find_server, url_for_database
 
 __all__ = [
+    "CiraDbFactory",
     "TestServer",
     "cira_db",
     "cira_db_empty_url",
+    "cira_db_factory",
     "cira_db_server",
     "cira_db_template",
     "cira_db_url",
@@ -78,3 +84,9 @@ def cira_db(cira_db_url: str) -> Iterator[Database]:
     """An open `Database` (pooled) on this test's fresh database."""
     with Database(cira_db_url) as db:
         yield db
+
+
+@pytest.fixture
+def cira_db_factory(cira_db: Database) -> CiraDbFactory:
+    """A `CiraDbFactory` making jobs and results in this test's database."""
+    return CiraDbFactory(cira_db)

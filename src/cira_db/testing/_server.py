@@ -14,6 +14,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -95,11 +96,18 @@ def _docker_answers() -> bool:
         import docker  # type: ignore[import-untyped]
     except ImportError:
         return False
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False  # no engine: skip docker-py, whose failed probe leaks a socket
     try:
         client = docker.from_env(timeout=2)
+    except Exception:  # any failure means "no usable engine"
+        return False
+    try:
         client.ping()
     except Exception:
         return False
+    finally:
+        client.close()
     return True
 
 

@@ -27,7 +27,8 @@ ALTER TABLE job_results
 ALTER TABLE jobs
     DROP CONSTRAINT IF EXISTS jobs_client_id_not_empty,
     DROP CONSTRAINT IF EXISTS jobs_pdf_url_not_empty,
-    DROP CONSTRAINT IF EXISTS jobs_attempts_non_negative;
+    DROP CONSTRAINT IF EXISTS jobs_attempts_non_negative,
+    DROP CONSTRAINT IF EXISTS jobs_lease_only_while_processing;
 
 ALTER TABLE jobs
     DROP COLUMN IF EXISTS lease_expires_at,

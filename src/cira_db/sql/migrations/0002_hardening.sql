@@ -92,13 +92,20 @@ ALTER TABLE job_results
 ALTER TABLE jobs
     ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz;
+-- Jobs that were processing when the database was adopted get a lease that
+-- ends now, so release_expired() puts them back in the queue instead of
+-- leaving them in processing for ever.
+UPDATE jobs SET lease_expires_at = now()
+WHERE status = 'processing' AND lease_expires_at IS NULL;
 
--- 5. CHECK constraints. Step 1 proved the rows comply, so they are added
---    valid in one step.
+-- 5. CHECK constraints. Step 1 proved the rows comply (and step 4 gave every
+--    processing job a lease), so they are added valid in one step.
 ALTER TABLE jobs
     ADD CONSTRAINT jobs_client_id_not_empty CHECK (btrim(client_id) <> ''),
     ADD CONSTRAINT jobs_pdf_url_not_empty CHECK (btrim(pdf_url) <> ''),
-    ADD CONSTRAINT jobs_attempts_non_negative CHECK (attempts >= 0);
+    ADD CONSTRAINT jobs_attempts_non_negative CHECK (attempts >= 0),
+    ADD CONSTRAINT jobs_lease_only_while_processing
+        CHECK ((status = 'processing') = (lease_expires_at IS NOT NULL));
 ALTER TABLE job_results
     ADD CONSTRAINT job_results_confidence_range CHECK (confidence_score BETWEEN 0 AND 1),
     ADD CONSTRAINT job_results_tokens_non_negative CHECK (tokens_used >= 0);
