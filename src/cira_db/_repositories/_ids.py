@@ -1,8 +1,8 @@
 """Time-ordered ids (UUIDv7, RFC 9562) generated in the client.
 
 New rows land at the right edge of the primary-key index instead of on a
-random leaf page: on 1,000,000 jobs, bulk inserts ran 1.8x faster and the
-primary key was 19% smaller than with random (v4) ids (docs/jobs.md). Ids
+random leaf page, so inserts are faster and the primary key smaller than
+with random (v4) ids; `make bench` measures both (docs/performance.md). Ids
 from one process are strictly increasing, so jobs created in one call sort
 in the order they were given even when they share ``created_at``.
 
