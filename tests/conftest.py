@@ -15,7 +15,7 @@ from _proxy import (
     PgBouncerUnavailableError,
     start_pgbouncer,
 )
-from cira_db import Database
+from cira_db import Database, JobRepository, JobResultRepository
 
 # Imported for types only: a runtime import here would come before pytest_plugins
 # and defeat assertion rewriting of the plugin (PytestAssertRewriteWarning).
@@ -80,3 +80,15 @@ def cira_db(request: pytest.FixtureRequest, cira_db_url: str) -> Iterator[Databa
     dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
     with Database(bouncer.url(dbname), via_proxy=True, migration_url=cira_db_url) as db:
         yield db
+
+
+@pytest.fixture
+def jobs(cira_db: Database) -> JobRepository:
+    """A `JobRepository` on this test's database."""
+    return JobRepository(cira_db)
+
+
+@pytest.fixture
+def results(cira_db: Database) -> JobResultRepository:
+    """A `JobResultRepository` on this test's database."""
+    return JobResultRepository(cira_db)

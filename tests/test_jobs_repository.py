@@ -28,16 +28,6 @@ LEASE = timedelta(minutes=5)
 SHORT = timedelta(milliseconds=200)
 
 
-@pytest.fixture
-def jobs(cira_db: Database) -> JobRepository:
-    return JobRepository(cira_db)
-
-
-@pytest.fixture
-def results(cira_db: Database) -> JobResultRepository:
-    return JobResultRepository(cira_db)
-
-
 def _url(n: int) -> str:
     return f"https://example.com/{n}.pdf"
 

@@ -17,16 +17,6 @@ A, B = "client-a", "client-b"
 LEASE = timedelta(minutes=5)
 
 
-@pytest.fixture
-def jobs(cira_db: Database) -> JobRepository:
-    return JobRepository(cira_db)
-
-
-@pytest.fixture
-def results(cira_db: Database) -> JobResultRepository:
-    return JobResultRepository(cira_db)
-
-
 def _done(
     jobs: JobRepository,
     client_id: str,

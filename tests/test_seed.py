@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from cira_db import Database, JobRepository, JobResultRepository, JobStatus
 from cira_db._cli import _Progress, main
-from cira_db._demo import run_demo
+from cira_db._demo import DEMO_DATABASE, run_demo
+from cira_db._embedded import start_embedded
 from cira_db._seed import DEFAULT_ANCHOR, MOCK_CLIENT_IDS, client_ids, seed
+from cira_db._settings import url_for_database
 from cira_db._validation import check_client_id, check_pdf_url
 from cira_db.errors import ConflictError, ValidationError
 from cira_db.testing import TestServer
@@ -292,3 +298,24 @@ def test_demo_stops_when_another_worker_took_the_job(
     text = out.getvalue()
     assert "another worker took the job first" in text
     assert "complete  " not in text
+
+
+def test_demo_recreates_a_demo_database_left_by_another_version() -> None:
+    """A cached demo whose history no longer matches the package starts afresh."""
+    folder = Path(tempfile.mkdtemp(prefix="cira-demo-"))
+    server = None
+    try:
+        first = StringIO()
+        assert run_demo(directory=folder, keep_running=False, url=None, out=first) == 0
+        server = start_embedded(folder)  # the same running server (one per folder)
+        with psycopg.connect(url_for_database(server.url, DEMO_DATABASE)) as conn:
+            conn.execute("UPDATE schema_migrations SET checksum = 'changed' WHERE version = 2")
+        again = StringIO()
+        assert run_demo(directory=folder, keep_running=False, url=None, out=again) == 0
+        assert "recreating" not in first.getvalue()
+        assert "from another cira_db version: recreating it" in again.getvalue()
+        assert "applied 0002_hardening.sql" in again.getvalue()
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

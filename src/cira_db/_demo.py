@@ -9,13 +9,40 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+import psycopg
+from psycopg import sql
+
 from cira_db._database import Database
 from cira_db._embedded import default_demo_dir, start_embedded
 from cira_db._repositories import JobRepository, JobResultRepository
 from cira_db._seed import seed
+from cira_db._settings import url_for_database
 from cira_db.migrations import Migrator
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_DATABASE", "run_demo"]
+
+DEMO_DATABASE = "cira_demo"
+
+
+def _prepare_demo_database(admin_url: str, out: TextIO) -> None:
+    """Create the demo database; recreate it when another cira_db version migrated it.
+
+    It lives on the demo's own embedded server, so a database whose migration
+    history no longer matches the packaged files (an older or newer cira_db
+    ran the demo before) is a throwaway: it is dropped and made anew rather
+    than stopping the demo with a checksum error.
+    """
+    name = sql.Identifier(DEMO_DATABASE)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
+        ).fetchone()
+        if exists and Migrator(url_for_database(admin_url, DEMO_DATABASE)).problems():
+            print("   the demo database is from another cira_db version: recreating it", file=out)
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+            exists = None
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
 
 
 def run_demo(
@@ -31,7 +58,8 @@ def run_demo(
         folder = directory or default_demo_dir()
         print(f"1. starting an embedded PostgreSQL 16 in {folder}", file=out)
         server = start_embedded(folder, keep_running=keep_running)
-        url = server.url
+        _prepare_demo_database(server.url, out)
+        url = url_for_database(server.url, DEMO_DATABASE)
     else:
         print("1. using the database given with --url", file=out)
     db = Database(url, pool=False)

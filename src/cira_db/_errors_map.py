@@ -8,7 +8,7 @@ name are, and the original stays available as ``__cause__``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -103,9 +103,11 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
 
 
 @contextmanager
-def wrap_errors(operation: str) -> Iterator[None]:
-    """Re-raise psycopg errors inside the block as cira_db errors."""
+def wrap_errors(
+    operation: str, mapper: Callable[[psycopg.Error, str], CiraDbError] = translate
+) -> Iterator[None]:
+    """Re-raise psycopg errors inside the block as cira_db errors (``mapper`` picks which)."""
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, operation) from exc
+        raise mapper(exc, operation) from exc

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -389,6 +389,13 @@ def default_ca_bundle() -> str:
     target = Path(tempfile.gettempdir()) / f"cira_db-{os.getpid()}-amazon-trust-roots.pem"
     target.write_bytes(resource.read_bytes())
     return str(target)
+
+
+def url_for_database(url: str, dbname: str) -> str:
+    """``url`` with its database replaced by ``dbname`` (as a conninfo string)."""
+    params: dict[str, Any] = dict(conninfo_to_dict(url))
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
 
 
 def running_in_lambda() -> bool:

@@ -103,6 +103,7 @@ class Migration:
     down_filename: str | None
     down_sql: str | None
     transactional: bool
+    down_transactional: bool
 
     @property
     def checksum(self) -> str:
@@ -179,10 +180,15 @@ def load_migrations(directory: Traversable | Path | None = None) -> list[Migrati
                 sql=sql,
                 down_filename=down_name,
                 down_sql=down_sql,
-                transactional=_NO_TRANSACTION.search(_header(sql)) is None,
+                transactional=_is_transactional(sql),
+                down_transactional=down_sql is None or _is_transactional(down_sql),
             )
         )
     return migrations
+
+
+def _is_transactional(sql: str) -> bool:
+    return _NO_TRANSACTION.search(_header(sql)) is None
 
 
 def _header(sql: str) -> str:
@@ -532,7 +538,7 @@ class Migrator:
             conn,
             migration.down_filename,
             migration.down_sql,
-            transactional=_NO_TRANSACTION.search(_header(migration.down_sql)) is None,
+            transactional=migration.down_transactional,
             record=lambda _elapsed_ms: self._execute(
                 conn, "forget_migration", version=migration.version
             ),

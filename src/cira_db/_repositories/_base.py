@@ -17,7 +17,7 @@ import psycopg.errors as pg_errors
 from psycopg.rows import BaseRowFactory, class_row, kwargs_row
 
 from cira_db._database import Database
-from cira_db._errors_map import translate
+from cira_db._errors_map import translate, wrap_errors
 from cira_db._models import Job, JobResult, JobStatus, Usage
 from cira_db._sql import Query
 from cira_db.errors import (
@@ -125,15 +125,6 @@ def map_error(exc: psycopg.Error, operation: str) -> CiraDbError:
     return translate(exc, operation)
 
 
-@contextmanager
-def mapped_errors(operation: str) -> Iterator[None]:
-    """Re-raise psycopg errors inside the block as cira_db errors."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise map_error(exc, operation) from exc
-
-
 # -- running statements -------------------------------------------------------------
 
 
@@ -176,7 +167,7 @@ class Runner:
     @contextmanager
     def transaction(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
         """A transaction (a savepoint inside the caller's one, if any); errors mapped."""
-        with self.connection() as conn, mapped_errors(operation), conn.transaction():
+        with self.connection() as conn, wrap_errors(operation, map_error), conn.transaction():
             yield conn
 
     def call(
@@ -207,7 +198,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> R | None:
-            with mapped_errors(operation), conn.cursor(row_factory=row_factory) as cur:
+            with wrap_errors(operation, map_error), conn.cursor(row_factory=row_factory) as cur:
                 cur.execute(query.sql, bound)
                 return cur.fetchone()
 
@@ -226,7 +217,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> list[R]:
-            with mapped_errors(operation), conn.cursor(row_factory=row_factory) as cur:
+            with wrap_errors(operation, map_error), conn.cursor(row_factory=row_factory) as cur:
                 cur.execute(query.sql, bound)
                 return cur.fetchall()
 
@@ -239,7 +230,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> int:
-            with mapped_errors(operation), conn.cursor() as cur:
+            with wrap_errors(operation, map_error), conn.cursor() as cur:
                 cur.execute(query.sql, bound)
                 return cur.rowcount
 

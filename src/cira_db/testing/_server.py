@@ -15,13 +15,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from cira_db._embedded import start_embedded
+from cira_db._settings import url_for_database
 from cira_db.migrations import Migrator
 
 __all__ = ["TestServer", "find_server", "url_for_database"]
@@ -82,13 +82,6 @@ class TestServer:
         url = self.create_database(prefix="cira_tpl")
         Migrator(url, applied_by="cira_db.testing").apply()
         return str(conninfo_to_dict(url)["dbname"])
-
-
-def url_for_database(url: str, dbname: str) -> str:
-    """``url`` with its database replaced by ``dbname`` (as a conninfo string)."""
-    params: dict[str, Any] = dict(conninfo_to_dict(url))
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
 
 
 def _docker_answers() -> bool:
