@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 from cira_db import Database, JobRepository
+from cira_db._migrations._split import statements
 from cira_db.errors import ConfigurationError, MigrationError, ValidationError
 from cira_db.migrations import LOCK_KEY, Migrator, checksum, load_migrations, split_statements
 
@@ -740,6 +741,25 @@ def test_sql_standard_function_bodies_stay_whole(empty: str, migrations_dir: Pat
     assert history(empty)[-2:] == [(3, "atomic"), (4, "atomic_again")]
 
 
+@given(body=st.text(alphabet=st.characters(exclude_characters="\r")))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_text_inside_quotes_never_ends_a_statement_or_counts_as_one(body: str) -> None:
+    """Whatever a string or dollar-quoted body holds, it stays inside its statement."""
+    quoted = "'" + body.replace("'", "''") + "'"
+    dollar = "$q$" + body.replace("$q$", "") + "$q$"
+    identifier = '"' + body.replace('"', '""') + '"'
+    sql = f"SELECT {quoted};\nSELECT {dollar};\nSELECT 1 AS {identifier};\nCOMMIT"
+    found = statements(sql)
+    assert [s.text for s in found] == [
+        f"SELECT {quoted}",
+        f"SELECT {dollar}",
+        f"SELECT 1 AS {identifier}",
+        "COMMIT",
+    ]
+    assert [s.leading_words[0] for s in found] == ["select", "select", "select", "commit"]
+    assert found[3].line == 4 + 3 * body.count("\n")
+
+
 def test_split_statements_knows_dollar_tags_with_digits_and_escape_strings() -> None:
     sql = "SELECT $a1$ x; y $a1$; SELECT E'a\\'; b'; SELECT price$1 FROM t; SELECT 2"
     assert split_statements(sql) == [
@@ -968,8 +988,8 @@ def test_advisory_lock_serialises_concurrent_runners(empty: str, tmp_path: Path)
     The migration holds its transaction open for a moment, so without the
     runners' advisory lock every runner creates schema_migrations, reads an
     empty history and runs 0001 too, and fails on a table the first one is
-    creating; with the lock the others wait, then find nothing to do. (The mutation check removes the lock and expects this
-    test to fail.)
+    creating; with the lock the others wait, then find nothing to do. (The
+    mutation check removes the lock and expects this test to fail.)
     """
     directory = tmp_path / "slow"
     directory.mkdir()
