@@ -50,22 +50,29 @@ class _Step:
 
     migration: Migration
     up: bool
+    filename: str
+    sql: str
+    transactional: bool
 
-    @property
-    def filename(self) -> str:
-        """The file this step runs."""
-        name = self.migration.filename if self.up else self.migration.down_filename
-        return name or ""
+    @classmethod
+    def forward(cls, m: Migration) -> _Step:
+        """The step that applies ``m``."""
+        return cls(m, up=True, filename=m.filename, sql=m.sql, transactional=m.transactional)
 
-    @property
-    def sql(self) -> str:
-        """The SQL this step runs."""
-        return (self.migration.sql if self.up else self.migration.down_sql) or ""
-
-    @property
-    def transactional(self) -> bool:
-        """Whether the file runs in one transaction."""
-        return self.migration.transactional if self.up else self.migration.down_transactional
+    @classmethod
+    def back(cls, m: Migration) -> _Step:
+        """The step that undoes ``m``; a `MigrationError` when it has no down file."""
+        if m.down_sql is None or m.down_filename is None:
+            raise MigrationError(
+                f"{m.filename} has no {m.filename[:-4]}.down.sql; it cannot be rolled back"
+            )
+        return cls(
+            m,
+            up=False,
+            filename=m.down_filename,
+            sql=m.down_sql,
+            transactional=m.down_transactional,
+        )
 
 
 class Migrator:
@@ -219,20 +226,15 @@ class Migrator:
                 f"the database is at version {current}, newer than {target}; "
                 f"use rollback --to {target} to go back"
             )
-        return [_Step(m, up=True) for m in self.migrations if current < m.version <= target]
+        return [_Step.forward(m) for m in self.migrations if current < m.version <= target]
 
     def _plan_down(self, history: Sequence[Applied], target: int) -> list[_Step]:
         applied = {row.version for row in history}
-        steps: list[_Step] = []
-        for m in reversed(self.migrations):
-            if m.version <= target or m.version not in applied:
-                continue
-            if m.down_sql is None or m.down_filename is None:
-                raise MigrationError(
-                    f"{m.filename} has no {m.filename[:-4]}.down.sql; it cannot be rolled back"
-                )
-            steps.append(_Step(m, up=False))
-        return steps
+        return [
+            _Step.back(m)
+            for m in reversed(self.migrations)
+            if m.version > target and m.version in applied
+        ]
 
     def _record(self, conn: psycopg.Connection[Any], step: _Step, elapsed_ms: int) -> None:
         """Record in schema_migrations that ``step`` ran (in its transaction, if it has one)."""
