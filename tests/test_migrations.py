@@ -408,6 +408,26 @@ def test_no_transaction_migration_runs_concurrent_index(empty: str, migrations_d
     assert scalar(empty, "SELECT to_regclass('idx_test_pdf')") is None
 
 
+def test_failing_no_transaction_migration_keeps_earlier_statements_and_says_so(
+    empty: str, migrations_dir: Path
+) -> None:
+    path = migrations_dir / "0003_two_steps.sql"
+    path.write_text(
+        "-- cira_db: no-transaction\nCREATE TABLE IF NOT EXISTS step_one (id int);\nSELECT 1 / 0;\n"
+    )
+    with pytest.raises(MigrationError) as excinfo:
+        Migrator(empty, directory=migrations_dir).apply()
+    assert str(excinfo.value) == (
+        "0003_two_steps.sql (no-transaction) failed part way: division by zero (22012); "
+        "fix the cause and run it again (its statements must be re-runnable)"
+    )
+    assert isinstance(excinfo.value.__cause__, psycopg.errors.DivisionByZero)
+    assert scalar(empty, "SELECT to_regclass('step_one') IS NOT NULL")
+    assert [v for v, _ in history(empty)] == [1, 2]
+    path.write_text(path.read_text().replace("SELECT 1 / 0;", "SELECT 1;"))
+    assert [m.version for m in Migrator(empty, directory=migrations_dir).apply()] == [3]
+
+
 def test_hardening_stops_on_null_client_id_with_no_change(empty: str) -> None:
     migrator = Migrator(empty)
     migrator.apply(to=1)

@@ -271,26 +271,18 @@ class Migrator:
         }
         started = time.monotonic()
         _log.info("running %s", step.filename)
-        try:
-            if step.transactional:
-                with conn.transaction():
-                    run_query(conn, "set_local_timeouts", **timeouts)
-                    conn.execute(_as_literal(step.sql))
-                    self._record(conn, step, int((time.monotonic() - started) * 1000))
-            else:
+        if step.transactional:
+            with wrap_errors(step.filename, mapper=_rolled_back), conn.transaction():
+                run_query(conn, "set_local_timeouts", **timeouts)
+                conn.execute(_as_literal(step.sql))
+                self._record(conn, step, int((time.monotonic() - started) * 1000))
+        else:
+            with wrap_errors(step.filename, mapper=_failed_part_way):
                 run_query(conn, "set_session_timeouts", **timeouts)
                 for statement in split_statements(step.sql):
                     conn.execute(_as_literal(statement))
                 self._record(conn, step, int((time.monotonic() - started) * 1000))
-            _log.info("finished %s in %.0f ms", step.filename, (time.monotonic() - started) * 1000)
-        except psycopg.Error as exc:
-            reason = _server_message(exc)
-            raise MigrationError(
-                f"{step.filename} failed and was rolled back: {reason}"
-                if step.transactional
-                else f"{step.filename} (no-transaction) failed part way: {reason}; "
-                "fix the cause and run it again (its statements must be re-runnable)"
-            ) from exc
+        _log.info("finished %s in %.0f ms", step.filename, (time.monotonic() - started) * 1000)
 
     # -- connection and lock --------------------------------------------------------
 
@@ -356,6 +348,19 @@ def _as_literal(sql: str) -> LiteralString:
     # directory the operator passed), never from request data. (mypy treats
     # LiteralString as str, so no cast is needed for it.)
     return sql
+
+
+def _rolled_back(exc: psycopg.Error, filename: str) -> MigrationError:
+    """The error of a transactional migration that failed (its transaction rolled back)."""
+    return MigrationError(f"{filename} failed and was rolled back: {_server_message(exc)}")
+
+
+def _failed_part_way(exc: psycopg.Error, filename: str) -> MigrationError:
+    """The error of a no-transaction migration that failed after some statements ran."""
+    return MigrationError(
+        f"{filename} (no-transaction) failed part way: {_server_message(exc)}; "
+        "fix the cause and run it again (its statements must be re-runnable)"
+    )
 
 
 def _server_message(exc: psycopg.Error) -> str:
