@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -14,10 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 from cira_db import Database, JobRepository
-from cira_db.errors import ConfigurationError, MigrationError
+from cira_db._migrations._split import statements
+from cira_db.errors import ConfigurationError, MigrationError, ValidationError
 from cira_db.migrations import LOCK_KEY, Migrator, checksum, load_migrations, split_statements
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -212,7 +217,7 @@ def test_apply_to_an_older_version_points_at_rollback(empty: str) -> None:
     Migrator(empty).apply()
     with pytest.raises(MigrationError, match=r"use rollback --to 1"):
         Migrator(empty).apply(to=1)
-    with pytest.raises(MigrationError, match=r"known versions are 0\.\.2"):
+    with pytest.raises(ValidationError, match=r"known versions are 0\.\.2"):
         Migrator(empty).apply(to=7)
 
 
@@ -277,7 +282,7 @@ def test_rollback_of_hardening_keeps_every_row(empty: str) -> None:
 
 
 def test_rollback_beyond_known_versions_is_refused(empty: str) -> None:
-    with pytest.raises(MigrationError, match=r"cannot roll back to 5"):
+    with pytest.raises(ValidationError, match=r"cannot roll back to 5"):
         Migrator(empty).rollback(to=5)
 
 
@@ -401,6 +406,26 @@ def test_no_transaction_migration_runs_concurrent_index(empty: str, migrations_d
     assert history(empty)[-1] == (3, "concurrent_index")
     migrator.rollback(to=2)
     assert scalar(empty, "SELECT to_regclass('idx_test_pdf')") is None
+
+
+def test_failing_no_transaction_migration_keeps_earlier_statements_and_says_so(
+    empty: str, migrations_dir: Path
+) -> None:
+    path = migrations_dir / "0003_two_steps.sql"
+    path.write_text(
+        "-- cira_db: no-transaction\nCREATE TABLE IF NOT EXISTS step_one (id int);\nSELECT 1 / 0;\n"
+    )
+    with pytest.raises(MigrationError) as excinfo:
+        Migrator(empty, directory=migrations_dir).apply()
+    assert str(excinfo.value) == (
+        "0003_two_steps.sql (no-transaction) failed part way: division by zero (22012); "
+        "fix the cause and run it again (its statements must be re-runnable)"
+    )
+    assert isinstance(excinfo.value.__cause__, psycopg.errors.DivisionByZero)
+    assert scalar(empty, "SELECT to_regclass('step_one') IS NOT NULL")
+    assert [v for v, _ in history(empty)] == [1, 2]
+    path.write_text(path.read_text().replace("SELECT 1 / 0;", "SELECT 1;"))
+    assert [m.version for m in Migrator(empty, directory=migrations_dir).apply()] == [3]
 
 
 def test_hardening_stops_on_null_client_id_with_no_change(empty: str) -> None:
@@ -621,3 +646,388 @@ def test_copy_of_package_dir_is_used_not_the_package(empty: str, migrations_dir:
     Migrator(empty, directory=migrations_dir).apply()
     assert scalar(empty, "SELECT to_regclass('only_here') IS NOT NULL")
     assert scalar(empty, "SELECT to_regclass('jobs')") is None
+
+
+# -- transaction control in transactional migrations ---------------------------------
+
+TRANSACTION_CONTROL = [
+    "COMMIT",
+    "commit and chain",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "BEGIN",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    "START TRANSACTION",
+    "SAVEPOINT before_x",
+    "RELEASE SAVEPOINT before_x",
+    "RELEASE before_x",
+    "ROLLBACK TO SAVEPOINT before_x",
+    "PREPARE TRANSACTION 'tx1'",
+    "COMMIT PREPARED 'tx1'",
+    "ROLLBACK PREPARED 'tx1'",
+    "/* a comment first */ Commit",
+]
+
+
+@pytest.mark.parametrize("statement", TRANSACTION_CONTROL)
+def test_transaction_control_in_a_transactional_migration_is_refused_at_load(
+    migrations_dir: Path, statement: str
+) -> None:
+    (migrations_dir / "0003_sneaky.sql").write_text(
+        "-- a header comment\n"
+        "CREATE TABLE made_before (id int);\n"
+        "\n"
+        f"{statement};\n"
+        "CREATE TABLE made_after (id int);\n"
+    )
+    with pytest.raises(MigrationError) as excinfo:
+        load_migrations(migrations_dir)
+    message = str(excinfo.value)
+    assert message.startswith("0003_sneaky.sql line 4: ")
+    assert "transaction" in message
+    assert "no-transaction" in message  # says how to write such a file instead
+
+
+def test_transaction_control_in_a_down_file_is_refused_at_load(migrations_dir: Path) -> None:
+    (migrations_dir / "0003_extra.sql").write_text("CREATE TABLE extra (id int);\n")
+    (migrations_dir / "0003_extra.down.sql").write_text(
+        "DROP TABLE extra;\n/* line two\n   line three */ ROLLBACK;\n"
+    )
+    with pytest.raises(MigrationError, match=r"^0003_extra\.down\.sql line 3: ROLLBACK "):
+        load_migrations(migrations_dir)
+
+
+def test_commit_inside_a_migration_is_refused_before_anything_runs(
+    empty: str, migrations_dir: Path
+) -> None:
+    """The defect: COMMIT made the table before it permanent while reporting a rollback."""
+    (migrations_dir / "0003_commit.sql").write_text(
+        "CREATE TABLE made_before (id int);\nCOMMIT;\nSELECT 1 / 0;\n"
+    )
+    with pytest.raises(MigrationError, match=r"0003_commit\.sql line 2: COMMIT"):
+        Migrator(empty, directory=migrations_dir).apply()
+    assert scalar(empty, "SELECT to_regclass('made_before')") is None
+    assert history(empty) == []
+
+
+TRANSACTION_WORDS_THAT_ARE_NOT_STATEMENTS = [
+    "SELECT 'COMMIT; ROLLBACK;' AS text_only;",
+    'CREATE TABLE "commit" ("begin" int, "end" int);',
+    "-- COMMIT;\nSELECT 1;",
+    "/* ROLLBACK; /* nested */ BEGIN; */ SELECT 1;",
+    "SELECT $tag1$ COMMIT; $tag1$;",
+    "SELECT E'it\\'s; COMMIT';",
+    "DO $$ BEGIN PERFORM 1; END $$;",
+    "CREATE FUNCTION uses_case(x int) RETURNS int LANGUAGE sql\n"
+    "BEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT 2;\nEND;",
+    "CREATE PROCEDURE batches() LANGUAGE plpgsql AS $body$\n"
+    "BEGIN\n  CREATE TABLE IF NOT EXISTS p (id int);\n  COMMIT;\nEND\n$body$;",
+    "CREATE TABLE t (id int);\nCOMMENT ON TABLE t IS 'rollback; begin';",
+]
+
+
+@pytest.mark.parametrize("sql", TRANSACTION_WORDS_THAT_ARE_NOT_STATEMENTS)
+def test_transaction_words_inside_text_bodies_and_names_are_not_refused(
+    migrations_dir: Path, sql: str
+) -> None:
+    (migrations_dir / "0003_words.sql").write_text(sql + "\n")
+    assert load_migrations(migrations_dir)[2].transactional
+
+
+def test_no_transaction_migration_may_hold_transaction_control(
+    empty: str, migrations_dir: Path
+) -> None:
+    (migrations_dir / "0003_own_transactions.sql").write_text(
+        "-- cira_db: no-transaction\nBEGIN;\nCREATE TABLE IF NOT EXISTS own_tx (id int);\nCOMMIT;\n"
+    )
+    Migrator(empty, directory=migrations_dir).apply()
+    assert scalar(empty, "SELECT to_regclass('own_tx') IS NOT NULL")
+    assert history(empty)[-1] == (3, "own_transactions")
+
+
+def test_sql_standard_function_bodies_stay_whole(empty: str, migrations_dir: Path) -> None:
+    """A BEGIN ATOMIC body holds semicolons; a no-transaction file must not split it."""
+    body = (
+        "CREATE OR REPLACE FUNCTION sign_of(x int) RETURNS int LANGUAGE sql\n"
+        "BEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 WHEN x < 0 THEN -1 ELSE 0 END;\nEND;\n"
+        "CREATE TABLE IF NOT EXISTS after_function (id int);\n"
+    )
+    assert len(split_statements(body)) == 2
+    (migrations_dir / "0003_atomic.sql").write_text(body)
+    (migrations_dir / "0004_atomic_again.sql").write_text("-- cira_db: no-transaction\n" + body)
+    Migrator(empty, directory=migrations_dir).apply()
+    assert scalar(empty, "SELECT sign_of(-4)") == -1
+    assert history(empty)[-2:] == [(3, "atomic"), (4, "atomic_again")]
+
+
+@given(body=st.text(alphabet=st.characters(exclude_characters="\r")))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_text_inside_quotes_never_ends_a_statement_or_counts_as_one(body: str) -> None:
+    """Whatever a string or dollar-quoted body holds, it stays inside its statement."""
+    quoted = "'" + body.replace("'", "''") + "'"
+    dollar = "$q$" + body.replace("$q$", "") + "$q$"
+    identifier = '"' + body.replace('"', '""') + '"'
+    sql = f"SELECT {quoted};\nSELECT {dollar};\nSELECT 1 AS {identifier};\nCOMMIT"
+    found = statements(sql)
+    assert [s.text for s in found] == [
+        f"SELECT {quoted}",
+        f"SELECT {dollar}",
+        f"SELECT 1 AS {identifier}",
+        "COMMIT",
+    ]
+    assert [s.leading_words[0] for s in found] == ["select", "select", "select", "commit"]
+    assert found[3].line == 4 + 3 * body.count("\n")
+
+
+def test_split_statements_knows_dollar_tags_with_digits_and_escape_strings() -> None:
+    sql = "SELECT $a1$ x; y $a1$; SELECT E'a\\'; b'; SELECT price$1 FROM t; SELECT 2"
+    assert split_statements(sql) == [
+        "SELECT $a1$ x; y $a1$",
+        "SELECT E'a\\'; b'",
+        "SELECT price$1 FROM t",
+        "SELECT 2",
+    ]
+
+
+# -- history rows no file can match -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"), [(0, "version 0"), (-5, "version -5"), (-1234567, "version -1234567")]
+)
+def test_history_rows_with_impossible_versions_are_named_clearly(
+    empty: str, version: int, shown: str
+) -> None:
+    migrator = Migrator(empty)
+    migrator.apply()
+    with psycopg.connect(empty, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, execution_ms, applied_by) "
+            "VALUES (%s, 'hand_made', 'abc', 0, 'someone')",
+            (version,),
+        )
+    problems = migrator.problems()
+    assert problems == [
+        f"schema_migrations records {shown} ('hand_made'), but versions start at 0001; "
+        "the history was edited by hand: delete that row"
+    ]
+    with pytest.raises(MigrationError) as excinfo:
+        migrator.apply()
+    message = str(excinfo.value)
+    assert shown in message
+    assert "missing )" not in message
+    assert "-005" not in message
+    assert "gaps" not in message
+
+
+# -- history that does not match the files --------------------------------------------
+
+
+def test_file_renamed_after_it_was_applied_is_named(empty: str, migrations_dir: Path) -> None:
+    Migrator(empty, directory=migrations_dir).apply()
+    (migrations_dir / "0002_hardening.sql").rename(migrations_dir / "0002_renamed.sql")
+    (migrations_dir / "0002_hardening.down.sql").rename(migrations_dir / "0002_renamed.down.sql")
+    migrator = Migrator(empty, directory=migrations_dir)
+    expected = "migration 0002 was applied as 'hardening' but the file is 0002_renamed.sql"
+    assert migrator.problems() == [expected]
+    with pytest.raises(MigrationError, match=re.escape(expected) + "; nothing was run$"):
+        migrator.apply()
+    with pytest.raises(MigrationError, match=re.escape(expected)):
+        migrator.rollback(to=0)
+    assert len(history(empty)) == 2
+
+
+def test_gap_in_the_applied_history_stops_everything(empty: str) -> None:
+    Migrator(empty).apply()
+    execute(empty, "DELETE FROM schema_migrations WHERE version = 1")
+    migrator = Migrator(empty)
+    expected = "applied versions have gaps (missing 0001); the history was edited by hand"
+    assert migrator.problems() == [expected]
+    assert [s.applied for s in migrator.status()] == [False, True]
+    with pytest.raises(MigrationError, match=re.escape(expected)):
+        migrator.apply()
+    with pytest.raises(MigrationError, match=re.escape(expected)):
+        migrator.rollback(to=0)
+    assert history(empty) == [(2, "hardening")]
+
+
+# -- every baseline difference ----------------------------------------------------------
+
+STORY_LABELS = "['queued', 'processing', 'completed', 'failed']"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("DROP TABLE job_results", "table job_results is missing"),
+        ("ALTER TABLE jobs DROP COLUMN error_message", "jobs lacks column(s) error_message"),
+        (
+            "ALTER TABLE job_results ADD COLUMN notes text",
+            "job_results has unexpected column(s) notes",
+        ),
+        (
+            "ALTER TABLE jobs ALTER COLUMN client_id TYPE text",
+            "jobs.client_id is text, expected varchar",
+        ),
+        (
+            "ALTER TABLE job_results ALTER COLUMN tokens_used TYPE bigint",
+            "job_results.tokens_used is int8, expected int4",
+        ),
+        (
+            "ALTER TYPE job_status ADD VALUE 'cancelled'",
+            "enum job_status has labels ['queued', 'processing', 'completed', 'failed', "
+            f"'cancelled'], expected {STORY_LABELS}",
+        ),
+        (
+            "ALTER TYPE job_status RENAME VALUE 'failed' TO 'errored'",
+            "enum job_status has labels ['queued', 'processing', 'completed', 'errored'], "
+            f"expected {STORY_LABELS}",
+        ),
+        ("ALTER TABLE jobs DROP CONSTRAINT jobs_pkey CASCADE", "jobs has no primary key on id"),
+        (
+            "ALTER TABLE job_results DROP CONSTRAINT job_results_pkey",
+            "job_results has no primary key on id",
+        ),
+        (
+            "ALTER TABLE job_results DROP CONSTRAINT job_results_job_id_key",
+            "job_results.job_id is not UNIQUE",
+        ),
+        (
+            "ALTER TABLE job_results DROP CONSTRAINT job_results_job_id_fkey",
+            "job_results.job_id does not reference jobs",
+        ),
+    ],
+)
+def test_baseline_names_each_difference_from_the_story(
+    empty: str, change: str, expected: str
+) -> None:
+    load_story_schema(empty)
+    execute(empty, change)
+    with pytest.raises(MigrationError) as excinfo:
+        Migrator(empty).baseline()
+    message = str(excinfo.value)
+    assert message.startswith("baseline refused: the schema is not the story's schema.sql: ")
+    assert expected in message.split(": ", 2)[2].split("; ")
+    assert history(empty) == []
+
+
+def test_baseline_names_a_missing_enum(empty: str) -> None:
+    load_story_schema(empty)
+    execute(
+        empty,
+        "ALTER TABLE jobs ALTER COLUMN status DROP DEFAULT; "
+        "ALTER TABLE jobs ALTER COLUMN status TYPE text; DROP TYPE job_status",
+    )
+    with pytest.raises(MigrationError) as excinfo:
+        Migrator(empty).baseline()
+    message = str(excinfo.value)
+    assert "jobs.status is text, expected job_status" in message
+    assert f"enum job_status has labels none, expected {STORY_LABELS}" in message
+
+
+def test_every_story_key_has_a_baseline_test() -> None:
+    from cira_db._migrations._story import _STORY_KEYS
+
+    tested = {
+        "jobs has no primary key on id",
+        "job_results has no primary key on id",
+        "job_results.job_id is not UNIQUE",
+        "job_results.job_id does not reference jobs",
+    }
+    assert set(_STORY_KEYS.values()) == tested
+
+
+# -- the target version ----------------------------------------------------------------
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=1"
+BAD_TARGETS = st.one_of(
+    st.booleans(),
+    st.text(max_size=5),
+    st.floats(allow_nan=True),
+    st.integers(max_value=-1),
+    st.integers(min_value=3),
+    st.lists(st.integers(), max_size=2),
+    st.decimals(allow_nan=False, allow_infinity=False),
+)
+
+
+@given(to=BAD_TARGETS)
+@hypothesis_settings(max_examples=60, deadline=None)
+def test_apply_refuses_a_bad_target_before_connecting(to: Any) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        Migrator(UNREACHABLE).apply(to=to)
+    assert excinfo.value.field == "to"
+    assert str(excinfo.value).startswith("to: ")
+
+
+@given(to=st.one_of(BAD_TARGETS, st.none()))
+@hypothesis_settings(max_examples=60, deadline=None)
+def test_rollback_refuses_a_bad_target_before_connecting(to: Any) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        Migrator(UNREACHABLE).rollback(to=to)
+    assert excinfo.value.field == "to"
+
+
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [
+        ("1", "to: must be a migration version (an int), not str"),
+        (True, "to: must be a migration version (an int), not bool"),
+        (1.0, "to: must be a migration version (an int), not float"),
+        (-1, "to: cannot migrate to -1: known versions are 0..2"),
+        (3, "to: cannot migrate to 3: known versions are 0..2"),
+    ],
+)
+def test_apply_target_messages(to: Any, message: str) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        Migrator(UNREACHABLE).apply(to=to)
+    assert str(excinfo.value) == message
+
+
+def test_rollback_target_messages() -> None:
+    with pytest.raises(ValidationError, match=r"^to: cannot roll back to 3: known versions"):
+        Migrator(UNREACHABLE).rollback(to=3)
+    with pytest.raises(ValidationError, match=r"^to: must be a migration version \(an int\)"):
+        Migrator(UNREACHABLE).rollback(to="0")  # type: ignore[arg-type]
+
+
+def test_apply_accepts_every_known_target(empty: str) -> None:
+    migrator = Migrator(empty)
+    assert migrator.apply(to=0) == []
+    assert [m.version for m in migrator.apply(to=2)] == [1, 2]
+    assert migrator.apply(to=None) == []
+
+
+# -- the advisory lock -----------------------------------------------------------------
+
+
+def test_advisory_lock_serialises_concurrent_runners(empty: str, tmp_path: Path) -> None:
+    """Runners started at once on a fresh database: each migration runs exactly once.
+
+    The migration holds its transaction open for a moment, so without the
+    runners' advisory lock every runner creates schema_migrations, reads an
+    empty history and runs 0001 too, and fails on a table the first one is
+    creating; with the lock the others wait, then find nothing to do. (The
+    mutation check removes the lock and expects this test to fail.)
+    """
+    directory = tmp_path / "slow"
+    directory.mkdir()
+    (directory / "0001_slow.sql").write_text(
+        "CREATE TABLE ran_once (id int PRIMARY KEY);\n"
+        "INSERT INTO ran_once VALUES (1);\n"
+        "SELECT pg_sleep(0.4);\n"
+    )
+    runners = 4
+    barrier = threading.Barrier(runners)
+
+    def run() -> list[int]:
+        barrier.wait()
+        return [m.version for m in Migrator(empty, directory=directory).apply()]
+
+    with ThreadPoolExecutor(runners) as pool:
+        futures = [pool.submit(run) for _ in range(runners)]
+        outcomes = [f.exception() or f.result() for f in futures]
+    assert sorted(map(str, outcomes)) == ["[1]"] + ["[]"] * (runners - 1)
+    assert history(empty) == [(1, "slow")]
+    assert scalar(empty, "SELECT count(*) FROM ran_once") == 1

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cira_db.migrations
+import cira_db._migrations
 from cira_db._sql import Query, load_queries, parse_queries, query
 
 SQL_PACKAGE = resources.files("cira_db.sql")
@@ -178,16 +178,22 @@ def test_query_lookup_of_an_unknown_name_says_where() -> None:
         query("migrator.sql", "no_such_query")
 
 
+def _migrations_source() -> str:
+    """The source of every module of the migrations package (cira_db._migrations)."""
+    folder = Path(cira_db._migrations.__file__).parent
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.py")))
+
+
 def _names_used_by_migrations_module() -> set[str]:
-    """Query names given as literals to ``_execute(conn, NAME)`` or ``query(_SQL, NAME)``."""
-    source = Path(cira_db.migrations.__file__).read_text(encoding="utf-8")
+    """Query names given as literals to ``run_query(conn, NAME)`` or ``query(_SQL, NAME)``."""
+    source = _migrations_source()
     used: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if called in {"_execute", "query"} and len(node.args) >= 2:
+        if called in {"run_query", "query"} and len(node.args) >= 2:
             name = node.args[1]
             if isinstance(name, ast.Constant) and isinstance(name.value, str):
                 used.add(name.value)
@@ -197,12 +203,12 @@ def _names_used_by_migrations_module() -> set[str]:
 def test_every_migrator_query_is_used_and_every_used_query_exists() -> None:
     defined = set(load_queries("migrator.sql"))
     used = _names_used_by_migrations_module()
-    assert used, "found no _execute(conn, 'name') calls in cira_db/migrations.py"
+    assert used, "found no run_query(conn, 'name') calls in cira_db/_migrations/"
     assert sorted(defined - used) == [], "queries in migrator.sql that nothing uses"
     assert sorted(used - defined) == [], "names used in migrations.py missing from migrator.sql"
 
 
 def test_every_migrator_query_name_appears_quoted_in_migrations_source() -> None:
-    source = Path(cira_db.migrations.__file__).read_text(encoding="utf-8")
+    source = _migrations_source()
     for name in load_queries("migrator.sql"):
         assert f'"{name}"' in source, f"query {name} is never referenced in migrations.py"
