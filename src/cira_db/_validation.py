@@ -13,13 +13,16 @@ call would cost more than the statement's round trip saves.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import AnyHttpUrl, TypeAdapter
@@ -75,7 +78,20 @@ _URL_PREFIX = re.compile(r"^https?://", re.IGNORECASE)
 # A JSON \u0000 escape (an odd number of backslashes before "u0000"): jsonb rejects it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
+# Unicode categories a client id must not hold, with the reason given: each
+# of them is invisible, or makes the id render like another one.
+_HIDDEN_CATEGORIES: Final = {
+    "Cc": "a control character",
+    "Cf": "an invisible or bidirectional formatting character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Co": "a private-use code point",
+    "Cn": "an unassigned code point",
+    "Cs": "a surrogate code point",
+}
+
 _HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _STATUSES: Final = {status.value: status for status in JobStatus}
 
 
@@ -103,10 +119,16 @@ def _check_unicode(value: str, field: str) -> None:
 
 
 def check_client_id(value: object, field: str = "client_id") -> str:
-    """A client id: a string of 1 to 50 characters, not blank, no control characters.
+    """A client id: a string of 1 to 50 characters that shows what it is.
 
-    Leading or trailing whitespace is rejected rather than stripped, so the
-    id that is stored is always the one the caller sent.
+    Refused, never trimmed or rewritten: blank text, leading or trailing
+    whitespace, control characters (Unicode category Cc), invisible format
+    and bidirectional characters (Cf: U+200B, U+FEFF, U+202E, ...), line
+    and paragraph separators (Zl, Zp), whitespace other than the ASCII
+    space (U+00A0, U+3000, ...), private-use and unassigned code points
+    (Co, Cn), surrogates (Cs), and text not in Unicode normalisation form
+    NFC (``"e\\u0301"`` where ``"\\u00e9"`` is meant). Two ids that look the
+    same are then the same id: a look-alike tenant cannot be created.
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
@@ -117,8 +139,21 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         raise ValidationError(field, f"must be at most {CLIENT_ID_MAX} characters")
     if value != value.strip():
         raise ValidationError(field, "must not start or end with whitespace")
-    if _CONTROL.search(value):
-        raise ValidationError(field, "must not contain control characters")
+    if value.isascii():
+        if _CONTROL.search(value):
+            raise ValidationError(field, "must not contain control characters")
+        return value
+    for char in value:
+        category = unicodedata.category(char)
+        if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
+            reason = _HIDDEN_CATEGORIES.get(category, "whitespace other than the ASCII space")
+            raise ValidationError(field, f"must not contain U+{ord(char):04X} ({reason})")
+    if not unicodedata.is_normalized("NFC", value):
+        raise ValidationError(
+            field,
+            "must be in Unicode normalisation form NFC (an accented letter as one "
+            "character, not a letter plus a combining accent)",
+        )
     return value
 
 
@@ -131,9 +166,14 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
     """An absolute http(s) URL of at most 2048 characters, stored exactly as given.
 
     It must start with ``http://`` or ``https://``, have a valid host (and
-    port), contain no whitespace or control characters (percent-encode them)
-    and carry no user name or password. Query strings, such as those of
-    pre-signed S3 URLs, are fine.
+    port), contain no whitespace, control characters or backslashes
+    (percent-encode them), and carry no user name or password, not even an
+    empty one (no ``@`` before the path). The URL is stored as given, so
+    whoever reads it later must find the same host: it is parsed both the
+    WHATWG way (browsers, pydantic) and by `urllib.parse`, and refused when
+    the two read a different host or port (a percent-encoded or numeric
+    shorthand host, an IDNA deviation such as ``ß``). Query strings, such as
+    those of pre-signed S3 URLs, are fine.
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
@@ -144,15 +184,56 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
         raise ValidationError(field, "must be an absolute URL starting with http:// or https://")
     if _URL_FORBIDDEN.search(value):
         raise ValidationError(field, "must not contain whitespace or control characters")
+    if "\\" in value:
+        # WHATWG reads a backslash as "/", other parsers as a character: two hosts.
+        raise ValidationError(field, "must not contain a backslash (percent-encode it: %5C)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValidationError(field, "not a valid http(s) URL (bad host or port)") from None
+    if "@" in parts.netloc:
+        raise ValidationError(field, "must not carry a user name or password")
+    if not parts.hostname:
+        raise ValidationError(field, "not a valid http(s) URL (no host)")
     try:
         url = _HTTP_URL.validate_python(value)
     except PydanticValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
         reason = str(errors[0]["msg"]) if errors else "invalid URL"
         raise ValidationError(field, f"not a valid http(s) URL ({reason})") from None
-    if url.username is not None or url.password is not None:
-        raise ValidationError(field, "must not carry a user name or password")
+    if (
+        url.host is None
+        or not _same_host(url.host, parts.hostname)
+        or url.port != (port if port is not None else _DEFAULT_PORTS[parts.scheme])
+    ):
+        raise ValidationError(
+            field,
+            "the host reads differently to different URL parsers; write it plainly "
+            "(no percent-escapes or numeric shorthand; IDNA deviations such as ß in "
+            "their xn-- form)",
+        )
     return value
+
+
+def _same_host(whatwg: str, python: str) -> bool:
+    """Whether the WHATWG host and `urllib.parse`'s ``hostname`` name the same host.
+
+    WHATWG lower-cases, IDNA-encodes and rewrites IP addresses; urllib only
+    lower-cases. The urllib host is brought to the WHATWG form the plain way
+    (IPv6 compared as addresses, other hosts IDNA-encoded) and must then match.
+    """
+    if whatwg.startswith("["):
+        try:
+            return ipaddress.IPv6Address(whatwg[1:-1]) == ipaddress.IPv6Address(python)
+        except ValueError:
+            return False
+    if python.isascii():
+        return python == whatwg
+    try:
+        return python.encode("idna").decode("ascii") == whatwg
+    except UnicodeError:
+        return False
 
 
 def check_pdf_urls(value: object, field: str = "pdf_urls") -> list[str]:
