@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import psycopg
@@ -583,7 +583,8 @@ def _readings_agree(url: str) -> None:
     assert parts.hostname
     assert whatwg.username is None
     assert whatwg.password is None
-    assert whatwg.port == (parts.port or {"http": 80, "https": 443}[parts.scheme])
+    default = {"http": 80, "https": 443}[parts.scheme]
+    assert whatwg.port == (default if parts.port is None else parts.port)
     assert whatwg.host is not None
     if whatwg.host.startswith("["):
         assert ipaddress.ip_address(whatwg.host[1:-1]) == ipaddress.ip_address(parts.hostname)
@@ -596,6 +597,7 @@ def _readings_agree(url: str) -> None:
 @example("https://good.com\\@evil.com/a.pdf")
 @example("https:///a.pdf")
 @example("https://e%2ecom/a.pdf")
+@example("http://a:0/")
 @given(st.tuples(st.sampled_from(["http://", "https://", "HTTPS://"]), _authorities, _authorities))
 def test_an_accepted_url_has_one_host_for_every_parser(parts: tuple[str, str, str]) -> None:
     url = parts[0] + parts[1] + "/" + parts[2]
@@ -619,7 +621,7 @@ def test_any_userinfo_is_refused(user: str, password: str | None, host: str) -> 
 
 # -- hypothesis: a client id that looks like another one is refused -------------------------------
 
-_HIDDEN = ("Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp")
+_HIDDEN: Final = ("Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp")
 
 
 @_fast

@@ -221,16 +221,15 @@ def _same_host(whatwg: str, python: str) -> bool:
 
     WHATWG lower-cases, IDNA-encodes and rewrites IP addresses; urllib only
     lower-cases. The urllib host is brought to the WHATWG form the plain way
-    (IPv6 compared as addresses, other hosts IDNA-encoded) and must then match.
+    (IPv6 compared as addresses, other hosts IDNA-encoded by Python's codec)
+    and must then match.
     """
     if whatwg.startswith("["):
         try:
             return ipaddress.IPv6Address(whatwg[1:-1]) == ipaddress.IPv6Address(python)
         except ValueError:
             return False
-    if python.isascii():
-        return python == whatwg
-    try:
+    try:  # also for ASCII hosts: refuses empty labels ("a..b", ".") and labels over 63
         return python.encode("idna").decode("ascii") == whatwg
     except UnicodeError:
         return False
