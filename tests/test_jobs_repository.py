@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus, Page
+from cira_db._models import STATUS_BY_LABEL
 from cira_db.errors import (
     CiraDbError,
     ConflictError,
@@ -45,6 +46,12 @@ def _rows(db: Database, sql: Any) -> list[tuple[Any, ...]]:
 
 
 # -- construction --------------------------------------------------------------------------
+
+
+def test_the_status_mapping_matches_the_database_enum(cira_db: Database) -> None:
+    labels = [label for (label,) in _rows(cira_db, "SELECT unnest(enum_range(NULL::job_status))")]
+    assert labels == list(STATUS_BY_LABEL) == [status.value for status in JobStatus]
+    assert all(STATUS_BY_LABEL[status.value] is status for status in JobStatus)
 
 
 def test_repository_needs_a_database_or_a_connection() -> None:

@@ -28,7 +28,7 @@ from uuid import UUID
 from pydantic import AnyHttpUrl, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from cira_db._models import JobStatus
+from cira_db._models import STATUS_BY_LABEL, JobStatus
 from cira_db.errors import ValidationError
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "check_error_message",
     "check_extracted_data",
     "check_job_id",
+    "check_job_status",
     "check_lease",
     "check_limit",
     "check_optional_attempt",
@@ -92,7 +93,6 @@ _HIDDEN_CATEGORIES: Final = {
 
 _HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_STATUSES: Final = {status.value: status for status in JobStatus}
 
 
 def _type_name(value: object) -> str:
@@ -259,17 +259,23 @@ def check_job_id(value: object, field: str = "job_id") -> UUID:
     raise ValidationError(field, f"must be a UUID or a string, not {_type_name(value)}")
 
 
-def check_status(value: object, field: str = "status") -> JobStatus | None:
-    """A `JobStatus`, its string value (``"queued"``, ...), or None for "any"."""
-    if value is None:
-        return None
+def check_job_status(value: object, field: str = "status") -> JobStatus:
+    """A `JobStatus`, or its string value (``"queued"``, ...)."""
     if isinstance(value, str):
-        status = _STATUSES.get(value)
+        status = STATUS_BY_LABEL.get(value)
         if status is not None:
             return status
-        allowed = ", ".join(_STATUSES)
+    allowed = ", ".join(STATUS_BY_LABEL)
+    if isinstance(value, str):
         raise ValidationError(field, f"must be one of {allowed}")
-    raise ValidationError(field, f"must be a JobStatus or a string, not {_type_name(value)}")
+    raise ValidationError(
+        field, f"must be a JobStatus or one of {allowed}, not {_type_name(value)}"
+    )
+
+
+def check_status(value: object, field: str = "status") -> JobStatus | None:
+    """A `JobStatus`, its string value (``"queued"``, ...), or None for "any"."""
+    return None if value is None else check_job_status(value, field)
 
 
 def check_limit(value: object, field: str = "limit", maximum: int = LIMIT_MAX) -> int:
