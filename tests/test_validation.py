@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from pydantic import AnyHttpUrl, TypeAdapter
 
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._validation import (
+    EXTRACTED_DATA_MAX_BYTES,
     check_client_id,
     check_confidence_score,
     check_error_message,
@@ -284,6 +286,40 @@ def test_deeply_nested_data_is_a_validation_error() -> None:
         cursor["x"] = {}
         cursor = cursor["x"]
     assert _field(lambda: check_extracted_data(value)) == "extracted_data"
+
+
+def _data_of_size(size: int, char: str = "x") -> dict[str, Any]:
+    """A dict whose compact JSON text is ``size`` bytes of UTF-8 (``char`` in a string)."""
+    overhead = len('{"k":""}')
+    per_char = len(char.encode())
+    assert (size - overhead) % per_char == 0
+    return {"k": char * ((size - overhead) // per_char)}
+
+
+def test_extracted_data_up_to_64_mib_is_accepted_and_larger_is_refused_before_sql() -> None:
+    assert EXTRACTED_DATA_MAX_BYTES == 64 * 1024 * 1024
+    largest = _data_of_size(EXTRACTED_DATA_MAX_BYTES)
+    assert len(check_extracted_data(largest).encode()) == EXTRACTED_DATA_MAX_BYTES
+    del largest
+    too_large = _data_of_size(EXTRACTED_DATA_MAX_BYTES + 1)
+    started = time.monotonic()
+    with pytest.raises(ValidationError, match="64 MiB") as info:
+        # UNOPENED has no server: the refusal comes before any SQL could run.
+        JOBS.complete(SOME_ID, extracted_data=too_large, confidence_score=1, tokens_used=1)
+    assert info.value.field == "extracted_data"
+    assert time.monotonic() - started < 5  # refused, not sent
+
+
+def test_the_extracted_data_limit_counts_utf8_bytes_not_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cira_db._validation.EXTRACTED_DATA_MAX_BYTES", 1000)
+    assert check_extracted_data(_data_of_size(1000))
+    assert check_extracted_data(_data_of_size(1000 - 2, "é"))  # 495 characters, 998 bytes
+    assert _field(lambda: check_extracted_data(_data_of_size(1000 + 2, "é"))) == "extracted_data"
+    four = _data_of_size(1000, "\U0001f600")  # 248 characters, 1000 bytes
+    assert check_extracted_data(four)
+    assert _field(lambda: check_extracted_data({"k": four["k"] + "x"})) == "extracted_data"
 
 
 @pytest.mark.parametrize("value", [0, -1, 1001, True, 1.5, "10", None])

@@ -35,6 +35,7 @@ __all__ = [
     "CLIENT_ID_MAX",
     "CREATE_MANY_MAX",
     "ERROR_MESSAGE_MAX",
+    "EXTRACTED_DATA_MAX_BYTES",
     "LEASE_MAX",
     "LIMIT_MAX",
     "PDF_URL_MAX",
@@ -62,6 +63,13 @@ PDF_URL_MAX: Final = 2048
 LIMIT_MAX: Final = 1000
 CREATE_MANY_MAX: Final = 100_000
 ERROR_MESSAGE_MAX: Final = 10_000
+EXTRACTED_DATA_MAX_BYTES: Final = 64 * 1024 * 1024
+"""The largest ``extracted_data``: 64 MiB of JSON text (UTF-8), checked before sending.
+
+jsonb itself holds up to about 255 MB, but a value that size takes tens of
+seconds to send, and longer than a Lambda may wait, before the server
+refuses or stores it.
+"""
 LEASE_MAX: Final = timedelta(days=7)
 INT4_MAX: Final = 2**31 - 1
 
@@ -375,9 +383,10 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
     Keys must be strings; values JSON types (dict, list, str, int, float,
     bool, None). Refused: tuples and sets, non-string keys, NaN and
     infinities, `Decimal`, the character U+0000 and surrogate code points
-    (U+D800..U+DFFF) in keys or strings (jsonb can store neither). The text
-    keeps non-ASCII characters as they are (no ``\\u`` escapes), so a
-    surrogate shows: UTF-8 cannot encode it.
+    (U+D800..U+DFFF) in keys or strings (jsonb can store neither), and JSON
+    text longer than `EXTRACTED_DATA_MAX_BYTES` (64 MiB in UTF-8), refused
+    before anything is sent. The text keeps non-ASCII characters as they
+    are (no ``\\u`` escapes), so a surrogate shows: UTF-8 cannot encode it.
     """
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
@@ -387,6 +396,13 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         raise ValidationError(
             field, "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)"
         ) from None
+    # Before the read-back comparison: a text too large to send is refused fast.
+    if _utf8_size_above(text, EXTRACTED_DATA_MAX_BYTES):
+        raise ValidationError(
+            field,
+            f"must be at most {EXTRACTED_DATA_MAX_BYTES:,} bytes (64 MiB) as JSON text "
+            "(UTF-8); store large data elsewhere and keep a reference to it",
+        )
     try:
         same: Any = json.loads(text) == value
     except RecursionError:  # pragma: no cover - dumps would have failed first
@@ -400,6 +416,15 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         raise ValidationError(field, "must not contain the character U+0000")
     _check_unicode(text, field)
     return text
+
+
+def _utf8_size_above(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8, encoding it only if need be."""
+    if len(text) > limit:  # every character is at least one byte
+        return True
+    if len(text) * 4 <= limit:  # and at most four
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def check_error_message(value: object, field: str = "error_message") -> str:
