@@ -43,6 +43,7 @@ from cira_db._validation import (
 from cira_db.errors import (
     ConflictError,
     DatabaseError,
+    DatabaseUnavailableError,
     InvalidTransitionError,
     NotFoundError,
     ValidationError,
@@ -413,13 +414,19 @@ class JobRepository:
         claimed ``max_attempts`` times or more fails with an error message.
         At most ``limit`` (1..1000) jobs per call, one statement: call again
         while it returns ``limit`` jobs.
+
+        Never repeated on a transient failure: if the reply was lost after
+        the statement committed, a repeat would find nothing left to release
+        and return ``[]``, hiding the jobs the first try moved. It raises
+        `DatabaseUnavailableError` instead; call it again (a sweeper
+        normally does), and read the jobs to see what the lost try did.
         """
         params = {
             "max_attempts": check_positive_int(max_attempts, "max_attempts"),
             "limit": check_limit(limit),
         }
         return self._run.all(
-            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=True
+            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
         )
 
     # -- retention ------------------------------------------------------------------
@@ -432,14 +439,27 @@ class JobRepository:
         the call can run beside live traffic; queued and processing jobs are
         never touched. ``cutoff`` must be timezone-aware. Returns how many
         jobs were deleted.
+
+        A batch is never repeated on a transient failure, so the count is
+        exact: a batch whose reply was lost raises `DatabaseUnavailableError`
+        saying how many jobs the earlier batches deleted (the lost batch may
+        or may not have run). Calling again carries on where it stopped.
         """
         size = check_limit(batch_size, "batch_size", _BATCH_SIZE_MAX)
         params = {"cutoff": check_aware_datetime(cutoff, "cutoff"), "batch_size": size}
         deleted = 0
         while True:
-            count = self._run.rowcount(
-                _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=True
-            )
+            try:
+                count = self._run.rowcount(
+                    _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=False
+                )
+            except DatabaseUnavailableError as exc:
+                if not deleted:
+                    raise
+                raise DatabaseUnavailableError(
+                    f"{exc} (earlier batches of this call deleted {deleted} jobs; the failed "
+                    "batch may or may not have run: call again to go on)"
+                ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
             deleted += count
             if count < size:
                 return deleted
