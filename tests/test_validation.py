@@ -104,6 +104,9 @@ def test_good_client_ids(value: str) -> None:
         ("client\u0378", "U\\+0378"),  # unassigned
         ("client\x85a", "U\\+0085"),  # next line (C1 control)
         ("cafe\u0301", "NFC"),  # "café" with a combining accent
+        ("client\u3164a", "U\\+3164"),  # Hangul filler (a letter, but invisible)
+        ("client-a\ufe0f", "U\\+FE0F"),  # variation selector
+        ("client\u034fa", "U\\+034F"),  # combining grapheme joiner
         (None, "string"),
         (42, "string"),
         (b"client", "string"),
@@ -659,12 +662,20 @@ def test_any_userinfo_is_refused(user: str, password: str | None, host: str) -> 
 # -- hypothesis: a client id that looks like another one is refused -------------------------------
 
 _HIDDEN: Final = ("Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp")
+# Default_Ignorable_Code_Point characters outside those categories (letters, marks).
+_IGNORABLE: Final = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
 
 
 @_fast
 @given(
     st.text(
-        alphabet=st.characters(categories=_HIDDEN) | st.sampled_from("\u00a0\u2000\u3000"),
+        alphabet=st.characters(categories=_HIDDEN)
+        | st.sampled_from("\u00a0\u2000\u3000")
+        | st.sampled_from(sorted(_IGNORABLE)),
         min_size=1,
         max_size=3,
     ),
@@ -688,6 +699,7 @@ def test_an_accepted_client_id_is_visible_and_normalised(value: str) -> None:
         category = unicodedata.category(char)
         assert category not in _HIDDEN
         assert category != "Zs" or char == " "
+        assert char not in _IGNORABLE
 
 
 # -- against the database: nothing written, good values unchanged ----------------------------------
@@ -745,7 +757,7 @@ _good_client_ids = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cf", "Co", "Cn", "Cs", "Zs", "Zl", "Zp")),
     min_size=1,
     max_size=50,
-).filter(lambda s: unicodedata.is_normalized("NFC", s))
+).filter(lambda s: unicodedata.is_normalized("NFC", s) and not _IGNORABLE & set(s))
 
 
 @_db_settings

@@ -99,6 +99,14 @@ _HIDDEN_CATEGORIES: Final = {
     "Cs": "a surrogate code point",
 }
 
+# Invisible characters outside those categories: the Default_Ignorable_Code_Point
+# code points (Unicode DerivedCoreProperties) that are letters or combining marks,
+# such as the Hangul fillers, the combining grapheme joiner and variation selectors.
+_IGNORABLE = re.compile(
+    r"[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
+    r"\U000e0100-\U000e01ef]"
+)
+
 _HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -134,9 +142,11 @@ def check_client_id(value: object, field: str = "client_id") -> str:
     and bidirectional characters (Cf: U+200B, U+FEFF, U+202E, ...), line
     and paragraph separators (Zl, Zp), whitespace other than the ASCII
     space (U+00A0, U+3000, ...), private-use and unassigned code points
-    (Co, Cn), surrogates (Cs), and text not in Unicode normalisation form
-    NFC (``"e\\u0301"`` where ``"\\u00e9"`` is meant). Two ids that look the
-    same are then the same id: a look-alike tenant cannot be created.
+    (Co, Cn), surrogates (Cs), the other invisible (default-ignorable)
+    characters (Hangul fillers, variation selectors, ...), and text not in
+    Unicode normalisation form NFC (``"e\\u0301"`` where ``"\\u00e9"`` is
+    meant). Two ids that look the same are then the same id: a look-alike
+    tenant cannot be created.
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
@@ -156,6 +166,10 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
             reason = _HIDDEN_CATEGORIES.get(category, "whitespace other than the ASCII space")
             raise ValidationError(field, f"must not contain U+{ord(char):04X} ({reason})")
+    ignorable = _IGNORABLE.search(value)
+    if ignorable:
+        code = ord(ignorable.group())
+        raise ValidationError(field, f"must not contain U+{code:04X} (an invisible character)")
     if not unicodedata.is_normalized("NFC", value):
         raise ValidationError(
             field,
