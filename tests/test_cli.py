@@ -299,6 +299,92 @@ def test_bad_usage_exits_2_as_a_program(argv: list[str]) -> None:
     assert PASSWORD not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--url", "", "status"],
+        ["status", "--url", ""],
+        ["--url", "  ", "migrate"],
+        ["--url=", "check"],
+    ],
+    ids=str,
+)
+def test_an_empty_url_is_bad_usage_not_the_environment(
+    argv: list[str],
+    cira_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_url)  # would work, but --url '' asked for no URL
+    with pytest.raises(SystemExit) as info:
+        main(argv, out=io.StringIO())
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage error: argument --url: must not be empty" in err
+
+
+def test_a_malformed_url_is_bad_usage_without_echoing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["status", "--url", f"host=x password={PASSWORD} nonsense"], out=io.StringIO())
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --url: not a valid PostgreSQL URL" in err
+    assert PASSWORD not in err
+
+
+def test_url_and_debug_work_after_the_command(
+    cira_db_empty_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = cli("migrate", "--url", cira_db_empty_url)
+    assert code == 0
+    assert f"applied {FIRST}" in out
+    code, out = cli("migrate", "--check", "--url", cira_db_empty_url, "--debug")
+    assert (code, out.strip()) == (0, "up to date")
+    code, out = cli("--url", UNREACHABLE, "status", "--url", cira_db_empty_url)  # the last wins
+    assert code == 0
+    assert "0002  hardening" in out
+    code, _ = cli("--debug", "status", "--url", UNREACHABLE)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err  # --debug before the command still counts
+    assert PASSWORD not in err
+
+
+def test_url_after_the_command_as_a_program(cira_db_url: str) -> None:
+    done = run("status", "--url", cira_db_url, env={"CIRA_DB_URL": UNREACHABLE})
+    assert done.returncode == 0, done.stderr
+    assert "0002  hardening" in done.stdout
+    done = run("status", "--url", "", env={"CIRA_DB_URL": cira_db_url})
+    assert done.returncode == 2
+    assert "--url: must not be empty" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_errors_about_the_url_name_the_option_it_came_from(
+    where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_port = f"postgresql://u:{PASSWORD}@127.0.0.1:99999/db"
+    argv = ["--url", bad_port, "status"] if where == "before" else ["status", "--url", bad_port]
+    code, _ = cli(*argv)
+    assert code == 1
+    line = assert_one_error_line(capsys.readouterr().err)
+    assert "--url has an invalid port" in line
+    assert "CIRA_DB_URL" not in line
+    assert PASSWORD not in line
+
+
+def test_errors_about_the_environment_still_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", "postgresql://u@127.0.0.1:99999/db")
+    code, _ = cli("status")
+    assert code == 1
+    assert "CIRA_DB_URL has an invalid port" in assert_one_error_line(capsys.readouterr().err)
+
+
 # -- failures: exit 1, one line, no traceback, no password ----------------------------------------
 
 

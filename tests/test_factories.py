@@ -123,8 +123,17 @@ def test_bad_arguments_are_the_librarys_validation_errors(cira_db_factory: CiraD
     with pytest.raises(ValidationError) as info:
         cira_db_factory.completed_job(confidence_score=2)
     assert info.value.field == "confidence_score"
-    with pytest.raises(ValueError, match="'done' is not a valid JobStatus"):
-        cira_db_factory.job(status="done")
+
+
+@pytest.mark.parametrize("status", ["done", "bogus", "QUEUED", "", None, 3])
+def test_a_bad_status_is_a_validation_error_and_writes_nothing(
+    cira_db_factory: CiraDbFactory, status: object
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        cira_db_factory.job(status=status)  # type: ignore[arg-type]
+    assert info.value.field == "status"
+    assert "queued" in str(info.value)  # says what is allowed
+    assert cira_db_factory.jobs.count_by_status(client_id=A) == dict.fromkeys(JobStatus, 0)
 
 
 def test_the_factorys_repositories(cira_db_factory: CiraDbFactory) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from _lost_reply import LostReply
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus, Page
+from cira_db._models import STATUS_BY_LABEL
 from cira_db.errors import (
     CiraDbError,
     ConflictError,
@@ -45,6 +48,12 @@ def _rows(db: Database, sql: Any) -> list[tuple[Any, ...]]:
 
 
 # -- construction --------------------------------------------------------------------------
+
+
+def test_the_status_mapping_matches_the_database_enum(cira_db: Database) -> None:
+    labels = [label for (label,) in _rows(cira_db, "SELECT unnest(enum_range(NULL::job_status))")]
+    assert labels == list(STATUS_BY_LABEL) == [status.value for status in JobStatus]
+    assert all(STATUS_BY_LABEL[status.value] is status for status in JobStatus)
 
 
 def test_repository_needs_a_database_or_a_connection() -> None:
@@ -597,6 +606,43 @@ def test_release_expired_honours_the_limit(jobs: JobRepository) -> None:
     assert len(jobs.release_expired(limit=10)) == 3
 
 
+@pytest.fixture
+def relay(cira_db_url: str) -> Iterator[LostReply]:
+    """A relay to this test's database that can lose a reply after the work is done."""
+    with LostReply(cira_db_url) as lost_reply:
+        yield lost_reply
+
+
+def _through(relay: LostReply) -> Database:
+    return Database(relay.url, pool_min_size=1, pool_max_size=1, retry_backoff=0.01)
+
+
+def test_a_lost_reply_to_a_read_is_retried(jobs: JobRepository, relay: LostReply) -> None:
+    """The relay really loses a reply: a call that may repeat does, and succeeds."""
+    jobs.create(client_id=A, pdf_url=URL)
+    with _through(relay) as db:
+        relay.lose_reply("GROUP BY status")
+        assert JobRepository(db).count_by_status(client_id=A)[JobStatus.QUEUED] == 1
+    assert relay.lost == 1
+
+
+def test_a_lost_reply_to_release_expired_is_not_repeated(
+    jobs: JobRepository, relay: LostReply
+) -> None:
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
+    jobs.claim_batch(3, lease=SHORT)
+    time.sleep(0.25)
+    with _through(relay) as db:
+        relay.lose_reply("expired AS MATERIALIZED")
+        # A repeat would find nothing left to release and return [], hiding three failures.
+        with pytest.raises(DatabaseUnavailableError):
+            JobRepository(db).release_expired(max_attempts=1)
+    assert relay.lost == 1
+    for job in made:  # the lost try did its work
+        assert jobs.get(job.id, client_id=A).status is JobStatus.FAILED
+    assert jobs.release_expired(max_attempts=1) == []
+
+
 def test_a_late_worker_cannot_complete_a_released_job(jobs: JobRepository) -> None:
     job = _claim(jobs, jobs.create(client_id=A, pdf_url=URL), lease=SHORT)
     time.sleep(0.25)
@@ -738,6 +784,26 @@ def test_delete_finished_before_in_batches(jobs: JobRepository, cira_db: Databas
     assert _rows(cira_db, "SELECT count(*) FROM job_results") == [(0,)]  # cascade
     assert jobs.delete_finished_before(cutoff) == 0
     assert len(made) == 9
+
+
+def test_a_lost_reply_to_a_delete_batch_is_not_repeated(
+    jobs: JobRepository, relay: LostReply, cira_db: Database
+) -> None:
+    jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(10)])
+    for job in jobs.claim_batch(10, lease=LEASE):
+        jobs.fail(job.id, error_message="x")
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    with _through(relay) as db:
+        relay.lose_reply("doomed AS MATERIALIZED", nth=2)  # the second batch
+        # A repeat of the batch would report 4 + 4 + 2 of the 10 deletions made.
+        with pytest.raises(
+            DatabaseUnavailableError, match="earlier batches of this call deleted 4 jobs"
+        ) as info:
+            JobRepository(db).delete_finished_before(cutoff, batch_size=4)
+        assert isinstance(info.value.__cause__, psycopg.Error)
+    assert relay.lost == 1
+    assert _rows(cira_db, "SELECT count(*) FROM jobs") == [(2,)]  # two batches ran
+    assert jobs.delete_finished_before(cutoff, batch_size=4) == 2  # and a new call goes on
 
 
 def test_delete_finished_before_respects_the_cutoff(jobs: JobRepository) -> None:

@@ -21,7 +21,7 @@ from cira_db._embedded import start_embedded
 from cira_db._seed import DEFAULT_ANCHOR, MOCK_CLIENT_IDS, client_ids, seed
 from cira_db._settings import url_for_database
 from cira_db._validation import check_client_id, check_pdf_url
-from cira_db.errors import ConflictError, ValidationError
+from cira_db.errors import ConflictError, DatabaseError, ValidationError
 from cira_db.testing import TestServer
 
 _JOBS = (
@@ -212,6 +212,22 @@ def test_cli_seed(cira_db_url: str, cira_db: Database, capsys: pytest.CaptureFix
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("cira-db: error: seed 3: these rows exist already")
     assert len(_dump(cira_db)[0]) == 12_000
+
+
+def test_seeding_an_unmigrated_database_says_to_migrate_first(
+    cira_db_empty_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Database(cira_db_empty_url) as db, pytest.raises(DatabaseError, match="migrate") as info:
+        seed(db, jobs=10)
+    assert "`cira-db migrate`" in str(info.value)
+    assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
+
+    assert main(["seed", "--url", cira_db_empty_url, "--jobs", "10"], out=StringIO()) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("cira-db: error: seed: the database has no jobs tables")
+    assert "`cira-db migrate`" in lines[-1]
+    assert main(["migrate", "--url", cira_db_empty_url], out=StringIO()) == 0
+    assert main(["seed", "--url", cira_db_empty_url, "--jobs", "10"], out=StringIO()) == 0
 
 
 @pytest.mark.parametrize(

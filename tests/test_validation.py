@@ -8,20 +8,26 @@ written and that valid values survive the round trip unchanged.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import AnyHttpUrl, TypeAdapter
 
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._validation import (
+    EXTRACTED_DATA_MAX_BYTES,
     check_client_id,
     check_confidence_score,
     check_error_message,
@@ -57,7 +63,17 @@ def _field(call: Callable[[], object]) -> str:
 
 
 @pytest.mark.parametrize(
-    "value", ["a", "client-a", "x" * 50, "ünïcödé-client", "test client 1", "a.b@c:d/e"]
+    "value",
+    [
+        "a",
+        "client-a",
+        "x" * 50,
+        "ünïcödé-client",
+        "test client 1",
+        "a.b@c:d/e",
+        "客户-1",
+        "caf\u00e9",
+    ],
 )
 def test_good_client_ids(value: str) -> None:
     assert check_client_id(value) == value
@@ -73,6 +89,24 @@ def test_good_client_ids(value: str) -> None:
         ("client\n", "whitespace"),
         ("cli\x00ent", "control"),
         ("cli\x1bent", "control"),
+        ("client-a ", "whitespace"),  # refused, not trimmed
+        ("client-a\u200b", "U\\+200B"),  # zero-width space
+        ("\ufeffclient-a", "U\\+FEFF"),  # byte order mark
+        ("client-\u202ea", "U\\+202E"),  # right-to-left override
+        ("client\u2066-a", "U\\+2066"),  # left-to-right isolate
+        ("client\u00ada", "U\\+00AD"),  # soft hyphen
+        ("client\u00a0a", "U\\+00A0"),  # no-break space
+        ("client\u3000a", "U\\+3000"),  # ideographic space
+        ("client\u2028a", "U\\+2028"),  # line separator
+        ("client\u2029a", "U\\+2029"),  # paragraph separator
+        ("client\ue000a", "U\\+E000"),  # private use
+        ("client\U000e0001", "U\\+E0001"),  # language tag (format)
+        ("client\u0378", "U\\+0378"),  # unassigned
+        ("client\x85a", "U\\+0085"),  # next line (C1 control)
+        ("cafe\u0301", "NFC"),  # "café" with a combining accent
+        ("client\u3164a", "U\\+3164"),  # Hangul filler (a letter, but invisible)
+        ("client-a\ufe0f", "U\\+FE0F"),  # variation selector
+        ("client\u034fa", "U\\+034F"),  # combining grapheme joiner
         (None, "string"),
         (42, "string"),
         (b"client", "string"),
@@ -93,6 +127,11 @@ def test_bad_client_ids(value: object, reason: str) -> None:
         "https://bucket.s3.amazonaws.com/k/a.pdf?X-Amz-Signature=abc&X-Amz-Expires=900",
         "https://[::1]/a.pdf",
         "https://例え.jp/文書.pdf",
+        "https://xn--strae-oqa.de/a.pdf",  # straße.de, written in its xn-- form
+        "https://example.com:/a.pdf",
+        "https://example.com:0443/a.pdf",
+        "http://[::ffff:1.2.3.4]/a.pdf",
+        "https://example.com/a@b.pdf?next=@x#@y",  # "@" after the host is just data
         "https://example.com/" + "a" * (2048 - len("https://example.com/")),
     ],
 )
@@ -117,6 +156,21 @@ def test_good_pdf_urls(value: str) -> None:
         ("https://example.com/\x00.pdf", "control"),
         ("https://example.com:99999/a.pdf", "valid"),
         ("https://user:secret@example.com/a.pdf", "user name or password"),
+        ("https://@example.com/a.pdf", "user name or password"),
+        ("https://:@example.com/a.pdf", "user name or password"),
+        ("https://secret@example.com/a.pdf", "user name or password"),
+        ("https://evil.com\\@good.com/a.pdf", "backslash"),
+        ("https://good.com\\a.pdf", "backslash"),
+        ("https://good.com/a\\b.pdf", "backslash"),
+        ("https:///a.pdf", "no host"),
+        ("https://:443/a.pdf", "no host"),
+        ("https://e%78ample.com/a.pdf", "reads differently"),
+        ("http://0x7f.1/a.pdf", "reads differently"),
+        ("http://127.1/a.pdf", "reads differently"),
+        ("http://0177.0.0.1/a.pdf", "reads differently"),
+        ("https://straße.de/a.pdf", "reads differently"),
+        ("https://[::1/a.pdf", "valid"),
+        ("https://example.com:+443/a.pdf", "valid"),
         ("https://example.com/" + "a" * 2048, "at most 2048"),
         (None, "string"),
         (["https://example.com/a.pdf"], "string"),
@@ -235,6 +289,40 @@ def test_deeply_nested_data_is_a_validation_error() -> None:
         cursor["x"] = {}
         cursor = cursor["x"]
     assert _field(lambda: check_extracted_data(value)) == "extracted_data"
+
+
+def _data_of_size(size: int, char: str = "x") -> dict[str, Any]:
+    """A dict whose compact JSON text is ``size`` bytes of UTF-8 (``char`` in a string)."""
+    overhead = len('{"k":""}')
+    per_char = len(char.encode())
+    assert (size - overhead) % per_char == 0
+    return {"k": char * ((size - overhead) // per_char)}
+
+
+def test_extracted_data_up_to_64_mib_is_accepted_and_larger_is_refused_before_sql() -> None:
+    assert EXTRACTED_DATA_MAX_BYTES == 64 * 1024 * 1024
+    largest = _data_of_size(EXTRACTED_DATA_MAX_BYTES)
+    assert len(check_extracted_data(largest).encode()) == EXTRACTED_DATA_MAX_BYTES
+    del largest
+    too_large = _data_of_size(EXTRACTED_DATA_MAX_BYTES + 1)
+    started = time.monotonic()
+    with pytest.raises(ValidationError, match="64 MiB") as info:
+        # UNOPENED has no server: the refusal comes before any SQL could run.
+        JOBS.complete(SOME_ID, extracted_data=too_large, confidence_score=1, tokens_used=1)
+    assert info.value.field == "extracted_data"
+    assert time.monotonic() - started < 5  # refused, not sent
+
+
+def test_the_extracted_data_limit_counts_utf8_bytes_not_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cira_db._validation.EXTRACTED_DATA_MAX_BYTES", 1000)
+    assert check_extracted_data(_data_of_size(1000))
+    assert check_extracted_data(_data_of_size(1000 - 2, "é"))  # 495 characters, 998 bytes
+    assert _field(lambda: check_extracted_data(_data_of_size(1000 + 2, "é"))) == "extracted_data"
+    four = _data_of_size(1000, "\U0001f600")  # 248 characters, 1000 bytes
+    assert check_extracted_data(four)
+    assert _field(lambda: check_extracted_data({"k": four["k"] + "x"})) == "extracted_data"
 
 
 @pytest.mark.parametrize("value", [0, -1, 1001, True, 1.5, "10", None])
@@ -516,6 +604,104 @@ def test_any_made_up_cursor_is_refused(value: str) -> None:
     assert _field(lambda: JOBS.list(client_id=A, cursor=value)) == "cursor"
 
 
+# -- hypothesis: one host, whoever reads the stored URL -------------------------------------------
+
+# Authorities built from the characters that make URL parsers disagree.
+_authority_chars = st.sampled_from(
+    [*"ab.-:@\\/[]%?#0123456789xX", "%2e", "%40", "xn--", "0x7f", "::1", "ß", "例", "é", "\uff0e"]
+)
+_authorities = st.lists(_authority_chars, max_size=12).map("".join)
+
+
+def _readings_agree(url: str) -> None:
+    """``url`` names one host, one port and no user for WHATWG and for urllib.parse."""
+    whatwg = TypeAdapter(AnyHttpUrl).validate_python(url)
+    parts = urlsplit(url)
+    assert "\\" not in url
+    assert "@" not in parts.netloc
+    assert parts.hostname
+    assert whatwg.username is None
+    assert whatwg.password is None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    assert whatwg.port == (default if parts.port is None else parts.port)
+    assert whatwg.host is not None
+    if whatwg.host.startswith("["):
+        assert ipaddress.ip_address(whatwg.host[1:-1]) == ipaddress.ip_address(parts.hostname)
+    else:
+        assert whatwg.host == parts.hostname.encode("idna").decode("ascii")
+
+
+@_fast
+@example("https://evil.com\\@good.com/a.pdf")
+@example("https://good.com\\@evil.com/a.pdf")
+@example("https:///a.pdf")
+@example("https://e%2ecom/a.pdf")
+@example("http://a:0/")
+@given(st.tuples(st.sampled_from(["http://", "https://", "HTTPS://"]), _authorities, _authorities))
+def test_an_accepted_url_has_one_host_for_every_parser(parts: tuple[str, str, str]) -> None:
+    url = parts[0] + parts[1] + "/" + parts[2]
+    try:
+        check_pdf_url(url)
+    except ValidationError:
+        return
+    _readings_agree(url)
+
+
+@_fast
+@given(
+    user=st.text(max_size=8).filter(lambda s: not set(s) & set("@/?#")),
+    password=st.none() | st.text(max_size=8).filter(lambda s: not set(s) & set("@/?#")),
+    host=st.sampled_from(["example.com", "good.com", "[::1]", "1.2.3.4"]),
+)
+def test_any_userinfo_is_refused(user: str, password: str | None, host: str) -> None:
+    # (A "/", "?" or "#" would end the authority: the "@" would be part of the path.)
+    userinfo = user if password is None else f"{user}:{password}"
+    assert _field(lambda: check_pdf_url(f"https://{userinfo}@{host}/a.pdf")) == "pdf_url"
+
+
+# -- hypothesis: a client id that looks like another one is refused -------------------------------
+
+_HIDDEN: Final = ("Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp")
+# Default_Ignorable_Code_Point characters outside those categories (letters, marks).
+_IGNORABLE: Final = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+
+
+@_fast
+@given(
+    st.text(
+        alphabet=st.characters(categories=_HIDDEN)
+        | st.sampled_from("\u00a0\u2000\u3000")
+        | st.sampled_from(sorted(_IGNORABLE)),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(min_value=0, max_value=8),
+)
+def test_any_hidden_character_in_a_client_id_is_refused(hidden: str, at: int) -> None:
+    value = "client-a"[:at] + hidden + "client-a"[at:]
+    assert _field(lambda: check_client_id(value)) == "client_id"
+
+
+@_fast
+@given(st.text(min_size=1, max_size=50))
+def test_an_accepted_client_id_is_visible_and_normalised(value: str) -> None:
+    try:
+        check_client_id(value)
+    except ValidationError:
+        return
+    assert value == value.strip()
+    assert unicodedata.is_normalized("NFC", value)
+    for char in value:
+        category = unicodedata.category(char)
+        assert category not in _HIDDEN
+        assert category != "Zs" or char == " "
+        assert char not in _IGNORABLE
+
+
 # -- against the database: nothing written, good values unchanged ----------------------------------
 
 _db_settings = settings(
@@ -568,10 +754,10 @@ _json = st.recursive(
     max_leaves=25,
 )
 _good_client_ids = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")),
+    alphabet=st.characters(exclude_categories=("Cc", "Cf", "Co", "Cn", "Cs", "Zs", "Zl", "Zp")),
     min_size=1,
     max_size=50,
-)
+).filter(lambda s: unicodedata.is_normalized("NFC", s) and not _IGNORABLE & set(s))
 
 
 @_db_settings

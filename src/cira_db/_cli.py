@@ -1,18 +1,23 @@
 """The ``cira-db`` command line (also ``python -m cira_db``).
 
 Exit codes: 0 success, 1 failure (one line on stderr; the traceback only
-with ``--debug``), 2 bad usage.
+with ``--debug``), 2 bad usage. ``--url`` and ``--debug`` go before or after
+the command (``cira-db --url URL migrate`` or ``cira-db migrate --url URL``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from cira_db._database import Database
 from cira_db._version import __version__
@@ -186,17 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Connection settings come from --url or CIRA_DB_* environment variables "
         "(CIRA_DB_URL, or CIRA_DB_HOST/PORT/DBNAME/USER/PASSWORD; CIRA_DB_SSLMODE, ...).",
     )
+    _add_common_options(parser)
     parser.add_argument("--version", action="version", version=f"cira-db {__version__}")
-    parser.add_argument(
-        "--url",
-        help="PostgreSQL URL (env: CIRA_DB_URL); for migrations a direct, not pooled, endpoint",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show tracebacks and debug logging on errors"
-    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    migrate = commands.add_parser("migrate", help="apply pending migrations")
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        _add_common_options(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    migrate = command("migrate", _cmd_migrate, "apply pending migrations")
     migrate.add_argument("--to", type=_version, help="stop after this version")
     migrate.add_argument(
         "--dry-run", action="store_true", help="list what would run; change nothing"
@@ -204,28 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--check", action="store_true", help="exit 1 when migrations are pending or history drifted"
     )
-    migrate.set_defaults(handler=_cmd_migrate)
 
-    status = commands.add_parser("status", help="list migrations and whether each is applied")
-    status.set_defaults(handler=_cmd_status)
+    command("status", _cmd_status, "list migrations and whether each is applied")
 
-    rollback = commands.add_parser("rollback", help="undo migrations newer than --to")
+    rollback = command("rollback", _cmd_rollback, "undo migrations newer than --to")
     rollback.add_argument("--to", type=_version, required=True, help="version to go back to")
     rollback.add_argument("--dry-run", action="store_true", help="list what would run")
-    rollback.set_defaults(handler=_cmd_rollback)
 
-    baseline = commands.add_parser(
-        "baseline", help="adopt a database created by the story's schema.sql"
+    command("baseline", _cmd_baseline, "adopt a database created by the story's schema.sql")
+    command(
+        "check",
+        _cmd_check,
+        "doctor: reach, TLS, server version, pooler, latency, pool, migrations",
     )
-    baseline.set_defaults(handler=_cmd_baseline)
 
-    check = commands.add_parser(
-        "check", help="doctor: reach, TLS, server version, pooler, latency, pool, migrations"
-    )
-    check.set_defaults(handler=_cmd_check)
-
-    seed = commands.add_parser(
-        "seed", help="write reproducible development data (jobs, results), with progress"
+    seed = command(
+        "seed", _cmd_seed, "write reproducible development data (jobs, results), with progress"
     )
     seed.add_argument(
         "--jobs", type=_count(0, 10_000_000), default=1000, help="how many jobs (default 1000)"
@@ -239,17 +238,50 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument(
         "--seed", type=int, default=0, help="random seed; the same seed writes the same rows"
     )
-    seed.set_defaults(handler=_cmd_seed)
 
-    demo = commands.add_parser(
-        "demo", help="start an embedded PostgreSQL 16, migrate it and show what happened"
+    demo = command(
+        "demo", _cmd_demo, "start an embedded PostgreSQL 16, migrate it and show what happened"
     )
     demo.add_argument("--dir", type=Path, help="data folder (default: under ~/.cache/cira_db)")
     demo.add_argument(
         "--keep", action="store_true", help="leave the embedded server running afterwards"
     )
-    demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--debug``, accepted before and after the command.
+
+    Each parser gets its own options with no default (SUPPRESS), so a
+    command's parser never resets a value given before the command; `main`
+    fills in the defaults afterwards.
+    """
+    parser.add_argument(
+        "--url",
+        type=_url,
+        default=argparse.SUPPRESS,
+        help="PostgreSQL URL (env: CIRA_DB_URL); for migrations a direct, not pooled, endpoint",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logging on errors",
+    )
+
+
+def _url(text: str) -> str:
+    """``--url``: a PostgreSQL URL or conninfo string; empty is bad usage, not "use the env"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty (leave --url out to use CIRA_DB_URL and CIRA_DB_* variables)"
+        )
+    try:
+        conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        # Never quote the text: it may hold a password.
+        raise argparse.ArgumentTypeError("not a valid PostgreSQL URL or conninfo string") from None
+    return text
 
 
 def _version(text: str) -> int:
@@ -275,10 +307,24 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return convert
 
 
+_ENV_URL = re.compile(r"\bCIRA_DB_URL\b")
+
+
+def _naming_the_source(message: str, args: argparse.Namespace) -> str:
+    """``message`` naming ``--url`` where the settings named CIRA_DB_URL, if --url was given.
+
+    The settings name the variable a URL usually comes from; when it came
+    from the command line, the variable may not even be set.
+    """
+    return _ENV_URL.sub("--url", message) if args.url is not None else message
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.url = getattr(args, "url", None)
+    args.debug = getattr(args, "debug", False)
     stdout = out or sys.stdout
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -293,7 +339,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except CiraDbError as exc:
         if args.debug:
             traceback.print_exc(file=sys.stderr)
-        print(f"cira-db: error: {exc}", file=sys.stderr)
+        print(f"cira-db: error: {_naming_the_source(str(exc), args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cira-db: interrupted", file=sys.stderr)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from types import MappingProxyType
+from typing import Any, Final, Generic, TypeVar
 from uuid import UUID
 
 __all__ = ["Job", "JobResult", "JobStatus", "Page", "Usage"]
@@ -22,6 +23,12 @@ class JobStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+STATUS_BY_LABEL: Final[Mapping[str, JobStatus]] = MappingProxyType(
+    {status.value: status for status in JobStatus}
+)
+"""Each ``job_status`` label -> its `JobStatus`: the one mapping, for rows and for arguments."""
 
 
 @dataclass(frozen=True, slots=True)

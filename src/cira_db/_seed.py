@@ -8,7 +8,8 @@ tokens), some failed ones with an error, a few processing under a lease and
 a recent queue. Client ids come from a small fixed set (`MOCK_CLIENT_IDS`)
 and are spread unevenly, the first client busiest.
 
-Everything is written in one transaction with COPY (all or nothing).
+Everything is written in one transaction with COPY (all or nothing), into a
+migrated database (`DatabaseError` saying to migrate first, otherwise).
 Seeding the same ``seed`` twice into one database fails with
 `ConflictError`, since the ids are the same.
 """
@@ -25,12 +26,14 @@ from itertools import accumulate
 from typing import Any, Final
 from uuid import UUID
 
+import psycopg
+
 from cira_db._models import JobStatus
 from cira_db._repositories._base import Executor, Runner
 from cira_db._repositories._ids import uuid7_at
 from cira_db._sql import query
 from cira_db._validation import check_aware_datetime, check_limit
-from cira_db.errors import ConflictError, ValidationError
+from cira_db.errors import ConflictError, DatabaseError, ValidationError
 
 __all__ = ["DEFAULT_ANCHOR", "MOCK_CLIENT_IDS", "SeedSummary", "client_ids", "seed"]
 
@@ -173,6 +176,13 @@ def seed(
             f"seed {seed}: these rows exist already in this database; "
             "use another seed or a fresh database"
         ) from None
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+            raise
+        raise DatabaseError(
+            "seed: the database has no jobs tables yet; migrate it first "
+            "(`cira-db migrate`, or `Migrator(db).apply()`), then seed"
+        ) from exc.__cause__
     if progress is not None and jobs == 0:
         progress(0, 0)
     return SeedSummary(jobs=jobs, results=results, clients=names, by_status=by_status)

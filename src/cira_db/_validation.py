@@ -13,25 +13,29 @@ call would cost more than the statement's round trip saves.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import AnyHttpUrl, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from cira_db._models import JobStatus
+from cira_db._models import STATUS_BY_LABEL, JobStatus
 from cira_db.errors import ValidationError
 
 __all__ = [
     "CLIENT_ID_MAX",
     "CREATE_MANY_MAX",
     "ERROR_MESSAGE_MAX",
+    "EXTRACTED_DATA_MAX_BYTES",
     "LEASE_MAX",
     "LIMIT_MAX",
     "PDF_URL_MAX",
@@ -41,6 +45,7 @@ __all__ = [
     "check_error_message",
     "check_extracted_data",
     "check_job_id",
+    "check_job_status",
     "check_lease",
     "check_limit",
     "check_optional_attempt",
@@ -58,6 +63,13 @@ PDF_URL_MAX: Final = 2048
 LIMIT_MAX: Final = 1000
 CREATE_MANY_MAX: Final = 100_000
 ERROR_MESSAGE_MAX: Final = 10_000
+EXTRACTED_DATA_MAX_BYTES: Final = 64 * 1024 * 1024
+"""The largest ``extracted_data``: 64 MiB of JSON text (UTF-8), checked before sending.
+
+jsonb itself holds up to about 255 MB, but a value that size takes tens of
+seconds to send, and longer than a Lambda may wait, before the server
+refuses or stores it.
+"""
 LEASE_MAX: Final = timedelta(days=7)
 INT4_MAX: Final = 2**31 - 1
 
@@ -75,8 +87,28 @@ _URL_PREFIX = re.compile(r"^https?://", re.IGNORECASE)
 # A JSON \u0000 escape (an odd number of backslashes before "u0000"): jsonb rejects it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
+# Unicode categories a client id must not hold, with the reason given: each
+# of them is invisible, or makes the id render like another one.
+_HIDDEN_CATEGORIES: Final = {
+    "Cc": "a control character",
+    "Cf": "an invisible or bidirectional formatting character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Co": "a private-use code point",
+    "Cn": "an unassigned code point",
+    "Cs": "a surrogate code point",
+}
+
+# Invisible characters outside those categories: the Default_Ignorable_Code_Point
+# code points (Unicode DerivedCoreProperties) that are letters or combining marks,
+# such as the Hangul fillers, the combining grapheme joiner and variation selectors.
+_IGNORABLE = re.compile(
+    r"[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
+    r"\U000e0100-\U000e01ef]"
+)
+
 _HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
-_STATUSES: Final = {status.value: status for status in JobStatus}
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 def _type_name(value: object) -> str:
@@ -103,10 +135,18 @@ def _check_unicode(value: str, field: str) -> None:
 
 
 def check_client_id(value: object, field: str = "client_id") -> str:
-    """A client id: a string of 1 to 50 characters, not blank, no control characters.
+    """A client id: a string of 1 to 50 characters that shows what it is.
 
-    Leading or trailing whitespace is rejected rather than stripped, so the
-    id that is stored is always the one the caller sent.
+    Refused, never trimmed or rewritten: blank text, leading or trailing
+    whitespace, control characters (Unicode category Cc), invisible format
+    and bidirectional characters (Cf: U+200B, U+FEFF, U+202E, ...), line
+    and paragraph separators (Zl, Zp), whitespace other than the ASCII
+    space (U+00A0, U+3000, ...), private-use and unassigned code points
+    (Co, Cn), surrogates (Cs), the other invisible (default-ignorable)
+    characters (Hangul fillers, variation selectors, ...), and text not in
+    Unicode normalisation form NFC (``"e\\u0301"`` where ``"\\u00e9"`` is
+    meant). Two ids that look the same are then the same id: a look-alike
+    tenant cannot be created.
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
@@ -117,8 +157,25 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         raise ValidationError(field, f"must be at most {CLIENT_ID_MAX} characters")
     if value != value.strip():
         raise ValidationError(field, "must not start or end with whitespace")
-    if _CONTROL.search(value):
-        raise ValidationError(field, "must not contain control characters")
+    if value.isascii():
+        if _CONTROL.search(value):
+            raise ValidationError(field, "must not contain control characters")
+        return value
+    for char in value:
+        category = unicodedata.category(char)
+        if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
+            reason = _HIDDEN_CATEGORIES.get(category, "whitespace other than the ASCII space")
+            raise ValidationError(field, f"must not contain U+{ord(char):04X} ({reason})")
+    ignorable = _IGNORABLE.search(value)
+    if ignorable:
+        code = ord(ignorable.group())
+        raise ValidationError(field, f"must not contain U+{code:04X} (an invisible character)")
+    if not unicodedata.is_normalized("NFC", value):
+        raise ValidationError(
+            field,
+            "must be in Unicode normalisation form NFC (an accented letter as one "
+            "character, not a letter plus a combining accent)",
+        )
     return value
 
 
@@ -131,9 +188,14 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
     """An absolute http(s) URL of at most 2048 characters, stored exactly as given.
 
     It must start with ``http://`` or ``https://``, have a valid host (and
-    port), contain no whitespace or control characters (percent-encode them)
-    and carry no user name or password. Query strings, such as those of
-    pre-signed S3 URLs, are fine.
+    port), contain no whitespace, control characters or backslashes
+    (percent-encode them), and carry no user name or password, not even an
+    empty one (no ``@`` before the path). The URL is stored as given, so
+    whoever reads it later must find the same host: it is parsed both the
+    WHATWG way (browsers, pydantic) and by `urllib.parse`, and refused when
+    the two read a different host or port (a percent-encoded or numeric
+    shorthand host, an IDNA deviation such as ``ß``). Query strings, such as
+    those of pre-signed S3 URLs, are fine.
     """
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
@@ -144,15 +206,55 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
         raise ValidationError(field, "must be an absolute URL starting with http:// or https://")
     if _URL_FORBIDDEN.search(value):
         raise ValidationError(field, "must not contain whitespace or control characters")
+    if "\\" in value:
+        # WHATWG reads a backslash as "/", other parsers as a character: two hosts.
+        raise ValidationError(field, "must not contain a backslash (percent-encode it: %5C)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValidationError(field, "not a valid http(s) URL (bad host or port)") from None
+    if "@" in parts.netloc:
+        raise ValidationError(field, "must not carry a user name or password")
+    if not parts.hostname:
+        raise ValidationError(field, "not a valid http(s) URL (no host)")
     try:
         url = _HTTP_URL.validate_python(value)
     except PydanticValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
         reason = str(errors[0]["msg"]) if errors else "invalid URL"
         raise ValidationError(field, f"not a valid http(s) URL ({reason})") from None
-    if url.username is not None or url.password is not None:
-        raise ValidationError(field, "must not carry a user name or password")
+    if (
+        url.host is None
+        or not _same_host(url.host, parts.hostname)
+        or url.port != (port if port is not None else _DEFAULT_PORTS[parts.scheme])
+    ):
+        raise ValidationError(
+            field,
+            "the host reads differently to different URL parsers; write it plainly "
+            "(no percent-escapes or numeric shorthand; IDNA deviations such as ß in "
+            "their xn-- form)",
+        )
     return value
+
+
+def _same_host(whatwg: str, python: str) -> bool:
+    """Whether the WHATWG host and `urllib.parse`'s ``hostname`` name the same host.
+
+    WHATWG lower-cases, IDNA-encodes and rewrites IP addresses; urllib only
+    lower-cases. The urllib host is brought to the WHATWG form the plain way
+    (IPv6 compared as addresses, other hosts IDNA-encoded by Python's codec)
+    and must then match.
+    """
+    if whatwg.startswith("["):
+        try:
+            return ipaddress.IPv6Address(whatwg[1:-1]) == ipaddress.IPv6Address(python)
+        except ValueError:
+            return False
+    try:  # also for ASCII hosts: refuses empty labels ("a..b", ".") and labels over 63
+        return python.encode("idna").decode("ascii") == whatwg
+    except UnicodeError:
+        return False
 
 
 def check_pdf_urls(value: object, field: str = "pdf_urls") -> list[str]:
@@ -179,17 +281,23 @@ def check_job_id(value: object, field: str = "job_id") -> UUID:
     raise ValidationError(field, f"must be a UUID or a string, not {_type_name(value)}")
 
 
-def check_status(value: object, field: str = "status") -> JobStatus | None:
-    """A `JobStatus`, its string value (``"queued"``, ...), or None for "any"."""
-    if value is None:
-        return None
+def check_job_status(value: object, field: str = "status") -> JobStatus:
+    """A `JobStatus`, or its string value (``"queued"``, ...)."""
     if isinstance(value, str):
-        status = _STATUSES.get(value)
+        status = STATUS_BY_LABEL.get(value)
         if status is not None:
             return status
-        allowed = ", ".join(_STATUSES)
+    allowed = ", ".join(STATUS_BY_LABEL)
+    if isinstance(value, str):
         raise ValidationError(field, f"must be one of {allowed}")
-    raise ValidationError(field, f"must be a JobStatus or a string, not {_type_name(value)}")
+    raise ValidationError(
+        field, f"must be a JobStatus or one of {allowed}, not {_type_name(value)}"
+    )
+
+
+def check_status(value: object, field: str = "status") -> JobStatus | None:
+    """A `JobStatus`, its string value (``"queued"``, ...), or None for "any"."""
+    return None if value is None else check_job_status(value, field)
 
 
 def check_limit(value: object, field: str = "limit", maximum: int = LIMIT_MAX) -> int:
@@ -289,9 +397,10 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
     Keys must be strings; values JSON types (dict, list, str, int, float,
     bool, None). Refused: tuples and sets, non-string keys, NaN and
     infinities, `Decimal`, the character U+0000 and surrogate code points
-    (U+D800..U+DFFF) in keys or strings (jsonb can store neither). The text
-    keeps non-ASCII characters as they are (no ``\\u`` escapes), so a
-    surrogate shows: UTF-8 cannot encode it.
+    (U+D800..U+DFFF) in keys or strings (jsonb can store neither), and JSON
+    text longer than `EXTRACTED_DATA_MAX_BYTES` (64 MiB in UTF-8), refused
+    before anything is sent. The text keeps non-ASCII characters as they
+    are (no ``\\u`` escapes), so a surrogate shows: UTF-8 cannot encode it.
     """
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
@@ -301,6 +410,13 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         raise ValidationError(
             field, "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)"
         ) from None
+    # Before the read-back comparison: a text too large to send is refused fast.
+    if _utf8_size_above(text, EXTRACTED_DATA_MAX_BYTES):
+        raise ValidationError(
+            field,
+            f"must be at most {EXTRACTED_DATA_MAX_BYTES:,} bytes (64 MiB) as JSON text "
+            "(UTF-8); store large data elsewhere and keep a reference to it",
+        )
     try:
         same: Any = json.loads(text) == value
     except RecursionError:  # pragma: no cover - dumps would have failed first
@@ -314,6 +430,15 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         raise ValidationError(field, "must not contain the character U+0000")
     _check_unicode(text, field)
     return text
+
+
+def _utf8_size_above(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8, encoding it only if need be."""
+    if len(text) > limit:  # every character is at least one byte
+        return True
+    if len(text) * 4 <= limit:  # and at most four
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def check_error_message(value: object, field: str = "error_message") -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 import psycopg
 import psycopg.errors as pg_errors
@@ -18,7 +19,7 @@ from psycopg.rows import BaseRowFactory, class_row, kwargs_row
 
 from cira_db._database import Database
 from cira_db._errors_map import translate, wrap_errors
-from cira_db._models import Job, JobResult, JobStatus, Usage
+from cira_db._models import STATUS_BY_LABEL, Job, JobResult, Usage
 from cira_db._sql import Query
 from cira_db.errors import (
     CiraDbError,
@@ -29,12 +30,12 @@ from cira_db.errors import (
 
 __all__ = [
     "Executor",
+    "Outcome",
     "Runner",
+    "job_outcome_row",
     "job_row",
-    "moved_job_row",
-    "moved_result_row",
+    "result_outcome_row",
     "result_row",
-    "tagged_job_row",
     "usage_row",
 ]
 
@@ -42,8 +43,7 @@ Executor: TypeAlias = Database | psycopg.Connection[Any]
 """What a repository runs its statements on: a `Database`, or a connection."""
 
 R = TypeVar("R")
-
-_STATUS: Final = {status.value: status for status in JobStatus}
+T = TypeVar("T")
 
 # CHECK constraints (migration 0002) and the argument each one guards. The
 # arguments are validated first, so these fire only if a check is bypassed.
@@ -62,43 +62,48 @@ _CHECK_FIELDS: Final = {
 def _job(*, status: str, **columns: Any) -> Job:
     # psycopg returns the job_status enum as its label (str): no adapter is
     # registered anywhere, the label is mapped to the JobStatus member here.
-    return Job(status=_STATUS[status], **columns)
+    return Job(status=STATUS_BY_LABEL[status], **columns)
 
 
-def _tagged_job(*, outcome: str, **columns: Any) -> tuple[str, Job | None]:
-    if columns["id"] is None:
-        return outcome, None
-    return outcome, _job(**columns)
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """The reply of a statement that may refuse: what it found, and what it changed.
+
+    ``outcome`` is the target row's status before the statement (``insert_job``
+    reports ``created``, ``existing`` or ``conflict`` instead);
+    ``current_attempts`` is the target's ``attempts`` where the statement
+    reports it (the worker moves), else None; ``row`` is the changed (or
+    created) row, None when nothing changed. No reply row at all means no
+    target: not found.
+    """
+
+    outcome: str
+    current_attempts: int | None
+    row: T | None
 
 
-def _moved_job(
-    *, outcome: str, current_attempts: int, **columns: Any
-) -> tuple[str, int, Job | None]:
-    return outcome, current_attempts, None if columns["id"] is None else _job(**columns)
+def _outcome_row(make: Callable[..., T]) -> BaseRowFactory[Outcome[T]]:
+    """Rows of ``outcome`` (and maybe ``current_attempts``) plus ``make``'s columns."""
 
+    def decode(*, outcome: str, current_attempts: int | None = None, **columns: Any) -> Outcome[T]:
+        return Outcome(
+            outcome, current_attempts, None if columns["id"] is None else make(**columns)
+        )
 
-def _moved_result(
-    *, outcome: str, current_attempts: int, **columns: Any
-) -> tuple[str, int, JobResult | None]:
-    return outcome, current_attempts, None if columns["id"] is None else JobResult(**columns)
+    return kwargs_row(decode)
 
 
 job_row: Final[BaseRowFactory[Job]] = kwargs_row(_job)
 """Rows of the ten job columns -> `Job`."""
 
-tagged_job_row: Final[BaseRowFactory[tuple[str, Job | None]]] = kwargs_row(_tagged_job)
-"""Rows of ``outcome`` plus the job columns (NULL when nothing moved)."""
-
-moved_job_row: Final[BaseRowFactory[tuple[str, int, Job | None]]] = kwargs_row(_moved_job)
-"""Rows of ``outcome`` and ``current_attempts`` (the target row's) plus the job columns."""
+job_outcome_row: Final = _outcome_row(_job)
+"""Rows of ``outcome`` [and ``current_attempts``] plus the job columns -> `Outcome` of `Job`."""
 
 result_row: Final[BaseRowFactory[JobResult]] = class_row(JobResult)
 """Rows of the six result columns -> `JobResult`."""
 
-moved_result_row: Final[BaseRowFactory[tuple[str, int, JobResult | None]]] = kwargs_row(
-    _moved_result
-)
-"""Rows of ``outcome`` and ``current_attempts`` plus the result columns (NULL if none)."""
+result_outcome_row: Final = _outcome_row(JobResult)
+"""Rows of ``outcome`` and ``current_attempts`` plus the result columns -> `Outcome`."""
 
 usage_row: Final[BaseRowFactory[Usage]] = class_row(Usage)
 """The one row of ``usage_by_client`` -> `Usage`."""

@@ -6,20 +6,20 @@ import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from psycopg.rows import tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
-from cira_db._models import Job, JobResult, JobStatus, Page
+from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page
 from cira_db._repositories._base import (
     Executor,
+    Outcome,
     Runner,
+    job_outcome_row,
     job_row,
-    moved_job_row,
-    moved_result_row,
-    tagged_job_row,
+    result_outcome_row,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
 from cira_db._sql import query
@@ -43,12 +43,15 @@ from cira_db._validation import (
 from cira_db.errors import (
     ConflictError,
     DatabaseError,
+    DatabaseUnavailableError,
     InvalidTransitionError,
     NotFoundError,
     ValidationError,
 )
 
 __all__ = ["JobRepository"]
+
+T = TypeVar("T")
 
 _INSERT_JOB: Final = query("jobs.sql", "insert_job")
 _INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
@@ -161,17 +164,16 @@ class JobRepository:
         for _ in range(_CREATE_TRIES):
             # The id is fixed before the first try, so repeating the insert is
             # harmless: a try whose reply was lost makes the next one "existing".
-            row = self._run.one(
-                _INSERT_JOB, params, tagged_job_row, "create a job", idempotent=True
+            reply = self._run.one(
+                _INSERT_JOB, params, job_outcome_row, "create a job", idempotent=True
             )
-            if row is None:
+            if reply is None:
                 continue  # a concurrent insert of this id committed after our snapshot
-            _, job = row
-            if job is None:
+            if reply.row is None:
                 raise ConflictError(
                     f"job {new_id} exists already with a different client or pdf_url"
                 )
-            return job
+            return reply.row
         raise DatabaseError(f"create a job: job {new_id} kept changing concurrently; try again")
 
     def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> builtins.list[Job]:
@@ -266,7 +268,7 @@ class JobRepository:
         for status, jobs in self._run.all(
             _COUNT_JOBS_BY_STATUS, params, tuple_row, "count jobs by status", idempotent=True
         ):
-            counts[JobStatus(status)] = jobs
+            counts[STATUS_BY_LABEL[status]] = jobs
         return counts
 
     # -- the worker's side ---------------------------------------------------------
@@ -327,8 +329,10 @@ class JobRepository:
             "client_id": check_optional_client_id(client_id),
             "attempt": claim,
         }
-        row = self._run.one(_EXTEND_LEASE, params, moved_job_row, "extend a lease", idempotent=True)
-        return _moved(row, key, "extend the lease of", JobStatus.PROCESSING, claim)
+        reply = self._run.one(
+            _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
+        )
+        return _moved(reply, key, "extend the lease of", JobStatus.PROCESSING, claim)
 
     def complete(
         self,
@@ -363,17 +367,10 @@ class JobRepository:
             "client_id": check_optional_client_id(client_id),
             "attempt": claim,
         }
-        row = self._run.one(
-            _COMPLETE_JOB, params, moved_result_row, "complete a job", idempotent=False
+        reply = self._run.one(
+            _COMPLETE_JOB, params, result_outcome_row, "complete a job", idempotent=False
         )
-        if row is None:
-            raise _not_found(key)
-        outcome, current, result = row
-        if result is None:
-            raise _refused(
-                key, "complete", outcome, JobStatus.PROCESSING, attempt=claim, current=current
-            )
-        return result
+        return _moved(reply, key, "complete", JobStatus.PROCESSING, claim)
 
     def fail(
         self,
@@ -399,20 +396,15 @@ class JobRepository:
             "client_id": check_optional_client_id(client_id),
             "attempt": claim,
         }
-        row = self._run.one(_FAIL_JOB, params, moved_job_row, "fail a job", idempotent=False)
-        return _moved(row, key, "fail", JobStatus.PROCESSING, claim)
+        reply = self._run.one(_FAIL_JOB, params, job_outcome_row, "fail a job", idempotent=False)
+        return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
 
     def retry(self, job_id: UUID | str, *, client_id: str | None = None) -> Job:
         """Put a failed job back in the queue (error cleared, attempts kept)."""
         key = check_job_id(job_id)
         params = {"id": key, "client_id": check_optional_client_id(client_id)}
-        row = self._run.one(_RETRY_JOB, params, tagged_job_row, "retry a job", idempotent=False)
-        if row is None:
-            raise _not_found(key)
-        outcome, job = row
-        if job is None:
-            raise _refused(key, "retry", outcome, JobStatus.FAILED)
-        return job
+        reply = self._run.one(_RETRY_JOB, params, job_outcome_row, "retry a job", idempotent=False)
+        return _moved(reply, key, "retry", JobStatus.FAILED, None)
 
     def release_expired(self, *, max_attempts: int = 3, limit: int = 1000) -> builtins.list[Job]:
         """Take back jobs whose worker's lease ran out; returns them as changed.
@@ -422,13 +414,19 @@ class JobRepository:
         claimed ``max_attempts`` times or more fails with an error message.
         At most ``limit`` (1..1000) jobs per call, one statement: call again
         while it returns ``limit`` jobs.
+
+        Never repeated on a transient failure: if the reply was lost after
+        the statement committed, a repeat would find nothing left to release
+        and return ``[]``, hiding the jobs the first try moved. It raises
+        `DatabaseUnavailableError` instead; call it again (a sweeper
+        normally does), and read the jobs to see what the lost try did.
         """
         params = {
             "max_attempts": check_positive_int(max_attempts, "max_attempts"),
             "limit": check_limit(limit),
         }
         return self._run.all(
-            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=True
+            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
         )
 
     # -- retention ------------------------------------------------------------------
@@ -441,29 +439,44 @@ class JobRepository:
         the call can run beside live traffic; queued and processing jobs are
         never touched. ``cutoff`` must be timezone-aware. Returns how many
         jobs were deleted.
+
+        A batch is never repeated on a transient failure, so the count is
+        exact: a batch whose reply was lost raises `DatabaseUnavailableError`
+        saying how many jobs the earlier batches deleted (the lost batch may
+        or may not have run). Calling again carries on where it stopped.
         """
         size = check_limit(batch_size, "batch_size", _BATCH_SIZE_MAX)
         params = {"cutoff": check_aware_datetime(cutoff, "cutoff"), "batch_size": size}
         deleted = 0
         while True:
-            count = self._run.rowcount(
-                _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=True
-            )
+            try:
+                count = self._run.rowcount(
+                    _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=False
+                )
+            except DatabaseUnavailableError as exc:
+                if not deleted:
+                    raise
+                raise DatabaseUnavailableError(
+                    f"{exc} (earlier batches of this call deleted {deleted} jobs; the failed "
+                    "batch may or may not have run: call again to go on)"
+                ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
             deleted += count
             if count < size:
                 return deleted
 
 
 def _moved(
-    row: tuple[str, int, Job | None] | None,
+    reply: Outcome[T] | None,
     job_id: UUID,
     action: str,
     needed: JobStatus,
     attempt: int | None,
-) -> Job:
-    if row is None:
+) -> T:
+    """The changed row of a move, or the error that says why nothing changed."""
+    if reply is None:
         raise _not_found(job_id)
-    outcome, current, job = row
-    if job is None:
-        raise _refused(job_id, action, outcome, needed, attempt=attempt, current=current)
-    return job
+    if reply.row is None:
+        raise _refused(
+            job_id, action, reply.outcome, needed, attempt=attempt, current=reply.current_attempts
+        )
+    return reply.row

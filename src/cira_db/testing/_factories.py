@@ -19,6 +19,7 @@ import psycopg
 from cira_db._database import Database
 from cira_db._models import Job, JobResult, JobStatus
 from cira_db._repositories import JobRepository, JobResultRepository
+from cira_db._validation import check_job_status
 
 __all__ = ["CiraDbFactory"]
 
@@ -79,9 +80,10 @@ class CiraDbFactory:
         lease of ``lease``). completed: claimed, then completed with the
         given result (see `completed_job`). failed: claimed, then failed with
         ``error_message``. Other queued jobs of the same client are left as
-        they are: the claim takes exactly the new job.
+        they are: the claim takes exactly the new job. A bad ``status`` is a
+        `ValidationError` (field ``status``), before anything is written.
         """
-        wanted = JobStatus(status)
+        wanted = check_job_status(status)
         if wanted is JobStatus.COMPLETED:
             job, _ = self.completed_job(
                 client_id=client_id,
