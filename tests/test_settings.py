@@ -516,11 +516,11 @@ _not_an_int = st.text(max_size=12).filter(lambda t: not t.strip().lstrip("+-").i
 @example(port="")
 def test_constructor_with_a_bad_port_names_the_variable(port: str) -> None:
     with pytest.raises(ConfigurationError, match="CIRA_DB_PORT") as info:
-        DatabaseSettings(url=remote_url(), port=port)  # type: ignore[arg-type]
+        DatabaseSettings(url=remote_url(), port=port)
     _assert_safe(info.value)
     assert info.value.__context__ is None  # no pydantic error (with its input) rides along
     with pytest.raises(ConfigurationError) as info:
-        DatabaseSettings(url=remote_url(), port=f"Qz9{port}")  # type: ignore[arg-type]
+        DatabaseSettings(url=remote_url(), port=f"Qz9{port}")
     assert "Qz9" not in str(info.value)
 
 

@@ -58,7 +58,9 @@ def _client(service: str, region: str | None) -> Any:
             f"{setting} needs boto3 (for {service}), which is not installed: "
             "pip install 'cira-db[aws]' (the AWS Lambda Python runtimes include it)"
         )
-    return boto3.client(service, region_name=_region(region))
+    if service == "rds":
+        return boto3.client("rds", region_name=_region(region))
+    return boto3.client("secretsmanager", region_name=_region(region))
 
 
 _NOT_JSON = object()

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import translate, wrap_errors
-from cira_db._plan import ConnectionPlan, plan_connection
+from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import ConfigurationError, DatabaseUnavailableError
@@ -187,7 +187,7 @@ class Database:
         migrations through a transaction pooler without ``CIRA_DB_MIGRATION_URL``.
         """
         secret = self._secret.get() if self._secret is not None else None
-        purpose = "migrations" if for_migrations else "app"
+        purpose: Purpose = "migrations" if for_migrations else "app"
         return plan_connection(self._settings, purpose, secret=secret)
 
     def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:

@@ -340,9 +340,9 @@ def _effective(params: Mapping[str, Any], *, host_pending: bool) -> dict[str, st
     for key, variable in _ENVIRONMENT.items():
         if host_pending and key in ("host", "hostaddr", "port"):
             continue  # the secret will give them
-        value = os.environ.get(variable)
-        if value is not None:
-            effective.setdefault(key, value)
+        from_environment = os.environ.get(variable)
+        if from_environment is not None:
+            effective.setdefault(key, from_environment)
     return effective
 
 

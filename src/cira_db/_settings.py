@@ -253,16 +253,16 @@ class DatabaseSettings(BaseModel):
 
         Shorthand for ``plan_connection(self, ...).conninfo()``; see `cira_db._plan`.
         """
-        from cira_db._plan import plan_connection  # the plan builds on settings
+        from cira_db._plan import Purpose, plan_connection  # the plan builds on settings
 
-        purpose = "migrations" if for_migrations else "app"
+        purpose: Purpose = "migrations" if for_migrations else "app"
         return plan_connection(self, purpose, secret=secret).conninfo()
 
     def describe(self, *, for_migrations: bool = False) -> str:
         """A one-line description of the target that holds no secret."""
-        from cira_db._plan import plan_connection  # the plan builds on settings
+        from cira_db._plan import Purpose, plan_connection  # the plan builds on settings
 
-        purpose = "migrations" if for_migrations else "app"
+        purpose: Purpose = "migrations" if for_migrations else "app"
         return plan_connection(self, purpose).describe()
 
 
