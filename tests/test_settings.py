@@ -368,10 +368,16 @@ def test_secrets_are_not_in_repr_or_str_of_database() -> None:
     assert "app@db.example.com" in repr(Database(remote_url()))
 
 
-def test_settings_are_frozen() -> None:
+def test_settings_are_frozen_and_say_so_without_the_value() -> None:
     settings = DatabaseSettings.load(url=remote_url())
-    with pytest.raises(PydanticValidationError):
-        settings.host = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(ConfigurationError, match="frozen") as info:
+        settings.password = SECRET  # type: ignore[misc,assignment]
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigurationError, match="frozen"):
+        del settings.host
+    assert settings.password is None
+    copy = settings.model_copy(update={"pool_max_size": 2})
+    assert (copy.pool_max_size, settings.pool_max_size) == (2, None)
 
 
 def test_unknown_argument_is_a_configuration_error() -> None:

@@ -196,6 +196,16 @@ class DatabaseSettings(BaseModel):
             message = _describe_pydantic_error(exc)
         raise ConfigurationError(message)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic's own "frozen" error quotes the value, which may be a password.
+        raise ConfigurationError(
+            f"DatabaseSettings are frozen (setting {name!r}); "
+            "build new ones with settings.model_copy(update={...}) or DatabaseSettings.load(...)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise ConfigurationError(f"DatabaseSettings are frozen (deleting {name!r})")
+
     # -- construction -------------------------------------------------------
 
     @classmethod
