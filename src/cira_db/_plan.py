@@ -361,7 +361,11 @@ def _service_options(service: str, *, from_url: bool) -> dict[str, str]:
     if sysconfdir:
         files.append(Path(sysconfdir) / "pg_service.conf")
     for path in files:
-        if path.is_file():
+        try:
+            present = path.is_file()
+        except OSError:  # libpq skips a file it cannot stat
+            present = False
+        if present:
             options = _read_service(path, service)
             if options is not None:
                 return options
