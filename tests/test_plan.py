@@ -468,3 +468,17 @@ def test_a_bad_port_in_the_url_never_quotes_it(port: str) -> None:
     with pytest.raises(ConfigurationError, match="invalid port") as info:
         tls(f"postgresql://app@{REMOTE}:{port}/cira")
     assert_not_anywhere(info.value, port)
+
+
+def test_iam_auth_needs_one_host_and_a_user_before_any_token_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigurationError, match="needs one host name"):
+        plan_connection(
+            DatabaseSettings.load(url=f"postgresql://app@{REMOTE},{PROXY}/cira", iam_auth=True)
+        )
+    with pytest.raises(ConfigurationError, match="needs a user"):
+        plan_connection(DatabaseSettings.load(host=REMOTE, iam_auth=True))
+    monkeypatch.setenv("PGUSER", "app_iam")  # libpq's user counts
+    plan = plan_connection(DatabaseSettings.load(host=REMOTE, iam_auth=True))
+    assert (plan.hosts, plan.user, plan.sslmode) == ((REMOTE,), "app_iam", "verify-full")

@@ -194,7 +194,7 @@ def plan_connection(
             "IAM authentication needs one host name (the token is signed for it): "
             "set CIRA_DB_HOST or the host of CIRA_DB_URL"
         )
-    if settings.iam_auth and not params.get("user") and not host_pending:
+    if settings.iam_auth and not effective.get("user") and not secret_pending:
         raise ConfigurationError("IAM authentication needs a user: set CIRA_DB_USER")
 
     return ConnectionPlan(
