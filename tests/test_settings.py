@@ -1,12 +1,16 @@
 """Connection settings: sources, TLS defaults, proxy and Lambda detection, secrecy.
 
-No database is needed: everything here is decided before a connection is made.
+No database is needed: everything here is decided before a connection is made
+(one test asks a real server which timeouts it accepts).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
@@ -364,10 +368,16 @@ def test_secrets_are_not_in_repr_or_str_of_database() -> None:
     assert "app@db.example.com" in repr(Database(remote_url()))
 
 
-def test_settings_are_frozen() -> None:
+def test_settings_are_frozen_and_say_so_without_the_value() -> None:
     settings = DatabaseSettings.load(url=remote_url())
-    with pytest.raises(PydanticValidationError):
-        settings.host = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(ConfigurationError, match="frozen") as info:
+        settings.password = SECRET  # type: ignore[misc,assignment]
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigurationError, match="frozen"):
+        del settings.host
+    assert settings.password is None
+    copy = settings.model_copy(update={"pool_max_size": 2})
+    assert (copy.pool_max_size, settings.pool_max_size) == (2, None)
 
 
 def test_unknown_argument_is_a_configuration_error() -> None:
@@ -498,3 +508,134 @@ def test_explicit_url_ignores_target_variables(monkeypatch: pytest.MonkeyPatch) 
     # without an explicit URL the variables are the configuration
     monkeypatch.setenv("CIRA_DB_HOST", "localhost")
     assert DatabaseSettings.load().conninfo_dict()["dbname"] == "prod"
+
+
+# -- the constructor validates like load() ----------------------------------------------------
+
+_not_an_int = st.text(max_size=12).filter(lambda t: not t.strip().lstrip("+-").isdigit())
+
+
+@_settings
+@given(port=_not_an_int)
+@example(port="x")
+@example(port="5432x")
+@example(port="")
+def test_constructor_with_a_bad_port_names_the_variable(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_PORT") as info:
+        DatabaseSettings(url=remote_url(), port=port)
+    _assert_safe(info.value)
+    assert info.value.__context__ is None  # no pydantic error (with its input) rides along
+    with pytest.raises(ConfigurationError) as info:
+        DatabaseSettings(url=remote_url(), port=f"Qz9{port}")
+    assert "Qz9" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pool_max_size", "many"),
+        ("connect_timeout", 0),
+        ("sslmode", "verify_full"),
+        ("retry_attempts", 99),
+        ("iam_auth", "perhaps"),
+    ],
+)
+def test_constructor_refuses_bad_values_as_configuration_errors(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"CIRA_DB_{field.upper()}") as info:
+        DatabaseSettings(url=remote_url(), **{field: value})
+    assert not isinstance(info.value.__context__, PydanticValidationError)
+    assert SECRET not in str(info.value)
+
+
+def test_constructor_refuses_unknown_fields_and_secret_echo() -> None:
+    with pytest.raises(ConfigurationError, match="CIRA_DB_PASSWD") as info:
+        DatabaseSettings(url=remote_url(), passwd=SECRET)  # type: ignore[call-arg]
+    assert SECRET not in str(info.value)
+    assert info.value.__context__ is None
+
+
+def test_constructor_reads_no_environment_but_load_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRA_DB_POOL_MAX_SIZE", "9")
+    monkeypatch.setenv("cira_db_pool_timeout", "3")  # any case, as before
+    monkeypatch.setenv("CIRA_DB_APPLICATION_NAME", "")  # empty: unset
+    monkeypatch.setenv("CIRA_DB_TEST_SOMETHING_ELSE", "ignored")
+    assert DatabaseSettings(url=remote_url()).pool_max_size is None
+    loaded = DatabaseSettings.load(url=remote_url())
+    assert (loaded.pool_max_size, loaded.pool_timeout) == (9, 3.0)
+    assert loaded.application_name == "cira_db"
+    assert DatabaseSettings.load(url=remote_url(), pool_max_size=2).pool_max_size == 2
+
+
+# -- timeouts PostgreSQL can hold ---------------------------------------------------------------
+
+TIMEOUT_FIELDS = ("statement_timeout", "migration_lock_timeout", "migration_statement_timeout")
+UNIT_MS = {"": 1, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+MAX_MS = 2_147_483_647
+
+
+@_settings
+@given(
+    field=st.sampled_from(TIMEOUT_FIELDS),
+    unit=st.sampled_from(sorted(UNIT_MS)),
+    number=st.integers(min_value=0, max_value=10**22),
+)
+@example(field="statement_timeout", unit="h", number=99999999999999999999)
+@example(field="statement_timeout", unit="ms", number=MAX_MS + 1)
+@example(field="migration_lock_timeout", unit="min", number=35792)
+@example(field="migration_statement_timeout", unit="s", number=2147484)
+def test_timeouts_beyond_postgresql_range_are_refused(field: str, unit: str, number: int) -> None:
+    value = f"{number}{unit}"
+    if number * UNIT_MS[unit] <= MAX_MS:
+        assert getattr(DatabaseSettings(url=remote_url(), **{field: value}), field) == value
+        return
+    variable = f"CIRA_DB_{field.upper()}"
+    with pytest.raises(ConfigurationError, match=variable) as info:
+        DatabaseSettings.load(url=remote_url(), **{field: value})
+    assert "2147483647 ms" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["30 s", "1.5s", "10d", "-1", "1e3", "", "30S"])
+@pytest.mark.parametrize("field", TIMEOUT_FIELDS)
+def test_timeouts_must_be_a_number_and_unit(field: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"CIRA_DB_{field.upper()}"):
+        DatabaseSettings(url=remote_url(), **{field: value})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", "2147483647", "2147483647ms", "2147483s", "35791min", "596h", "2147483648", "597h"],
+)
+def test_the_timeout_limit_is_the_one_postgresql_applies(cira_db_url: str, value: str) -> None:
+    """The settings accept exactly what a real server accepts for statement_timeout."""
+    try:
+        DatabaseSettings(url=remote_url(), statement_timeout=value)
+    except ConfigurationError:
+        accepted = False
+    else:
+        accepted = True
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        try:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", [value])
+        except psycopg.errors.InvalidParameterValue:
+            server_accepts = False
+        else:
+            server_accepts = True
+    assert accepted is server_accepts
+
+
+# -- cold start ---------------------------------------------------------------------------------
+
+
+def test_import_loads_no_settings_framework_and_no_aws() -> None:
+    code = (
+        "import sys, cira_db\n"
+        "from cira_db import DatabaseSettings\n"
+        "DatabaseSettings.load(url='postgresql://app@db.example.com/cira').describe()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pydantic_settings', 'dotenv', 'boto3', 'botocore'))\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -21,6 +21,8 @@ _log = logging.getLogger("cira_db.aws")
 # Re-fetching a secret after an authentication failure happens at most this
 # often, so a wrong password cannot turn into a Secrets Manager request storm.
 _MIN_REFRESH_INTERVAL = 5.0
+# The clock of that limit (a module attribute, so tests can advance it).
+_monotonic = time.monotonic
 _AUTH_FAILURES = (
     "password authentication failed",
     "pam authentication failed",  # RDS IAM token refused
@@ -39,20 +41,29 @@ def is_auth_failure(exc: BaseException) -> bool:
 
 
 def _region(region: str | None) -> str | None:
+    """``CIRA_DB_AWS_REGION``, else ``AWS_REGION`` (set in Lambda), else ``AWS_DEFAULT_REGION``."""
     return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
 
 
 def _client(service: str, region: str | None) -> Any:
     try:
         import boto3  # optional dependency, loaded on first use
-    except ImportError as exc:
+    except ImportError:
+        missing = True
+    else:
+        missing = False
+    if missing:
+        setting = "CIRA_DB_IAM_AUTH" if service == "rds" else "CIRA_DB_SECRET_ARN"
         raise ConfigurationError(
-            f"CIRA_DB_SECRET_ARN / CIRA_DB_IAM_AUTH need boto3 for {service}: "
-            "pip install 'cira-db[aws]'"
-        ) from exc
+            f"{setting} needs boto3 (for {service}), which is not installed: "
+            "pip install 'cira-db[aws]' (the AWS Lambda Python runtimes include it)"
+        )
     if service == "rds":
         return boto3.client("rds", region_name=_region(region))
     return boto3.client("secretsmanager", region_name=_region(region))
+
+
+_NOT_JSON = object()
 
 
 class SecretProvider:
@@ -79,7 +90,7 @@ class SecretProvider:
     def refresh(self) -> bool:
         """Fetch again (after an authentication failure); False if fetched too recently."""
         with self._lock:
-            if time.monotonic() - self._fetched_at < _MIN_REFRESH_INTERVAL and self._value:
+            if _monotonic() - self._fetched_at < _MIN_REFRESH_INTERVAL and self._value:
                 return False
             _log.info("re-fetching the database secret after an authentication failure")
             self._value = self._fetch()
@@ -94,13 +105,19 @@ class SecretProvider:
             raise DatabaseUnavailableError(
                 f"could not read the database secret {self._arn} ({type(exc).__name__})"
             ) from exc
-        self._fetched_at = time.monotonic()
+        self._fetched_at = _monotonic()
+        value: Any = None
         try:
             value = json.loads(response["SecretString"])
         except (KeyError, TypeError, ValueError):
+            # Raised below, outside this block: a JSONDecodeError keeps the whole
+            # SecretString (its .doc), and would ride along as __context__.
+            value = _NOT_JSON
+        if value is _NOT_JSON:
             raise ConfigurationError(
-                f"the secret {self._arn} is not a JSON object with username and password"
-            ) from None
+                f"the secret {self._arn} is not a JSON object with username and password "
+                "(its SecretString is not JSON)"
+            )
         if not isinstance(value, dict):
             raise ConfigurationError(f"the secret {self._arn} is not a JSON object")
         return value

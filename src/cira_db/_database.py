@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import translate, wrap_errors
+from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import ConfigurationError, DatabaseUnavailableError
@@ -97,7 +98,7 @@ class Database:
 
     def __repr__(self) -> str:
         try:
-            target = self._settings.describe()
+            target = plan_connection(self._settings).describe()
         except ConfigurationError:
             target = "(invalid or incomplete settings)"
         state = "open" if self.is_open else "closed"
@@ -176,28 +177,31 @@ class Database:
 
     # -- credentials ----------------------------------------------------------
 
+    def connection_plan(self, *, for_migrations: bool = False) -> ConnectionPlan:
+        """Where a new connection goes, with what TLS and credentials (see docs/connections.md).
+
+        Its attributes (``hosts``, ``hostaddrs``, ``port``, ``user``, ``dbname``,
+        ``sslmode``, ``is_local``, ``behind_proxy``) and ``describe()`` hold no
+        secret. With ``CIRA_DB_SECRET_ARN`` this fetches the secret (once).
+        Raises `ConfigurationError` for settings that cannot work, including
+        migrations through a transaction pooler without ``CIRA_DB_MIGRATION_URL``.
+        """
+        secret = self._secret.get() if self._secret is not None else None
+        purpose: Purpose = "migrations" if for_migrations else "app"
+        return plan_connection(self._settings, purpose, secret=secret)
+
     def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:
         """Everything psycopg.connect needs; evaluated for every new connection."""
-        secret = self._secret.get() if self._secret is not None else None
-        kwargs: dict[str, Any] = self._settings.conninfo_dict(
-            for_migrations=for_migrations, secret=secret
-        )
+        plan = self.connection_plan(for_migrations=for_migrations)
+        kwargs = plan.connect_kwargs()
         if self._settings.iam_auth:
-            user = kwargs.get("user")
-            host = kwargs.get("host")
-            if not user or not host:
-                raise ConfigurationError(
-                    "IAM authentication needs a user and a host: set CIRA_DB_USER and CIRA_DB_HOST"
-                )
             kwargs["password"] = iam_token(
-                host=str(host),
-                port=int(kwargs.get("port") or 5432),
-                user=str(user),
+                host=plan.hosts[0],
+                port=int(plan.port.split(",")[0] or 5432),
+                user=str(plan.user),
                 region=self._settings.aws_region,
                 client=self._rds_client,
             )
-        kwargs["autocommit"] = True
-        kwargs["prepare_threshold"] = None if for_migrations else self._settings.prepare_threshold()
         return kwargs
 
     def _refresh_credentials(self) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cira_db._database import Database
-from cira_db._settings import is_local_host
+from cira_db._plan import is_local_host
 from cira_db.errors import CiraDbError
 from cira_db.migrations import Migrator
 

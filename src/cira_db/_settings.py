@@ -1,24 +1,37 @@
-"""Connection settings: from arguments or ``CIRA_DB_*`` environment variables."""
+"""Connection settings: from arguments or ``CIRA_DB_*`` environment variables.
+
+Settings are values and their validation only. Where a connection goes, with
+what TLS and credentials, is decided from them by the connection plan
+(`cira_db._plan`).
+"""
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cira_db.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["DatabaseSettings", "SslMode"]
 
@@ -27,48 +40,43 @@ SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-
 _PROXY_HOST = re.compile(
     r"^[a-z0-9-]+\.(?:endpoint\.)?proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?$"
 )
-_VERIFIED_MODES = frozenset({"verify-full"})
 _ENV_PREFIX = "CIRA_DB_"
+# A PostgreSQL duration setting in milliseconds: a number and an optional unit.
+_DURATION = re.compile(r"^(\d+)(ms|s|min|h)?$")
+_UNIT_MS = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+# PostgreSQL keeps these timeouts in an int of milliseconds.
+_MAX_TIMEOUT_MS = 2_147_483_647
 
 
-def is_local_host(host: str | None) -> bool:
-    """True for a Unix socket, ``localhost`` or a loopback address.
-
-    An empty or missing host means libpq's default Unix socket. A
-    comma-separated list (libpq multi-host) is local only if every entry is.
-    """
-    if not host:
-        return True
-    for entry in host.split(","):
-        item = entry.strip()
-        if not item or item.startswith(("/", "@")):
-            continue
-        if item.rstrip(".").lower() == "localhost":
-            continue
-        try:
-            if ipaddress.ip_address(item.strip("[]")).is_loopback:
-                continue
-        except ValueError:
-            pass
-        return False
-    return True
+def is_proxy_host(host: str) -> bool:
+    """True for an RDS Proxy endpoint name (default or custom endpoint)."""
+    return bool(_PROXY_HOST.match(host.strip().rstrip(".").lower()))
 
 
-class DatabaseSettings(BaseSettings):
+def _check_duration(value: str | None) -> str | None:
+    if value is None:
+        return None
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError("use a whole number with an optional unit ms, s, min or h (e.g. '30s')")
+    if int(match.group(1)) * _UNIT_MS[match.group(2)] > _MAX_TIMEOUT_MS:
+        raise ValueError(
+            f"above PostgreSQL's maximum of {_MAX_TIMEOUT_MS} ms (about 24 days); 0 disables it"
+        )
+    return value
+
+
+class DatabaseSettings(BaseModel):
     """How to reach PostgreSQL, and how the pool and retries behave.
 
-    Every field can come from an argument or from the environment variable
-    ``CIRA_DB_<FIELD>`` (for example ``CIRA_DB_URL``, ``CIRA_DB_SSLMODE``).
+    Every field is an argument, and `load` also reads it from the environment
+    variable ``CIRA_DB_<FIELD>`` (for example ``CIRA_DB_URL``,
+    ``CIRA_DB_SSLMODE``); the constructor reads no environment. A bad value
+    raises `ConfigurationError` naming the variable, never a pydantic error.
     Secrets are held as `pydantic.SecretStr`, so ``repr()`` never shows them.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix=_ENV_PREFIX,
-        extra="forbid",
-        frozen=True,
-        hide_input_in_errors=True,
-        env_ignore_empty=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     url: SecretStr | None = Field(
         default=None, description="libpq URL or key=value string; may carry the password."
@@ -109,7 +117,6 @@ class DatabaseSettings(BaseSettings):
     connect_timeout: int = Field(default=10, ge=1)
     statement_timeout: str | None = Field(
         default=None,
-        pattern=r"^\d+(ms|s|min|h)?$",
         description="statement_timeout for direct connections, e.g. '30s'. Behind a proxy, "
         "set it on the role instead (ALTER ROLE ... SET statement_timeout).",
     )
@@ -154,6 +161,11 @@ class DatabaseSettings(BaseSettings):
         default="15min", description="statement_timeout for migration statements."
     )
 
+    @field_validator("statement_timeout", "migration_lock_timeout", "migration_statement_timeout")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        return _check_duration(value)
+
     @model_validator(mode="after")
     def _check_sources(self) -> DatabaseSettings:
         if self.url is not None and self.host is not None:
@@ -171,129 +183,52 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("CIRA_DB_POOL_MIN_SIZE is larger than CIRA_DB_POOL_MAX_SIZE")
         return self
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _configuration_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Defined last, so it wraps every other validator. Any invalid value,
+        # whichever way the settings are built, is a ConfigurationError naming
+        # the variable; raised outside the except block so that no pydantic
+        # error (and no input) rides along as its context.
+        try:
+            return handler(data)
+        except PydanticValidationError as exc:
+            message = _describe_pydantic_error(exc)
+        raise ConfigurationError(message)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic's own "frozen" error quotes the value, which may be a password.
+        raise ConfigurationError(
+            f"DatabaseSettings are frozen (setting {name!r}); "
+            "build new ones with settings.model_copy(update={...}) or DatabaseSettings.load(...)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise ConfigurationError(f"DatabaseSettings are frozen (deleting {name!r})")
+
     # -- construction -------------------------------------------------------
 
     @classmethod
     def load(cls, **overrides: Any) -> DatabaseSettings:
-        """Build settings from the environment plus ``overrides``.
+        """Build settings from ``CIRA_DB_*`` environment variables plus ``overrides``.
 
-        Raises `ConfigurationError` naming the variable to fix, never a
-        pydantic error (whose input echo could hold a password).
+        Arguments win over variables; an empty variable counts as unset. An
+        explicit ``url`` is the whole target: no ``CIRA_DB_HOST``, ``_DBNAME``,
+        ``_USER``, ``_PASSWORD``, ``_MIGRATION_URL``, ``_SECRET_ARN`` or
+        ``_IAM_AUTH`` variable may redirect it; an explicit ``host`` replaces
+        ``CIRA_DB_URL``. Raises `ConfigurationError` naming the variable to fix.
         """
-        values = {k: v for k, v in overrides.items() if v is not None}
-        # An explicit URL is the whole target: no CIRA_DB_* variable may redirect it to
-        # another database, user or migration endpoint. (Explicit arguments still
-        # override parts of it.) An explicit host replaces CIRA_DB_URL.
-        if "url" in values:
-            for name in ("host", "dbname", "user", "password", "migration_url", "secret_arn"):
-                values.setdefault(name, None)
-            values.setdefault("iam_auth", False)
-        elif "host" in values:
-            values.setdefault("url", None)
-        try:
-            return cls(**values)
-        except PydanticValidationError as exc:
-            raise ConfigurationError(_describe_pydantic_error(exc)) from None
+        values = _environment_values(cls.model_fields)
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        if "url" in explicit:
+            for name in _TARGET_FIELDS:
+                values.pop(name, None)
+        elif "host" in explicit:
+            values.pop("url", None)
+        values.update(explicit)
+        return cls(**values)
 
     # -- derived values -----------------------------------------------------
-
-    def conninfo_dict(
-        self, *, for_migrations: bool = False, secret: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The keyword arguments for `psycopg.connect` (password included).
-
-        ``secret`` is the Secrets Manager JSON when ``secret_arn`` is set (the
-        `Database` fetches it; settings never call AWS). Never log the result:
-        it holds the credentials.
-        """
-        use_migration_url = for_migrations and self.migration_url is not None
-        source = self.migration_url if use_migration_url else self.url
-        params: dict[str, Any] = {}
-        if source is not None:
-            try:
-                params = dict(conninfo_to_dict(source.get_secret_value()))
-            except psycopg.ProgrammingError:
-                variable = "CIRA_DB_MIGRATION_URL" if use_migration_url else "CIRA_DB_URL"
-                raise ConfigurationError(
-                    f"{variable} is not a valid PostgreSQL URL or conninfo string"
-                ) from None
-        elif self.host is not None:
-            params = {"host": self.host, "port": str(self.port)}
-        elif self.secret_arn is None:
-            raise ConfigurationError(
-                "no database configured: set CIRA_DB_URL, or CIRA_DB_HOST "
-                "(with CIRA_DB_DBNAME, CIRA_DB_USER, CIRA_DB_PASSWORD), or CIRA_DB_SECRET_ARN, "
-                "or pass a URL"
-            )
-        port = params.get("port")
-        if port is not None and not all(
-            not p.strip() or (p.strip().isdigit() and 1 <= int(p) <= 65535)
-            for p in str(port).split(",")
-        ):
-            variable = "CIRA_DB_MIGRATION_URL" if use_migration_url else "CIRA_DB_URL"
-            raise ConfigurationError(f"{variable} has an invalid port: use 1..65535")
-        if not use_migration_url:
-            for key, value in (("dbname", self.dbname), ("user", self.user)):
-                if value:
-                    params[key] = value
-            if self.password is not None:
-                params["password"] = self.password.get_secret_value()
-        if secret is not None and not use_migration_url:
-            _merge_secret(params, secret, direct=for_migrations and self.behind_proxy())
-        self._apply_tls(params)
-        self._apply_options(params, for_migrations=for_migrations)
-        params.setdefault("application_name", self.application_name)
-        params.setdefault("connect_timeout", str(self.connect_timeout))
-        return params
-
-    def _apply_tls(self, params: dict[str, Any]) -> None:
-        host = params.get("host")
-        if host is None and self.secret_arn is not None:
-            host = "(host from secret)"  # not known yet: treat as remote
-        if host is None:
-            host = os.environ.get("PGHOST")  # what libpq will use when no host is given
-        hostaddr = params.get("hostaddr") or (
-            None if params.get("host") else os.environ.get("PGHOSTADDR")
-        )
-        local = is_local_host(host if isinstance(host, str) else None) and is_local_host(
-            hostaddr if isinstance(hostaddr, str) else None
-        )
-        explicit = self.sslmode or params.get("sslmode")
-        if explicit is None:
-            if not local:
-                params["sslmode"] = "verify-full"
-        else:
-            params["sslmode"] = explicit
-            if not local and explicit not in _VERIFIED_MODES and not self.allow_unverified_tls:
-                raise ConfigurationError(
-                    f"sslmode={explicit} does not verify the server of a remote host; "
-                    "use verify-full, or set CIRA_DB_ALLOW_UNVERIFIED_TLS=true to accept it"
-                )
-        if self.sslrootcert:
-            params["sslrootcert"] = self.sslrootcert
-        elif params.get("sslmode") == "verify-full" and "sslrootcert" not in params:
-            params["sslrootcert"] = default_ca_bundle()
-        if self.iam_auth and params.get("sslmode") in (None, "disable", "allow", "prefer"):
-            raise ConfigurationError(
-                "IAM authentication needs TLS: set CIRA_DB_SSLMODE=verify-full (or require)"
-            )
-
-    def _apply_options(self, params: dict[str, Any], *, for_migrations: bool) -> None:
-        direct = for_migrations and (self.migration_url is not None or self.secret_arn is not None)
-        behind_proxy = self.behind_proxy() and not direct
-        if behind_proxy and params.get("options"):
-            raise ConfigurationError(
-                "the URL passes options=..., which RDS Proxy refuses ('command-line options "
-                "not supported'); set such parameters on the role (ALTER ROLE ... SET ...)"
-            )
-        if self.statement_timeout and not for_migrations:
-            if behind_proxy:
-                raise ConfigurationError(
-                    "CIRA_DB_STATEMENT_TIMEOUT cannot be sent through a transaction pooler "
-                    "(RDS Proxy refuses startup options and SET pins sessions); set it on the "
-                    "role instead: ALTER ROLE <user> SET statement_timeout = '30s'"
-                )
-            params["options"] = f"-c statement_timeout={self.statement_timeout}"
 
     def pool_sizes(self) -> tuple[int, int]:
         """(min_size, max_size) after applying the Lambda-aware defaults."""
@@ -311,11 +246,9 @@ class DatabaseSettings(BaseSettings):
         if self.url is not None:
             try:
                 host = conninfo_to_dict(self.url.get_secret_value()).get("host")
-            except psycopg.ProgrammingError:
+            except psycopg.ProgrammingError:  # an invalid URL is reported by the plan
                 return False
-        return isinstance(host, str) and any(
-            _PROXY_HOST.match(h.strip().rstrip(".").lower()) for h in host.split(",")
-        )
+        return isinstance(host, str) and any(is_proxy_host(h) for h in host.split(","))
 
     def prepare_threshold(self) -> int | None:
         """psycopg's ``prepare_threshold``: None disables server-side prepares."""
@@ -323,16 +256,47 @@ class DatabaseSettings(BaseSettings):
             return None if (self.behind_proxy() or running_in_lambda()) else 5
         return 5 if self.prepare_statements else None
 
+    def conninfo_dict(
+        self, *, for_migrations: bool = False, secret: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The libpq parameters of the connection plan (password included; never log them).
+
+        Shorthand for ``plan_connection(self, ...).conninfo()``; see `cira_db._plan`.
+        """
+        from cira_db._plan import Purpose, plan_connection  # the plan builds on settings
+
+        purpose: Purpose = "migrations" if for_migrations else "app"
+        return plan_connection(self, purpose, secret=secret).conninfo()
+
     def describe(self, *, for_migrations: bool = False) -> str:
         """A one-line description of the target that holds no secret."""
-        params = self.conninfo_dict(for_migrations=for_migrations)
-        from_secret = "(from secret)" if self.secret_arn else None
-        host = params.get("host") or from_secret or "(default socket)"
-        port = params.get("port") or "5432"
-        user = params.get("user") or from_secret or "(default user)"
-        dbname = params.get("dbname") or from_secret or user
-        sslmode = params.get("sslmode", "prefer")
-        return f"{user}@{host}:{port}/{dbname} sslmode={sslmode}"
+        from cira_db._plan import Purpose, plan_connection  # the plan builds on settings
+
+        purpose: Purpose = "migrations" if for_migrations else "app"
+        return plan_connection(self, purpose).describe()
+
+
+# Settings that name the target: an explicit URL ignores their variables.
+_TARGET_FIELDS = (
+    "host",
+    "dbname",
+    "user",
+    "password",
+    "migration_url",
+    "secret_arn",
+    "iam_auth",
+)
+
+
+def _environment_values(fields: Mapping[str, Any]) -> dict[str, str]:
+    """``CIRA_DB_<FIELD>`` variables (any case) that name a field and are not empty."""
+    prefix = _ENV_PREFIX.lower()
+    values: dict[str, str] = {}
+    for name, value in os.environ.items():
+        key = name.lower()
+        if value and key.startswith(prefix) and key[len(prefix) :] in fields:
+            values[key[len(prefix) :]] = value
+    return values
 
 
 def _describe_pydantic_error(exc: PydanticValidationError) -> str:
@@ -347,32 +311,6 @@ def _describe_pydantic_error(exc: PydanticValidationError) -> str:
         else:
             parts.append(message)
     return "invalid settings: " + "; ".join(parts)
-
-
-def _merge_secret(params: dict[str, Any], secret: Mapping[str, Any], *, direct: bool) -> None:
-    """Fill credentials (and, where not configured, the target) from an RDS secret.
-
-    The secret's ``host`` is the database instance, not the proxy: it is used
-    when no host is configured, or for the migrator's direct connection.
-    """
-    username, password = secret.get("username"), secret.get("password")
-    if not isinstance(username, str) or not isinstance(password, str):
-        raise ConfigurationError(
-            "the secret named by CIRA_DB_SECRET_ARN has no string 'username' and 'password'"
-        )
-    params["user"] = username
-    params["password"] = password
-    if direct and not secret.get("host"):
-        raise ConfigurationError(
-            "migrations need the database instance endpoint, but the secret named by "
-            "CIRA_DB_SECRET_ARN has no 'host'; set CIRA_DB_MIGRATION_URL"
-        )
-    if secret.get("host") and ("host" not in params or direct):
-        params["host"] = str(secret["host"])
-        if secret.get("port"):
-            params["port"] = str(int(secret["port"]))
-    if "dbname" not in params:
-        params["dbname"] = str(secret.get("dbname") or "postgres")
 
 
 @functools.cache
