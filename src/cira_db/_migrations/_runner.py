@@ -34,8 +34,7 @@ from cira_db._migrations._history import (
 from cira_db._migrations._queries import run_query, scalar
 from cira_db._migrations._split import split_statements
 from cira_db._migrations._story import check_story_schema
-from cira_db._settings import DatabaseSettings
-from cira_db.errors import ConfigurationError, MigrationError, ValidationError
+from cira_db.errors import MigrationError, ValidationError
 
 __all__ = ["LOCK_KEY", "Migrator"]
 
@@ -288,7 +287,6 @@ class Migrator:
 
     @contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
-        _refuse_a_pooler(self._db.settings)
         conn = self._db.connect_direct(for_migrations=True)
         try:
             yield conn
@@ -316,20 +314,6 @@ class Migrator:
             if not conn.closed and not conn.broken:
                 with wrap_errors("release the migration lock"):
                     run_query(conn, "unlock", key=LOCK_KEY)
-
-
-def _refuse_a_pooler(settings: DatabaseSettings) -> None:
-    # DUPLICATE, to remove at merge: the connection-plan work moves this rule
-    # into Database.connect_direct(for_migrations=True). Kept here only so the
-    # refusal (test_migrator_refuses_a_pooler_url_without_a_direct_one) holds
-    # on this branch until then.
-    if settings.migration_url is None and settings.secret_arn is None and settings.behind_proxy():
-        variable = "CIRA_DB_URL" if settings.url is not None else "CIRA_DB_HOST"
-        raise ConfigurationError(
-            f"migrations need a direct connection, but {variable} points at a "
-            "transaction pooler (RDS Proxy/pgbouncer); set CIRA_DB_MIGRATION_URL to the "
-            "database endpoint itself"
-        )
 
 
 def _default_applied_by() -> str:
