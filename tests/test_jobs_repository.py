@@ -209,7 +209,7 @@ def test_create_many_rolls_back_on_a_database_error(
         ids[-1] = existing.id
         return ids
 
-    monkeypatch.setattr("cira_db._repositories._jobs.uuid7_batch", with_duplicate)
+    monkeypatch.setattr("cira_db._repositories._core_jobs.uuid7_batch", with_duplicate)
     with pytest.raises(ConflictError) as info:
         jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(5)])
     assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
