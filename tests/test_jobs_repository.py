@@ -155,9 +155,14 @@ def test_create_gives_up_when_the_row_keeps_changing(
     def never(*args: Any, **kwargs: Any) -> None:
         calls.append("run")
 
+    async def never_awaited(*args: Any, **kwargs: Any) -> None:
+        calls.append("run")
+
+    from cira_db._repositories._aio_base import AsyncRunner
     from cira_db._repositories._base import Runner
 
-    monkeypatch.setattr(Runner, "one", never)
+    monkeypatch.setattr(Runner, "execute", never)
+    monkeypatch.setattr(AsyncRunner, "execute", never_awaited)
     with pytest.raises(DatabaseError, match="kept changing"):
         jobs.create(client_id=A, pdf_url=URL, job_id=uuid.uuid4())
     assert len(calls) == 3
@@ -905,15 +910,26 @@ def _fail_first_statement(monkeypatch: pytest.MonkeyPatch, failures: int = 1) ->
     """Make the next ``failures`` repository statements fail with a serialization failure."""
     seen: list[str] = []
     original = psycopg.Cursor.execute
+    original_async = psycopg.AsyncCursor.execute
 
-    def flaky(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+    def inject(query: Any) -> None:
         if isinstance(query, str) and query.strip():  # not the pool's empty check
             seen.append(query)
             if len(seen) <= failures:
                 raise psycopg.errors.SerializationFailure("injected")
+
+    def flaky(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        inject(query)
         return original(self, query, *args, **kwargs)
 
+    async def flaky_async(
+        self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        inject(query)
+        return await original_async(self, query, *args, **kwargs)
+
     monkeypatch.setattr(psycopg.Cursor, "execute", flaky)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", flaky_async)
     return seen
 
 

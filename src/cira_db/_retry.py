@@ -8,10 +8,11 @@ else gets one try; its failure surfaces as a cira_db error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,7 +22,7 @@ import psycopg_pool
 from cira_db._errors_map import is_transient, translate
 from cira_db.errors import DatabaseUnavailableError
 
-__all__ = ["RetryPolicy", "call_with_retries"]
+__all__ = ["RetryPolicy", "async_call_with_retries", "call_with_retries"]
 
 T = TypeVar("T")
 _log = logging.getLogger("cira_db.retry")
@@ -79,6 +80,38 @@ def call_with_retries(
                     pause * 1000,
                 )
                 sleep(pause)
+                continue
+            if isinstance(exc, psycopg.Error):
+                raise translate(exc, operation) from exc
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def async_call_with_retries(
+    policy: RetryPolicy,
+    operation: str,
+    work: Callable[[], Awaitable[T]],
+    *,
+    idempotent: bool,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """`call_with_retries` for coroutines: the same decision, ``asyncio.sleep`` between tries."""
+    tries = policy.attempts if idempotent else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return await work()
+        except (psycopg.Error, DatabaseUnavailableError) as exc:
+            if attempt < tries and _retryable(exc):
+                pause = policy.delay(attempt)
+                _log.warning(
+                    "%s: transient failure (%s), retry %d of %d in %.0f ms",
+                    operation,
+                    type(exc).__name__,
+                    attempt,
+                    tries - 1,
+                    pause * 1000,
+                )
+                await sleep(pause)
                 continue
             if isinstance(exc, psycopg.Error):
                 raise translate(exc, operation) from exc
