@@ -190,7 +190,8 @@ class Database:
                 pool.open(wait=False)
                 if wait and min_size > 0:
                     with wrap_errors("open the database pool"):
-                        pool.putconn(self._getconn(pool, state))
+                        conn, _ = self._getconn(pool, state)  # a fresh state: the pool's
+                        pool.putconn(conn)
             except BaseException:
                 pool.close(timeout=0)
                 raise
@@ -307,21 +308,27 @@ class Database:
                 raise
         return psycopg.connect(**self._connect_kwargs(for_migrations=for_migrations))
 
-    def _getconn(self, pool: ConnectionPool[Connection], state: _ConnectState) -> Connection:
-        """Check a connection out of ``pool``; psycopg's errors come out raw.
+    def _getconn(
+        self, pool: ConnectionPool[Connection], state: _ConnectState
+    ) -> tuple[Connection, bool]:
+        """Check a connection out of ``pool``: (connection, whether it is the pool's).
 
         Waits up to ``pool_timeout`` for a connection, but not for one that
         cannot come: when the pool's attempts fail for a reason that will not
         pass, that reason is raised at once (translated: it ends the call). A
-        failure recorded before this checkout is tried again first (one direct
-        attempt), so a fixed configuration is noticed. A timeout while no
-        connection could be made names the last attempt's reason.
+        failure recorded before this checkout is tried again first, with one
+        direct attempt; if that works, its connection serves this call (not the
+        pool's: the pool is still backing off) and the pool recovers on its own.
+        A timeout while no connection could be made names the reason. Other
+        psycopg errors come out raw.
         """
         timeout = self._settings.pool_timeout
         deadline = time.monotonic() + timeout
         known = state.permanent
         if known is not None:
-            self._probe(state)
+            conn = self._probe(state)
+            if conn is not None:
+                return conn, False
         while True:
             failure = state.permanent
             if failure is not None and failure is not known:
@@ -329,32 +336,40 @@ class Database:
             remaining = deadline - time.monotonic()
             wait = remaining if state.healthy else min(remaining, _FAIL_FAST_POLL)
             try:
-                return pool.getconn(timeout=wait)
+                return pool.getconn(timeout=wait), True
             except psycopg_pool.PoolTimeout:
                 if time.monotonic() < deadline:
                     continue  # only a slice of the wait is over
-                last = state.error
-                if last is None:
+                if state.healthy:
                     raise  # pool exhausted by load: every connection is busy
+                last = state.error or psycopg.OperationalError(
+                    f"no connection attempt finished within {timeout:g} s; check the host "
+                    "and CIRA_DB_CONNECT_TIMEOUT"
+                )
                 raise psycopg_pool.PoolTimeout(
                     f"couldn't get a connection after {timeout:.2f} sec"
                 ) from last
 
-    def _probe(self, state: _ConnectState) -> None:
-        """One direct attempt after a failure that will not pass: raise it if it still fails."""
+    def _probe(self, state: _ConnectState) -> Connection | None:
+        """One direct attempt after a failure that will not pass: raise it if it still fails.
+
+        Returns the new connection if the attempt worked, None if it failed for
+        a reason that may pass (then the caller waits for the pool).
+        """
         try:
-            self._connect().close()
+            conn = self._connect()
         except psycopg.Error as exc:
             state.failed(exc)
             if connect_failure_is_permanent(exc):
                 raise translate(exc, _CONNECT) from exc
-            # It may pass now: wait for the pool like any other checkout.
+            return None
         except CiraDbError as exc:  # preparing the attempt failed (secret, IAM token)
             state.failed(exc)
             if isinstance(exc, ConfigurationError):
                 raise
-        else:
-            state.error = None  # the pool's own next attempt will succeed too
+            return None
+        state.error = None  # the pool's own next attempt will succeed too
+        return conn
 
     @contextmanager
     def _borrow(self) -> Iterator[Connection]:
@@ -374,7 +389,7 @@ class Database:
         pool, state = self._pool, self._state
         if pool is None:
             raise ConfigurationError("the Database is not open: use `with db:` or db.open()")
-        conn = self._getconn(pool, state)
+        conn, pooled = self._getconn(pool, state)
         broken = False
         try:
             with conn:  # as psycopg_pool's own connection(): roll back on error
@@ -386,8 +401,11 @@ class Database:
             # Stamped here rather than in a pool `reset` callback: with one, the
             # pool returns connections through a worker thread, and a caller's
             # next checkout would find none idle and grow the pool.
-            self._mark_used(conn)
-            pool.putconn(conn)
+            if pooled:
+                self._mark_used(conn)
+                pool.putconn(conn)
+            else:
+                conn.close()
             if broken:
                 pool.check()  # discard every idle connection that died with this one
 

@@ -240,8 +240,7 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
             # Raised by `Database` when no connection could be made at all.
             reason = libpq_reason(cause) if isinstance(cause, psycopg.Error) else str(cause)
             return DatabaseUnavailableError(
-                f"{operation}: no database connection could be made in time; "
-                f"the last attempt failed: {reason}"
+                f"{operation}: no database connection could be made in time: {reason}"
             )
         return DatabaseUnavailableError(
             f"{operation}: no database connection became free in time (pool exhausted)"
