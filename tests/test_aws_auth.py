@@ -25,7 +25,7 @@ from botocore.stub import Stubber
 
 from cira_db import Database, _aws_auth
 from cira_db._embedded import start_embedded
-from cira_db.errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
+from cira_db.errors import AuthenticationError, ConfigurationError, DatabaseUnavailableError
 from cira_db.migrations import Migrator
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cira-db-AbCdEf"
@@ -150,7 +150,10 @@ def test_wrong_password_is_a_clear_error_without_the_password(
         stub.add_response("get_secret_value", secret_response(socket_dir, "wrong-Pa55word"))
         stub.add_response("get_secret_value", secret_response(socket_dir, "wrong-Pa55word"))
         db = Database(secret_arn=ARN, secrets_client=client, pool=False)
-        with pytest.raises(DatabaseError, match="authentication failed") as info, db.connection():
+        with (
+            pytest.raises(AuthenticationError, match="authentication failed") as info,
+            db.connection(),
+        ):
             pass
     message = str(info.value)
     assert "authentication failed" in message
