@@ -55,7 +55,28 @@ REASONS: dict[str, tuple[bool, type[CiraDbError]]] = {
     "SSL error: certificate verify failed": (False, ConfigurationError),
     'server certificate for "x" does not match host name "y"': (False, ConfigurationError),
     "server does not support SSL, but SSL was required": (False, ConfigurationError),
+    'invalid sslmode value: "verify"': (False, ConfigurationError),
 }
+
+# psycopg resolves host names itself, before libpq: its message has no libpq prefix.
+DNS: dict[str, tuple[bool, type[CiraDbError]]] = {
+    "failed to resolve host 'db.exmaple.com': [Errno -2] Name or service not known": (
+        False,
+        ConfigurationError,
+    ),
+    "failed to resolve host 'db.example.com': [Errno -3] Temporary failure in name resolution": (
+        True,
+        DatabaseUnavailableError,
+    ),
+}
+
+
+@pytest.mark.parametrize("message", sorted(DNS))
+def test_a_host_name_that_does_not_exist_will_not_pass_a_dns_hiccup_may(message: str) -> None:
+    passes, expected = DNS[message]
+    exc = psycopg.OperationalError(message)
+    assert is_transient(exc) is passes
+    assert type(translate(exc, "connect")) is expected
 
 
 @pytest.mark.parametrize("reason", sorted(REASONS))
