@@ -32,7 +32,7 @@ from botocore.stub import Stubber
 
 from cira_db import Database, _aws_auth
 from cira_db._embedded import start_embedded
-from cira_db.errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
+from cira_db.errors import AuthenticationError, ConfigurationError, DatabaseUnavailableError
 from cira_db.migrations import Migrator
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cira-db-AbCdEf"
@@ -186,7 +186,10 @@ def test_wrong_password_is_a_clear_error_without_the_password(
         # fetched once: the refusal comes right after the fetch, too soon to fetch again
         stub.add_response("get_secret_value", secret_response(socket_dir, "wrong-Pa55word"))
         db = Database(secret_arn=ARN, secrets_client=client, pool=False)
-        with pytest.raises(DatabaseError, match="authentication failed") as info, db.connection():
+        with (
+            pytest.raises(AuthenticationError, match="authentication failed") as info,
+            db.connection(),
+        ):
             pass
         stub.assert_no_pending_responses()
     message = str(info.value)
@@ -342,7 +345,7 @@ def test_a_wrong_password_does_not_turn_into_a_fetch_storm(
         stub.add_response("get_secret_value", secret_response(socket_dir, "wrong-Pa55"))
         db = Database(secret_arn=ARN, secrets_client=client, pool=False)
         for _ in range(5):  # five failing calls within 5 seconds: one fetch
-            with pytest.raises(DatabaseError, match="authentication failed"), db.connection():
+            with pytest.raises(AuthenticationError, match="authentication failed"), db.connection():
                 pass
             clock.advance(0.5)
         stub.assert_no_pending_responses()

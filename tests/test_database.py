@@ -7,22 +7,28 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from cira_db import Database
 from cira_db._embedded import start_embedded
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db.errors import (
+    AuthenticationError,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
 )
 from cira_db.migrations import Migrator
+from cira_db.testing import TestServer
 
 
 def backend_pid(conn: psycopg.Connection[Any]) -> int:
@@ -59,10 +65,28 @@ def test_open_and_close_are_idempotent(cira_db_url: str) -> None:
 def test_open_fails_fast_when_the_server_is_unreachable() -> None:
     db = Database("postgresql://nobody@127.0.0.1:1/none", pool_timeout=1, connect_timeout=1)
     started = time.monotonic()
-    with pytest.raises(DatabaseUnavailableError):
+    with pytest.raises(DatabaseUnavailableError) as info:
         db.open()
     assert time.monotonic() - started < 10
     assert not db.is_open
+    # The pool only says "timed out": the message names the real cause, from its attempts.
+    message = str(info.value)
+    assert message.startswith("open the database pool: no database connection could be made")
+    assert "Connection refused" in message
+    assert "pool exhausted" not in message
+
+
+def test_first_call_after_a_lazy_open_names_the_cause_when_no_connection_can_be_made() -> None:
+    db = Database("postgresql://nobody@127.0.0.1:1/none", pool_timeout=1, retry_backoff=0.01)
+    db.open(wait=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError, match="Connection refused") as info:
+            db.run("read", lambda conn: conn.execute("SELECT 1"), idempotent=True)
+        assert time.monotonic() - started < 1.9  # one pool timeout: a timed-out wait is not retried
+        assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    finally:
+        db.close()
 
 
 def test_connections_are_autocommit_and_transactions_commit_or_roll_back(
@@ -372,3 +396,267 @@ def test_failure_at_commit_is_a_cira_db_error(cira_db_url: str) -> None:
         with pytest.raises(DatabaseUnavailableError, match="run a transaction") as info:
             lose_the_connection_before_commit()
         assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+# -- failing fast: connection failures that will not pass ----------------------------------
+
+LOGIN_ROLE = "cira_pw"
+LOGIN_PASSWORD = "Right-pw-7c1e"
+WRONG_PASSWORD = "Wrong-pw-5d2b"
+
+
+@pytest.fixture(scope="module")
+def login_server() -> Iterator[str]:
+    """A private embedded server where role ``cira_pw`` must give its password.
+
+    The embedded servers trust local connections; here pg_hba.conf asks this one
+    role for a SCRAM password, so a wrong password is refused as in production.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="cira-login-"))
+    server = start_embedded(directory)
+    try:
+        with psycopg.connect(server.url, autocommit=True) as admin:
+            row = admin.execute("SHOW hba_file").fetchone()
+            assert row is not None
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(LOGIN_ROLE), sql.Literal(LOGIN_PASSWORD)
+                )
+            )
+            hba = Path(row[0])
+            hba.write_text(
+                f"local all {LOGIN_ROLE} scram-sha-256\n" + hba.read_text(encoding="utf-8"),
+                encoding="utf-8",
+            )
+            admin.execute("SELECT pg_reload_conf()")
+        wrong = make_conninfo(server.url, user=LOGIN_ROLE, password=WRONG_PASSWORD)
+        deadline = time.monotonic() + 10
+        while True:  # the reload is asynchronous
+            try:
+                psycopg.connect(wrong).close()
+            except psycopg.OperationalError:
+                break
+            assert time.monotonic() < deadline, "pg_hba.conf change did not take effect"
+            time.sleep(0.05)
+        right = make_conninfo(server.url, user=LOGIN_ROLE, password=LOGIN_PASSWORD)
+        psycopg.connect(right).close()
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# (how to break the URL, error class, what libpq's reason must say)
+MISCONFIGURED: dict[str, tuple[dict[str, str], type[ConfigurationError], str]] = {
+    "wrong-dbname": (
+        {"dbname": "cira_no_such_db"},
+        ConfigurationError,
+        'database "cira_no_such_db" does not exist',
+    ),
+    "wrong-user": (
+        {"user": "cira_no_such_role"},
+        AuthenticationError,
+        'role "cira_no_such_role" does not exist',
+    ),
+    "wrong-password": (
+        {"user": LOGIN_ROLE, "password": WRONG_PASSWORD},
+        AuthenticationError,
+        f'password authentication failed for user "{LOGIN_ROLE}"',
+    ),
+    "bad-option": (
+        {"options": "-c cira_no_such_param=1"},
+        ConfigurationError,
+        'unrecognized configuration parameter "cira_no_such_param"',
+    ),
+}
+
+
+@pytest.fixture
+def connect_attempts(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Times of every connection attempt (the pool's and direct ones) from now on."""
+    attempts: list[float] = []
+    original_connect = psycopg.connect
+    original_method = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+
+    def counting_function(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return original_connect(*args, **kwargs)
+
+    def counting_method(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return original_method(cls, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counting_function)
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(counting_method))
+    return attempts
+
+
+def _open(db: Database) -> None:
+    db.open()
+
+
+def _lazy_open_then_call(db: Database) -> None:
+    db.open(wait=False)
+    try:
+        db.run("read", lambda conn: conn.execute("SELECT 1"), idempotent=True)
+    finally:
+        db.close()
+
+
+def _unpooled_call(db: Database) -> None:
+    unpooled = Database(settings=db.settings, pool=False)
+    unpooled.run("read", lambda conn: conn.execute("SELECT 1"), idempotent=True)
+
+
+def _direct(db: Database) -> None:
+    db.connect_direct().close()
+
+
+PATHS: dict[str, Callable[[Database], None]] = {
+    "open": _open,
+    "lazy-open-then-call": _lazy_open_then_call,
+    "pool-false-call": _unpooled_call,
+    "connect-direct": _direct,
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("case", sorted(MISCONFIGURED))
+def test_connection_failure_that_will_not_pass_raises_at_once_with_the_reason(
+    login_server: str, connect_attempts: list[float], case: str, path: str
+) -> None:
+    broken, expected, reason = MISCONFIGURED[case]
+    db = Database(make_conninfo(login_server, **broken), pool_timeout=30, retry_backoff=0.01)
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        PATHS[path](db)
+    elapsed = time.monotonic() - started
+    error = info.value
+    assert type(error) is expected
+    assert reason in str(error)
+    assert WRONG_PASSWORD not in f"{error} {error!r}"
+    assert isinstance(error.__cause__, psycopg.OperationalError)
+    assert elapsed < 5, f"waited {elapsed:.1f} s (pool_timeout is 30 s)"
+    # No retries: one attempt, or for a pool the first attempt plus at most the one it
+    # starts to grow, both at once (the pool's own retry would come after >= 0.9 s).
+    assert connect_attempts, "no connection was attempted"
+    if path in ("pool-false-call", "connect-direct"):
+        assert len(connect_attempts) == 1
+    else:
+        assert len(connect_attempts) <= 2
+        assert connect_attempts[-1] - connect_attempts[0] < 0.5
+    assert not db.is_open
+
+
+def test_a_refused_login_is_a_configuration_error() -> None:
+    assert issubclass(AuthenticationError, ConfigurationError)
+
+
+def test_lazy_pool_notices_a_fixed_configuration(
+    cira_db_server: TestServer, cira_db_url: str
+) -> None:
+    """The failure is raised at once, but a later call tries again rather than repeat it."""
+    name = f"cira_later_{uuid.uuid4().hex[:12]}"
+    db = Database(make_conninfo(cira_db_url, dbname=name), pool_timeout=30)
+    db.open(wait=False)
+    try:
+        with pytest.raises(ConfigurationError, match="does not exist"):
+            db.run("read", lambda conn: conn.execute("SELECT 1"), idempotent=True)
+        with psycopg.connect(cira_db_server.admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            started = time.monotonic()
+            row = db.run(
+                "read",
+                lambda conn: conn.execute("SELECT current_database()").fetchone(),
+                idempotent=True,
+            )
+            assert row == (name,)
+            # served at once by the checkout's own new attempt, not after the pool's backoff
+            assert time.monotonic() - started < 5
+            assert db.run(
+                "read", lambda conn: conn.execute("SELECT 1").fetchone(), idempotent=True
+            ) == (1,)
+        finally:
+            db.close()
+            with psycopg.connect(cira_db_server.admin_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        db.close()
+
+
+def test_retries_are_decided_on_the_raw_connect_error() -> None:
+    calls: list[int] = []
+
+    def connect(url: str) -> Callable[[], None]:
+        def attempt() -> None:
+            calls.append(1)
+            psycopg.connect(url, connect_timeout=1).close()
+
+        return attempt
+
+    policy = RetryPolicy(attempts=3, backoff=0.001)
+    # Refused may pass: retried, then unavailable.
+    with pytest.raises(DatabaseUnavailableError, match="Connection refused"):
+        call_with_retries(
+            policy, "read", connect("postgresql://nobody@127.0.0.1:1/none"), idempotent=True
+        )
+    assert len(calls) == 3
+
+
+def test_a_missing_database_is_not_retried(cira_db_url: str) -> None:
+    calls: list[int] = []
+
+    def attempt() -> None:
+        calls.append(1)
+        psycopg.connect(make_conninfo(cira_db_url, dbname="cira_no_such_db")).close()
+
+    with pytest.raises(ConfigurationError, match='database "cira_no_such_db" does not exist'):
+        call_with_retries(RetryPolicy(attempts=3, backoff=0.001), "read", attempt, idempotent=True)
+    assert len(calls) == 1
+
+
+# -- after a mass disconnect -------------------------------------------------------------
+
+
+def test_after_every_pooled_connection_died_the_next_idempotent_call_succeeds(
+    cira_db_url: str,
+) -> None:
+    """A failover or proxy restart kills every pooled connection at once.
+
+    The connections were just used, so no checkout check runs; the retry must
+    not land on another dead connection from the same pool.
+    """
+    with Database(
+        cira_db_url, pool_min_size=4, pool_max_size=4, retry_attempts=3, retry_backoff=0.01
+    ) as db:
+        with ExitStack() as stack:  # four at once: the pool holds four distinct backends
+            conns = [stack.enter_context(db.connection()) for _ in range(4)]
+            victims = {backend_pid(conn) for conn in conns}
+        assert len(victims) == 4
+        with psycopg.connect(cira_db_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(victims),)
+            )
+            deadline = time.monotonic() + 10
+            while admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(victims),)
+            ).fetchone() != (0,):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        attempts: list[int] = []
+
+        def read(conn: psycopg.Connection[Any]) -> int:
+            attempts.append(1)
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        served_by = db.run("read after a failover", read, idempotent=True)
+        assert served_by not in victims
+        assert len(attempts) == 2  # the first dead connection, then a live one
+        # and every later call lands on a live connection at the first try
+        for _ in range(4):
+            attempts.clear()
+            assert db.run("read", read, idempotent=True) not in victims
+            assert len(attempts) == 1

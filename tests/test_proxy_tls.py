@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -25,8 +26,6 @@ from cira_db import Database
 from cira_db.errors import (
     CiraDbError,
     ConfigurationError,
-    DatabaseError,
-    DatabaseUnavailableError,
 )
 from cira_db.migrations import Migrator, load_migrations
 from cira_db.testing import TestServer
@@ -139,8 +138,11 @@ def refused(
     return build(pgbouncer, pgbouncer.admin_dbname, tmp_path), reason
 
 
-def _assert_safe(error: CiraDbError) -> None:
-    assert isinstance(error, DatabaseUnavailableError | DatabaseError)
+def _assert_safe(error: CiraDbError, reason: str) -> None:
+    # A refused certificate or plain text will not pass by waiting: a configuration error
+    # with libpq's reason in the message, and nothing of the password or the URL.
+    assert isinstance(error, ConfigurationError)
+    assert reason in str(error)
     text = f"{error} {error!r}"
     assert PASSWORD not in text
     assert "sslrootcert" not in text  # no connection string echoed either
@@ -159,7 +161,7 @@ def test_refusal_surfaces_as_a_library_error_without_the_password(
     db = Database(url, pool=False, via_proxy=True)
     with pytest.raises(CiraDbError) as caught, db.connection():
         pytest.fail("connected although the connection must be refused")
-    _assert_safe(caught.value)
+    _assert_safe(caught.value, reason)
     cause = caught.value.__cause__
     assert isinstance(cause, psycopg.OperationalError)
     assert reason in str(cause)
@@ -168,12 +170,30 @@ def test_refusal_surfaces_as_a_library_error_without_the_password(
 def test_refusal_when_opening_a_pool_is_a_library_error_without_the_password(
     refused: tuple[str, str],
 ) -> None:
-    url, _ = refused
-    db = Database(url, via_proxy=True, pool_timeout=0.5)
+    url, reason = refused
+    db = Database(url, via_proxy=True, pool_timeout=30)
+    started = time.monotonic()
     with pytest.raises(CiraDbError) as caught:
         db.open()
+    assert time.monotonic() - started < 5  # at once, not after the 30 s pool timeout
     assert not db.is_open
-    _assert_safe(caught.value)
+    _assert_safe(caught.value, reason)
+
+
+def test_refusal_after_a_lazy_open_fails_the_first_call_at_once(
+    refused: tuple[str, str],
+) -> None:
+    url, reason = refused
+    db = Database(url, via_proxy=True, pool_timeout=30)
+    db.open(wait=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CiraDbError) as caught:
+            db.run("read", lambda conn: conn.execute("SELECT 1"), idempotent=True)
+        assert time.monotonic() - started < 5
+    finally:
+        db.close()
+    _assert_safe(caught.value, reason)
 
 
 # -- prepared statements behind a transaction pooler -----------------------------------------

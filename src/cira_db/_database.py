@@ -11,19 +11,58 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import psycopg
+import psycopg_pool
 from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
-from cira_db._errors_map import translate, wrap_errors
+from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
-from cira_db.errors import ConfigurationError, DatabaseUnavailableError
+from cira_db.errors import CiraDbError, ConfigurationError
 
 __all__ = ["Connection", "Database"]
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
+Mapper = Callable[[psycopg.Error, str], CiraDbError]
+
+# While the pool has not yet made a connection (or its last attempt failed), a checkout
+# waits in slices this long, looking between them for a failure that will not pass.
+_FAIL_FAST_POLL = 0.05
+_CONNECT = "connect to the database"
+
+
+class _ConnectState:
+    """What the pool's connection attempts have shown since `Database.open`.
+
+    Written by the pool's worker threads (each a single attribute store), read
+    at checkout: a failure that will not pass is raised at once instead of
+    waiting for the pool timeout, and a pool timeout names the last reason.
+    """
+
+    __slots__ = ("connected", "error")
+
+    def __init__(self) -> None:
+        self.connected = False  # a connection was made since open
+        self.error: BaseException | None = None  # last attempt's failure, None after a success
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = exc
+
+    def succeeded(self) -> None:
+        self.error = None
+        self.connected = True
+
+    @property
+    def permanent(self) -> BaseException | None:
+        """The last attempt's failure if repeating it will not help."""
+        error = self.error
+        return error if error is not None and connect_failure_is_permanent(error) else None
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected and self.error is None
 
 
 class Database:
@@ -59,6 +98,7 @@ class Database:
         self._settings = settings
         self._use_pool = pool
         self._pool: ConnectionPool[Connection] | None = None
+        self._state = _ConnectState()
         self._lock = threading.Lock()
         self._secret = (
             SecretProvider(settings.secret_arn, region=settings.aws_region, client=secrets_client)
@@ -107,7 +147,15 @@ class Database:
     # -- lifecycle ----------------------------------------------------------
 
     def open(self, *, wait: bool = True) -> None:
-        """Create the pool; with ``wait``, fail now if the server cannot be reached."""
+        """Create the pool; with ``wait``, return once a first connection works.
+
+        A connection failure that will not pass (database or role missing,
+        login or certificate refused, unknown option) raises `ConfigurationError`
+        (`AuthenticationError` for a refused login) at once, with libpq's
+        reason; a server that cannot be reached raises `DatabaseUnavailableError`
+        naming the last reason after ``pool_timeout``. ``wait=False`` connects
+        in the background, and the first call fails the same way.
+        """
         if not self._use_pool:
             return
         with self._lock:
@@ -115,9 +163,18 @@ class Database:
                 return
             self._settings.conninfo_dict()  # configuration errors surface here, not in a worker
             min_size, max_size = self._settings.pool_sizes()
+            state = _ConnectState()
+
+            def connect_kwargs() -> dict[str, Any]:
+                try:
+                    return self._connect_kwargs()
+                except Exception as exc:  # a bad secret or IAM setting: record it, then raise
+                    state.failed(exc)
+                    raise
+
             pool: ConnectionPool[Connection] = ConnectionPool(
-                kwargs=self._connect_kwargs,
-                connection_class=self._connection_class(),
+                kwargs=connect_kwargs,
+                connection_class=self._connection_class(state),
                 min_size=min_size,
                 max_size=max_size,
                 timeout=self._settings.pool_timeout,
@@ -131,17 +188,15 @@ class Database:
                 open=False,
             )
             try:
-                with wrap_errors("open the database pool"):
-                    pool.open(wait=wait and min_size > 0, timeout=self._settings.pool_timeout)
-            except DatabaseUnavailableError:
-                pool.close(timeout=0)
-                # The pool only says "timed out"; one direct try names the real cause
-                # (refused certificate, wrong password, unreachable host).
-                self.connect_direct().close()
-                raise
+                pool.open(wait=False)
+                if wait and min_size > 0:
+                    with wrap_errors("open the database pool"):
+                        conn, _ = self._getconn(pool, state)  # a fresh state: the pool's
+                        pool.putconn(conn)
             except BaseException:
                 pool.close(timeout=0)
                 raise
+            self._state = state
             self._pool = pool
 
     def close(self) -> None:
@@ -208,59 +263,168 @@ class Database:
         """After an authentication failure: re-fetch a rotated secret. True if worth retrying."""
         return self._secret.refresh() if self._secret is not None else False
 
-    def _connection_class(self) -> type[Connection]:
-        """A Connection class whose connect() retries once after a secret rotation."""
+    def _connection_class(self, state: _ConnectState) -> type[Connection]:
+        """A Connection class for the pool.
+
+        Its connect() retries once after a secret rotation, and records in
+        ``state`` whether the attempt worked (psycopg_pool only logs failures).
+        """
         database = self
 
         class _Connection(psycopg.Connection[Any]):
             @classmethod
             def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
                 try:
-                    return super().connect(conninfo, **kwargs)
-                except psycopg.OperationalError as exc:
-                    if not (is_auth_failure(exc) and database._refresh_credentials()):
-                        raise
-                kwargs.update(database._connect_kwargs())
-                return super().connect(conninfo, **kwargs)
+                    try:
+                        conn = super().connect(conninfo, **kwargs)
+                    except psycopg.OperationalError as exc:
+                        if not (is_auth_failure(exc) and database._refresh_credentials()):
+                            raise
+                        kwargs.update(database._connect_kwargs())
+                        conn = super().connect(conninfo, **kwargs)
+                except Exception as exc:
+                    state.failed(exc)
+                    raise
+                state.succeeded()
+                return conn
 
         return _Connection
 
     # -- connections --------------------------------------------------------
 
     def connect_direct(self, *, for_migrations: bool = False) -> Connection:
-        """A new connection outside the pool, in autocommit mode; the caller closes it."""
-        with wrap_errors("connect to the database"):
-            kwargs = self._connect_kwargs(for_migrations=for_migrations)
+        """A new connection outside the pool, in autocommit mode; the caller closes it.
+
+        A failure that will not pass raises `ConfigurationError` (or
+        `AuthenticationError`) with libpq's reason; one that may pass,
+        `DatabaseUnavailableError`. Never retried here.
+        """
+        with wrap_errors(_CONNECT):
+            return self._connect(for_migrations=for_migrations)
+
+    def _connect(self, *, for_migrations: bool = False) -> Connection:
+        """`connect_direct` with psycopg's errors left raw, for the retry loop."""
+        kwargs = self._connect_kwargs(for_migrations=for_migrations)
+        try:
+            return psycopg.connect(**kwargs)
+        except psycopg.OperationalError as exc:
+            if not (is_auth_failure(exc) and self._refresh_credentials()):
+                raise
+        return psycopg.connect(**self._connect_kwargs(for_migrations=for_migrations))
+
+    def _getconn(
+        self, pool: ConnectionPool[Connection], state: _ConnectState
+    ) -> tuple[Connection, bool]:
+        """Check a connection out of ``pool``: (connection, whether it is the pool's).
+
+        Waits up to ``pool_timeout`` for a connection, but not for one that
+        cannot come: when the pool's attempts fail for a reason that will not
+        pass, that reason is raised at once (translated: it ends the call). A
+        failure recorded before this checkout is tried again first, with one
+        direct attempt; if that works, its connection serves this call (not the
+        pool's: the pool is still backing off) and the pool recovers on its own.
+        A timeout while no connection could be made names the reason. Other
+        psycopg errors come out raw.
+        """
+        timeout = self._settings.pool_timeout
+        deadline = time.monotonic() + timeout
+        known = state.permanent
+        if known is not None:
+            conn = self._probe(state)
+            if conn is not None:
+                return conn, False
+        while True:
+            failure = state.permanent
+            if failure is not None and failure is not known:
+                raise _fresh(failure) from failure
+            remaining = deadline - time.monotonic()
+            wait = remaining if state.healthy else min(remaining, _FAIL_FAST_POLL)
             try:
-                return psycopg.connect(**kwargs)
-            except psycopg.OperationalError as exc:
-                if not (is_auth_failure(exc) and self._refresh_credentials()):
-                    raise
-            return psycopg.connect(**self._connect_kwargs(for_migrations=for_migrations))
+                return pool.getconn(timeout=wait), True
+            except psycopg_pool.PoolTimeout:
+                if time.monotonic() < deadline:
+                    continue  # only a slice of the wait is over
+                if state.healthy:
+                    raise  # pool exhausted by load: every connection is busy
+                last = state.error or psycopg.OperationalError(
+                    f"no connection attempt finished within {timeout:g} s; check the host "
+                    "and CIRA_DB_CONNECT_TIMEOUT"
+                )
+                raise psycopg_pool.PoolTimeout(
+                    f"couldn't get a connection after {timeout:.2f} sec"
+                ) from last
+
+    def _probe(self, state: _ConnectState) -> Connection | None:
+        """One direct attempt after a failure that will not pass: raise it if it still fails.
+
+        Returns the new connection if the attempt worked, None if it failed for
+        a reason that may pass (then the caller waits for the pool).
+        """
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            state.failed(exc)
+            if connect_failure_is_permanent(exc):
+                raise translate(exc, _CONNECT) from exc
+            return None
+        except CiraDbError as exc:  # preparing the attempt failed (secret, IAM token)
+            state.failed(exc)
+            if isinstance(exc, ConfigurationError):
+                raise
+            return None
+        state.error = None  # the pool's own next attempt will succeed too
+        return conn
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A connection in autocommit mode, returned to the pool afterwards."""
+    def _borrow(self) -> Iterator[Connection]:
+        """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw.
+
+        When the connection broke during use, the pool's idle connections are
+        checked before the next checkout: after a failover or a proxy restart
+        they all died at once, and a retry must not land on another one.
+        """
         if not self._use_pool:
-            conn = self.connect_direct()
+            conn = self._connect()
             try:
                 yield conn
             finally:
                 conn.close()
             return
-        pool = self._pool
+        pool, state = self._pool, self._state
         if pool is None:
             raise ConfigurationError("the Database is not open: use `with db:` or db.open()")
-        with ExitStack() as stack:
-            with wrap_errors("get a connection from the pool"):
-                conn = stack.enter_context(pool.connection())
-            try:
+        conn, pooled = self._getconn(pool, state)
+        broken = False
+        try:
+            with conn:  # as psycopg_pool's own connection(): roll back on error
                 yield conn
-            finally:
-                # Stamped here rather than in a pool `reset` callback: with one, the
-                # pool returns connections through a worker thread, and a caller's
-                # next checkout would find none idle and grow the pool.
+        except BaseException:
+            broken = conn.broken
+            raise
+        finally:
+            # Stamped here rather than in a pool `reset` callback: with one, the
+            # pool returns connections through a worker thread, and a caller's
+            # next checkout would find none idle and grow the pool.
+            if pooled:
                 self._mark_used(conn)
+                pool.putconn(conn)
+            else:
+                conn.close()
+            if broken:
+                pool.check()  # discard every idle connection that died with this one
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection in autocommit mode, returned to the pool afterwards.
+
+        Failing to get one raises a cira_db error (see `open`); what the block
+        does with the connection is psycopg's, untranslated.
+        """
+        operation = "get a connection from the pool" if self._use_pool else _CONNECT
+        with ExitStack() as stack:
+            with wrap_errors(operation):
+                conn = stack.enter_context(self._borrow())
+            yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -269,23 +433,38 @@ class Database:
         A failure of BEGIN or COMMIT themselves (connection lost, serialization
         failure at commit) comes out as a cira_db error, like any other.
         """
-        with self.connection() as conn:
-            try:
-                with conn.transaction():
-                    yield conn
-            except psycopg.Error as exc:
-                raise translate(exc, "run a transaction") from exc
+        with self.connection() as conn, wrap_errors("run a transaction"), conn.transaction():
+            yield conn
 
-    def run(self, operation: str, work: Callable[[Connection], T], *, idempotent: bool) -> T:
+    def run(
+        self,
+        operation: str,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool,
+        mapper: Mapper = translate,
+    ) -> T:
         """Run ``work`` on a pooled connection, retrying transient failures if idempotent.
 
         ``work`` must be safe to repeat when ``idempotent`` is true: a read, a
-        create by a caller-chosen id, or a transaction it opens itself. psycopg
-        errors come out as cira_db errors named after ``operation``.
+        create by a caller-chosen id, or a transaction it opens itself. It must
+        let psycopg's errors out untranslated: retries are decided on them, and
+        the one that ends the call comes out as ``mapper(exc, operation)``
+        (`cira_db._errors_map.translate` by default). A connection failure that
+        will not pass is never retried.
         """
 
         def once() -> T:
-            with self.connection() as conn:
+            with self._borrow() as conn:
                 return work(conn)
 
-        return call_with_retries(self._retry, operation, once, idempotent=idempotent)
+        return call_with_retries(self._retry, operation, once, idempotent=idempotent, mapper=mapper)
+
+
+def _fresh(failure: BaseException) -> CiraDbError:
+    """A new error for a failure recorded by the pool (never re-raise a shared exception)."""
+    if isinstance(failure, psycopg.Error):
+        return translate(failure, _CONNECT)
+    if isinstance(failure, CiraDbError):
+        return type(failure)(str(failure))
+    return ConfigurationError(f"{_CONNECT}: {type(failure).__name__}")  # pragma: no cover

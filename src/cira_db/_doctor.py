@@ -7,16 +7,17 @@ import ctypes.util
 import functools
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cira_db._database import Database
-from cira_db._plan import is_local_host
 from cira_db.errors import CiraDbError
 from cira_db.migrations import Migrator
 
-__all__ = ["Finding", "run_checks"]
+__all__ = ["Finding", "backend_switches", "run_checks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,8 @@ def run_checks(db: Database, *, samples: int = 5) -> list[Finding]:
         connect_ms = (time.perf_counter() - started) * 1000
         findings.append(Finding("reach", True, f"connected in {connect_ms:.0f} ms"))
         findings.append(Finding("server", True, _server_version(conn)))
-        params = settings.conninfo_dict()
-        host = params.get("host")
-        local = is_local_host(host if isinstance(host, str) else None)
-        findings.append(_tls(conn, params.get("sslmode"), local=local))
+        plan = db.connection_plan()  # what libpq used: every host, hostaddr and service
+        findings.append(_tls(conn, plan.sslmode, local=plan.is_local))
         findings.append(_pooler(conn, db))
         findings.append(_latency(conn, samples))
         findings.append(_pool(db))
@@ -120,26 +119,77 @@ def _libpq() -> ctypes.CDLL:
 
 
 def _pooler(conn: Any, db: Database) -> Finding:
-    # A transaction pooler hands consecutive transactions to different server
-    # sessions; a direct connection always shows the same backend.
-    pids = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(4)}
-    observed = len(pids) > 1
+    try:
+        other = db.connect_direct()
+    except CiraDbError as exc:
+        return Finding("pooler", False, f"a second connection for the pooler probe failed: {exc}")
+    try:
+        interleaved, held = backend_switches(conn, other)
+    finally:
+        other.close()
+    observed = interleaved or held
     configured = db.settings.behind_proxy()
     prepared = "off" if db.settings.prepare_threshold() is None else "on"
     if observed and prepared == "on":
         return Finding(
             "pooler",
             False,
-            "a transaction pooler answers but server-side prepared statements are on; "
-            "set CIRA_DB_VIA_PROXY=true",
+            "a transaction pooler answers (one client connection reaches several server "
+            "sessions) but server-side prepared statements are on, so calls fail under load "
+            "with 'prepared statement ... does not exist'; set CIRA_DB_VIA_PROXY=true "
+            "(or CIRA_DB_PREPARE_STATEMENTS=false)",
         )
     seen = "observed" if observed else "not observed"
-    return Finding(
-        "pooler",
-        True,
+    detail = (
         f"configured={'yes' if configured else 'no'}, switching backends {seen}, "
-        f"prepared statements {prepared}",
+        f"prepared statements {prepared}"
     )
+    if observed and not configured:
+        detail += "; declare it with CIRA_DB_VIA_PROXY=true"
+    return Finding("pooler", True, detail)
+
+
+def backend_switches(first: Any, second: Any, *, wait: float = 2.0) -> tuple[bool, bool]:
+    """Whether two client connections show a transaction pooler, by two probes.
+
+    Directly connected, each client connection keeps its own server session
+    (``pg_backend_pid()``) for its lifetime, and two never share one. Through a
+    transaction pooler, each transaction gets whichever server session is free.
+
+    * interleaved: alternate queries on the two connections. A pooler hands
+      the session just released to the next client (two clients see the same
+      backend) or rotates sessions (one client sees several).
+    * held: ``second`` holds a transaction open while ``first`` queries. The
+      pooler must then serve ``first`` from a session other than the one
+      ``second`` holds, or make it wait when it has only that one (a wait of
+      more than ``wait`` seconds counts as seen); a direct connection answers
+      at once from its own session.
+
+    Returns (interleaved seen, held seen). Only transactions and
+    ``pg_backend_pid()``: nothing that pins an RDS Proxy session.
+    """
+
+    def pid(conn: Any) -> int:
+        return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+    firsts: list[int] = []
+    seconds: list[int] = []
+    for _ in range(3):
+        firsts.append(pid(first))
+        seconds.append(pid(second))
+    interleaved = len(set(firsts)) > 1 or len(set(seconds)) > 1 or bool(set(firsts) & set(seconds))
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        with second.transaction():
+            holding = pid(second)
+            answer = executor.submit(pid, first)
+            try:
+                during = answer.result(timeout=wait)
+            except FutureTimeout:
+                during = None  # it waits for the session `second` holds: a pooler
+        if during is None:
+            answer.result(timeout=30)  # served once the transaction ended
+    held = during is None or during != firsts[-1] or during == holding
+    return interleaved, held
 
 
 def _latency(conn: Any, samples: int) -> Finding:

@@ -1,13 +1,32 @@
-"""Translate psycopg errors into cira_db errors with messages safe to show.
+"""The one error seam: which psycopg errors are worth a retry, and what callers see.
 
-psycopg's own messages can quote the values that were rejected ("Key
-(client_id)=(...) already exists", "invalid input syntax ... "): they are
-never copied into ours. Only the SQLSTATE, the error class and the constraint
-name are, and the original stays available as ``__cause__``.
+Two decisions live here and nowhere else, both taken on psycopg's (and
+psycopg_pool's) own exceptions, never on already-translated ones:
+
+* `is_transient`: may the same harmless work succeed if repeated? The retry
+  loop (`cira_db._retry`) asks only this.
+* `translate`: the cira_db error a caller gets. `wrap_errors` applies it (or a
+  caller's mapper that falls back to it) at a boundary, once.
+
+A failed connection attempt carries no SQLSTATE (libpq reports it as text), so
+it is classified by libpq's reason: a database or role that does not exist, a
+refused login, a refused certificate or an unknown option will fail the same
+way next time (`ConfigurationError` / `AuthenticationError`, at once); a
+refused or timed-out connection or a server that is starting or shutting down
+may pass (`DatabaseUnavailableError`). When a reason is ambiguous, "may pass"
+wins, so an outage is never reported as a configuration mistake.
+
+psycopg's messages for statements can quote the values that were rejected
+("Key (client_id)=(...) already exists"): they are never copied into ours.
+Only the SQLSTATE, the error class and the constraint name are. libpq's
+reason for a failed connection is copied (it names host, port, user and
+database, never the password), with anything that looks like a password
+removed. The original stays available as ``__cause__``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,12 +36,20 @@ import psycopg_pool
 
 from cira_db._aws_auth import is_auth_failure
 from cira_db.errors import (
+    AuthenticationError,
     CiraDbError,
+    ConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
 )
 
-__all__ = ["is_transient", "translate", "wrap_errors"]
+__all__ = [
+    "connect_failure_is_permanent",
+    "is_transient",
+    "libpq_reason",
+    "translate",
+    "wrap_errors",
+]
 
 # SQLSTATE classes and codes after which the same work may succeed on a new try.
 _TRANSIENT_CLASSES = ("08",)  # connection exceptions
@@ -39,6 +66,31 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 
+# libpq's reasons (lower case) for a failed connection attempt that may pass. They win
+# over every marker of a lasting failure below.
+_PASSING = (
+    "starting up",  # 57P03
+    "shutting down",  # 57P01 during start-up
+    "in recovery",
+    "not yet accepting connections",
+    "too many",  # too many clients / connections for role (53300)
+    "connection slots",  # remaining connection slots are reserved
+    "timeout expired",  # connect_timeout
+    "timed out",
+    "timed-out",  # RDS Proxy: timed-out waiting to acquire database connection
+    "temporar",  # temporary failure in name resolution, temporarily unavailable
+    "try again",
+    "cannot connect to server",  # a pooler that cannot reach its server
+)
+
+# Refused logins: wrong password, unknown role, pg_hba, IAM token (PAM on RDS).
+_LOGIN_REFUSALS = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "not permitted to log in",
+    "no such user",  # pgbouncer
+)
+_ROLE_MISSING = re.compile(r'role "[^"]*" does not exist')
 
 _TLS_REFUSALS = (
     "certificate verify failed",
@@ -49,7 +101,76 @@ _TLS_REFUSALS = (
     "sslv3 alert",
     "root certificate file",
     "could not read root certificate",
+    "certificate file",
+    "private key",
+    "wrong version number",
 )
+
+# Other reasons that will not pass by waiting, each with the setting to look at.
+_LASTING: tuple[tuple[str, str], ...] = (
+    ("permission denied", "grant CONNECT on the database to the user"),
+    ("database", "check the database name (CIRA_DB_DBNAME or the URL's path)"),
+    ("parameter", "check CIRA_DB_STATEMENT_TIMEOUT and the URL's options"),
+    ("not supported", "remove options=... from the URL (set parameters on the role instead)"),
+    ("invalid", "check the URL's query parameters"),
+    ("name or service not known", "check the host name (CIRA_DB_HOST or the URL)"),
+    ("nodename nor servname", "check the host name (CIRA_DB_HOST or the URL)"),
+    ("no address associated", "check the host name (CIRA_DB_HOST or the URL)"),
+)
+_LASTING_MARKERS = (
+    "does not exist",
+    "no such database",  # pgbouncer
+    "permission denied for database",
+    "not currently accepting connections",  # ALLOW_CONNECTIONS false
+    "unrecognized configuration parameter",
+    "invalid value for parameter",
+    "cannot be changed",
+    "not supported",  # RDS Proxy: command-line options not supported
+    "name or service not known",
+    "nodename nor servname",
+    "no address associated",
+)
+# libpq refusing its own parameters ('invalid sslmode value: "x"', 'invalid port number').
+_INVALID_PARAMETER = re.compile(r"\binvalid [a-z_ ]+ (value|number)\b")
+
+# Never copy anything that may be a password, even if libpq ever quotes one.
+_SECRETS = (
+    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(\w+://[^:/@\s]*):[^@\s]*@"), r"\1:***@"),
+)
+_REASON_LIMIT = 500
+
+
+def libpq_reason(exc: BaseException) -> str:
+    """libpq's text for a failed connection, on one line, with secrets removed."""
+    text = str(exc)
+    for prefix in ("connection failed: ", "connection is bad: "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    text = " ".join(text.split())
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    if len(text) > _REASON_LIMIT:
+        text = text[: _REASON_LIMIT - 3] + "..."
+    return text
+
+
+def _connect_failure(exc: BaseException) -> bool:
+    """A client-side failure without SQLSTATE: a connection attempt, or a lost connection."""
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        and not isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed)
+        and exc.sqlstate is None
+    )
+
+
+def _login_refused(exc: BaseException) -> bool:
+    if is_auth_failure(exc):
+        return True
+    if not _connect_failure(exc):
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in _LOGIN_REFUSALS) or bool(_ROLE_MISSING.search(text))
 
 
 def is_tls_refusal(exc: BaseException) -> bool:
@@ -58,24 +179,69 @@ def is_tls_refusal(exc: BaseException) -> bool:
     return any(marker in text for marker in _TLS_REFUSALS)
 
 
+def connect_failure_is_permanent(exc: BaseException) -> bool:
+    """True for a failed connection attempt that will fail the same way when repeated.
+
+    A psycopg error that is not transient, or a `ConfigurationError` raised
+    while preparing the attempt (a bad secret, IAM without a host). Anything
+    else (a `DatabaseUnavailableError` from Secrets Manager, an unknown
+    exception) may pass.
+    """
+    if isinstance(exc, psycopg.Error):
+        return not is_transient(exc)
+    return isinstance(exc, ConfigurationError)
+
+
+def _reason_will_not_pass(exc: psycopg.Error) -> bool:
+    text = str(exc).lower()
+    if any(marker in text for marker in _PASSING):
+        return False
+    return (
+        _login_refused(exc)
+        or is_tls_refusal(exc)
+        or any(marker in text for marker in _LASTING_MARKERS)
+        or _INVALID_PARAMETER.search(text) is not None
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True if repeating the same harmless work may succeed."""
+    """True if repeating the same harmless work may succeed: the one retry predicate.
+
+    Decided on psycopg's own exceptions. A pool wait that timed out is not
+    transient here: the pool already waited its whole timeout, and another
+    try would wait as long again.
+    """
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
-        return isinstance(exc, psycopg_pool.PoolTimeout)
+        return False
     if not isinstance(exc, psycopg.Error):
         return False
-    if is_auth_failure(exc) or is_tls_refusal(exc):
-        return False  # wrong credentials or certificates do not fix themselves
     state = exc.sqlstate
     if state is None:
-        # Client-side failure: socket closed, SSL EOF, connect timeout.
-        return isinstance(exc, psycopg.OperationalError)
+        # Client side: a connection lost or not made. Lost connections, refusals and
+        # timeouts may pass; a missing database, a refused login or certificate won't.
+        return isinstance(exc, psycopg.OperationalError) and not _reason_will_not_pass(exc)
+    if is_auth_failure(exc):
+        return False
     return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
+
+
+def _hint(text: str) -> str:
+    for marker, hint in _LASTING:
+        if marker in text:
+            return hint
+    return "check the connection settings"
 
 
 def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
     """The cira_db error for ``exc``; the caller raises it ``from exc``."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
+        cause = exc.__cause__
+        if isinstance(cause, psycopg.Error | CiraDbError):
+            # Raised by `Database` when no connection could be made at all.
+            reason = libpq_reason(cause) if isinstance(cause, psycopg.Error) else str(cause)
+            return DatabaseUnavailableError(
+                f"{operation}: no database connection could be made in time: {reason}"
+            )
         return DatabaseUnavailableError(
             f"{operation}: no database connection became free in time (pool exhausted)"
         )
@@ -83,15 +249,40 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
         return DatabaseError(f"{operation}: the Database is closed; open it first")
     state = exc.sqlstate or "no SQLSTATE"
     kind = type(exc).__name__
-    if is_auth_failure(exc):
-        return DatabaseError(
-            f"{operation}: the server refused the credentials (authentication failed); "
-            "check the user and password, CIRA_DB_SECRET_ARN or the IAM policy"
+    if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
+        text = str(exc)
+        if text.startswith("invalid connection option"):
+            # libpq quotes only the option's name here.
+            return ConfigurationError(f"{operation}: {libpq_reason(exc)}; check the URL")
+        if "connection info string" in text or "URI" in text or "percent-encoded" in text:
+            # libpq quotes the string it could not parse, which may hold the password.
+            return ConfigurationError(
+                f"{operation}: libpq could not parse the connection string; "
+                "check CIRA_DB_URL (percent-encode special characters in the password)"
+            )
+    if _connect_failure(exc):
+        reason = libpq_reason(exc)
+        if is_transient(exc):
+            return DatabaseUnavailableError(f"{operation}: database unavailable: {reason}")
+        if _login_refused(exc):
+            return AuthenticationError(
+                f"{operation}: the server refused the login: {reason}; check the user and "
+                "password, CIRA_DB_SECRET_ARN or the IAM policy"
+            )
+        if is_tls_refusal(exc):
+            return ConfigurationError(
+                f"{operation}: TLS handshake or certificate check failed: {reason}; check "
+                "CIRA_DB_SSLMODE, CIRA_DB_SSLROOTCERT and that the host name matches the "
+                "certificate"
+            )
+        return ConfigurationError(
+            f"{operation}: the connection was refused for a reason that will not pass: "
+            f"{reason}; {_hint(reason.lower())}"
         )
-    if is_tls_refusal(exc):
-        return DatabaseError(
-            f"{operation}: TLS handshake or certificate check failed ({kind}); check "
-            "CIRA_DB_SSLMODE, CIRA_DB_SSLROOTCERT and that the host name matches the certificate"
+    if is_auth_failure(exc):
+        return AuthenticationError(
+            f"{operation}: the server refused the login ({kind}, {state}); check the user "
+            "and password, CIRA_DB_SECRET_ARN or the IAM policy"
         )
     if is_transient(exc):
         return DatabaseUnavailableError(f"{operation}: database unavailable ({kind}, {state})")
@@ -106,7 +297,11 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
 def wrap_errors(
     operation: str, mapper: Callable[[psycopg.Error, str], CiraDbError] = translate
 ) -> Iterator[None]:
-    """Re-raise psycopg errors inside the block as cira_db errors (``mapper`` picks which)."""
+    """Re-raise psycopg errors inside the block as cira_db errors (``mapper`` picks which).
+
+    Use it at a boundary only, once: inside a retried block psycopg's own
+    errors must stay raw, so that `is_transient` decides on them.
+    """
     try:
         yield
     except psycopg.Error as exc:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import psycopg
-import psycopg_pool
 
 from cira_db._errors_map import is_transient, translate
-from cira_db.errors import DatabaseUnavailableError
+from cira_db.errors import CiraDbError
 
 __all__ = ["RetryPolicy", "async_call_with_retries", "call_with_retries"]
 
@@ -42,15 +41,6 @@ class RetryPolicy:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, psycopg_pool.PoolTimeout):
-        return False  # the pool already waited its full timeout
-    if isinstance(exc, DatabaseUnavailableError):
-        cause = exc.__cause__
-        return cause is not None and _retryable(cause)
-    return is_transient(exc)
-
-
 def call_with_retries(
     policy: RetryPolicy,
     operation: str,
@@ -58,18 +48,22 @@ def call_with_retries(
     *,
     idempotent: bool,
     sleep: Callable[[float], None] = time.sleep,
+    mapper: Callable[[psycopg.Error, str], CiraDbError] = translate,
 ) -> T:
     """Run ``work``; repeat it after transient failures when ``idempotent``.
 
-    psycopg errors that escape are translated into cira_db errors with
-    ``operation`` in the message and the original as ``__cause__``.
+    ``work`` lets psycopg's own errors out untranslated: whether to repeat is
+    decided on them (`is_transient`), and the one that ends the call is
+    translated here, once, by ``mapper`` (``operation`` in the message, the
+    original as ``__cause__``). cira_db errors raised by ``work`` (a
+    configuration error, a refused login) pass through and are never repeated.
     """
     tries = policy.attempts if idempotent else 1
     for attempt in range(1, tries + 1):
         try:
             return work()
-        except (psycopg.Error, DatabaseUnavailableError) as exc:
-            if attempt < tries and _retryable(exc):
+        except psycopg.Error as exc:
+            if attempt < tries and is_transient(exc):
                 pause = policy.delay(attempt)
                 _log.warning(
                     "%s: transient failure (%s), retry %d of %d in %.0f ms",
@@ -81,9 +75,7 @@ def call_with_retries(
                 )
                 sleep(pause)
                 continue
-            if isinstance(exc, psycopg.Error):
-                raise translate(exc, operation) from exc
-            raise
+            raise mapper(exc, operation) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 

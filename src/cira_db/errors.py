@@ -14,13 +14,15 @@ The tree::
     ├── ConflictError                          same id, different content
     ├── DatabaseUnavailableError               transient failure that survived retries
     ├── DatabaseError                          any other database failure
-    ├── ConfigurationError                     settings missing or contradictory
+    ├── ConfigurationError                     settings wrong: fails at once, never retried
+    │   └── AuthenticationError                the server refused the login
     └── MigrationError                         history drift, lock timeout, failed migration
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "CiraDbError",
     "ConfigurationError",
     "ConflictError",
@@ -76,7 +78,21 @@ class DatabaseError(CiraDbError):
 
 
 class ConfigurationError(CiraDbError):
-    """Connection settings are missing or contradict each other."""
+    """Connection settings are missing, contradict each other, or the server refused them.
+
+    Raised at once, without retries or waiting for the pool, when a connection
+    attempt fails for a reason that will not pass: the database does not exist,
+    a TLS certificate was refused, an option is unknown. The message carries
+    libpq's reason (never the password).
+    """
+
+
+class AuthenticationError(ConfigurationError):
+    """The server refused the login: wrong password, unknown role, pg_hba or IAM refusal.
+
+    A `ConfigurationError`: raised at once, never retried (after one re-fetch of
+    a rotated Secrets Manager secret).
+    """
 
 
 class MigrationError(CiraDbError):

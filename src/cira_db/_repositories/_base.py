@@ -245,17 +245,19 @@ class Runner:
     def call(
         self, operation: str, work: Callable[[psycopg.Connection[Any]], R], *, idempotent: bool
     ) -> R:
-        """Run ``work`` on a connection.
+        """Run ``work`` on a connection; its psycopg errors come out mapped by `map_error`.
 
         On a `Database`, transient failures (connection loss, serialization
         failure, ...) are retried with backoff when ``idempotent`` says that
-        repeating the statement is harmless (`Database.run`); on a caller's
-        connection never, since the caller owns the transaction.
+        repeating the statement is harmless (`Database.run`, which maps the
+        error that ends the call); on a caller's connection never, since the
+        caller owns the transaction. ``work`` itself translates nothing.
         """
         if self._connection is not None:
-            return work(self._connection)
+            with wrap_errors(operation, map_error):
+                return work(self._connection)
         assert self._database is not None  # one of the two is always set
-        return self._database.run(operation, work, idempotent=idempotent)
+        return self._database.run(operation, work, idempotent=idempotent, mapper=map_error)
 
     def drive(self, logic: Logic[T]) -> T:
         """Run a repository method's logic to its end; returns what it returns.
@@ -313,7 +315,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> R | None:
-            with wrap_errors(operation, map_error), conn.cursor(row_factory=row_factory) as cur:
+            with conn.cursor(row_factory=row_factory) as cur:
                 cur.execute(query.sql, bound)
                 return cur.fetchone()
 
@@ -332,7 +334,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> list[R]:
-            with wrap_errors(operation, map_error), conn.cursor(row_factory=row_factory) as cur:
+            with conn.cursor(row_factory=row_factory) as cur:
                 cur.execute(query.sql, bound)
                 return cur.fetchall()
 
@@ -345,7 +347,7 @@ class Runner:
         bound = query.bind(params)
 
         def work(conn: psycopg.Connection[Any]) -> int:
-            with wrap_errors(operation, map_error), conn.cursor() as cur:
+            with conn.cursor() as cur:
                 cur.execute(query.sql, bound)
                 return cur.rowcount
 
