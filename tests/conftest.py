@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from _faces import FACES, Awaiting, LoopThread
 from _proxy import (
     VIA_PGBOUNCER,
     PgBouncer,
     PgBouncerUnavailableError,
     start_pgbouncer,
 )
-from _faces import FACES, Awaiting, LoopThread
 from cira_db import Database, JobRepository, JobResultRepository
 from cira_db.aio import AsyncDatabase, AsyncJobRepository, AsyncJobResultRepository
 

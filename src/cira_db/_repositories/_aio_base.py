@@ -74,21 +74,24 @@ class AsyncRunner:
         """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
 
         async def work(conn: AsyncConnection) -> Any:
-            with wrap_errors(call.operation, map_error):
-                if call.row_factory is None:
-                    async with conn.cursor() as cur:
-                        await cur.execute(call.query.sql, call.params)
-                        return cur.rowcount
-                async with conn.cursor(row_factory=call.row_factory) as rows:
-                    await rows.execute(call.query.sql, call.params)
-                    if call.kind == "one":
-                        return await rows.fetchone()
-                    return await rows.fetchall()
+            if call.row_factory is None:
+                async with conn.cursor() as cur:
+                    await cur.execute(call.query.sql, call.params)
+                    return cur.rowcount
+            async with conn.cursor(row_factory=call.row_factory) as rows:
+                await rows.execute(call.query.sql, call.params)
+                if call.kind == "one":
+                    return await rows.fetchone()
+                return await rows.fetchall()
 
         result: R
         if self._connection is not None:
-            result = await work(self._connection)
+            # The caller owns the transaction: one try, errors mapped.
+            with wrap_errors(call.operation, map_error):
+                result = await work(self._connection)
         else:
             assert self._database is not None  # one of the two is always set
-            result = await self._database.run(call.operation, work, idempotent=call.idempotent)
+            result = await self._database.run(
+                call.operation, work, idempotent=call.idempotent, mapper=map_error
+            )
         return result
