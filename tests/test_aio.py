@@ -67,11 +67,12 @@ def test_async_database_takes_database_arguments() -> None:
         assert inspect.iscoroutinefunction(getattr(AsyncDatabase, name)), name
     db = AsyncDatabase("postgresql://u:hunter2@db.example.com/app")
     assert "hunter2" not in repr(db)
-    assert repr(db).startswith("<AsyncDatabase ") and repr(db).endswith(" closed>")
+    assert repr(db).startswith("<AsyncDatabase ")
+    assert repr(db).endswith(" closed>")
 
 
 def test_async_repositories_refuse_a_sync_executor(cira_db: Database) -> None:
-    with pytest.raises(TypeError, match="AsyncDatabase or a psycopg.AsyncConnection"):
+    with pytest.raises(TypeError, match=r"AsyncDatabase or a psycopg\.AsyncConnection"):
         AsyncJobRepository(cira_db)  # type: ignore[arg-type]
 
 
@@ -85,20 +86,26 @@ async def test_a_closed_async_database_says_so() -> None:
 # -- unit of work on an async connection ----------------------------------------------------
 
 
+class _RollbackError(Exception):
+    pass
+
+
+async def _create_then_roll_back(db: AsyncDatabase) -> uuid.UUID:
+    async with db.transaction() as conn:
+        job = await AsyncJobRepository(conn).create(client_id=A, pdf_url=_url(1))
+        assert await AsyncJobRepository(conn).get(job.id, client_id=A) == job
+        raise _RollbackError(job.id)
+
+
 @pytest.mark.anyio
 async def test_async_repositories_join_the_callers_transaction(
     cira_db_async: AsyncDatabase,
 ) -> None:
-    class Rollback(Exception):
-        pass
-
-    with pytest.raises(Rollback):
-        async with cira_db_async.transaction() as conn:
-            job = await AsyncJobRepository(conn).create(client_id=A, pdf_url=_url(1))
-            assert await AsyncJobRepository(conn).get(job.id, client_id=A) == job
-            raise Rollback
+    with pytest.raises(_RollbackError) as info:
+        await _create_then_roll_back(cira_db_async)
+    job_id = info.value.args[0]
     jobs = AsyncJobRepository(cira_db_async)
-    assert await jobs.find(job.id, client_id=A) is None
+    assert await jobs.find(job_id, client_id=A) is None
     async with cira_db_async.transaction() as conn:
         tx = AsyncJobRepository(conn)
         job = await tx.create(client_id=A, pdf_url=_url(2))
