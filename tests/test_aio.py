@@ -55,8 +55,8 @@ def test_the_async_repositories_mirror_the_sync_ones(sync_cls: type, async_cls: 
         assert inspect.iscoroutinefunction(async_method), name
         assert inspect.signature(sync_method) == inspect.signature(async_method), name
         assert inspect.getdoc(sync_method) == inspect.getdoc(async_method), name
-    sync_init = inspect.signature(sync_cls.__init__).parameters
-    async_init = inspect.signature(async_cls.__init__).parameters
+    sync_init = inspect.signature(sync_cls).parameters
+    async_init = inspect.signature(async_cls).parameters
     assert list(sync_init) == list(async_init)
 
 
