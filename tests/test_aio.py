@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,10 +19,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from botocore.stub import Stubber
 
-from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from cira_db import Database, JobRepository, JobResultRepository, JobStatus, _aws_auth
 from cira_db.aio import AsyncDatabase, AsyncJobRepository, AsyncJobResultRepository
 from cira_db.errors import ConfigurationError, DatabaseUnavailableError, NotFoundError
+from test_aws_auth import (  # the Secrets Manager rig of the sync tests
+    ARN,
+    Clock,
+    clock,
+    fake_aws,
+    scram_server,
+    secret_response,
+    secrets_client,
+)
+
+__all__ = ["clock", "fake_aws", "scram_server"]  # fixtures, used by name
 
 A = "client-a"
 LEASE = timedelta(minutes=5)
@@ -247,3 +260,69 @@ async def test_idempotent_calls_are_retried_after_a_terminated_backend(cira_db_u
         assert (await jobs.get(job.id, client_id=A)).status is JobStatus.QUEUED
         with pytest.raises(NotFoundError):
             await jobs.get(job.id, client_id="client-b")
+
+
+# -- credentials off the event loop, the same fail-fast rules -------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fake_aws")
+async def test_the_secret_is_fetched_off_the_loop_and_again_after_a_rotation(
+    clock: Clock, scram_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin_url, socket_dir = scram_server
+    fetched_on: list[threading.Thread] = []
+    fetch = _aws_auth.SecretProvider._fetch
+
+    def recording_fetch(self: _aws_auth.SecretProvider) -> dict[str, Any]:
+        fetched_on.append(threading.current_thread())
+        return fetch(self)
+
+    monkeypatch.setattr(_aws_auth.SecretProvider, "_fetch", recording_fetch)
+    client = secrets_client()
+    with Stubber(client) as stub:
+        stub.add_response("get_secret_value", secret_response(socket_dir, "first-Pa55"))
+        stub.add_response("get_secret_value", secret_response(socket_dir, "second-Pa55"))
+
+        async def who(conn: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await conn.execute("SELECT current_user")).fetchone()
+
+        async with AsyncDatabase(
+            secret_arn=ARN, secrets_client=client, pool_min_size=1, pool_max_size=1
+        ) as db:
+            assert await db.run("read", who, idempotent=True) == ("rotating",)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("ALTER ROLE rotating PASSWORD 'second-Pa55'")
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = 'rotating'"
+                )
+            clock.advance(_aws_auth._MIN_REFRESH_INTERVAL)
+            assert await db.run("read", who, idempotent=True) == ("rotating",)
+        stub.assert_no_pending_responses()
+    assert len(fetched_on) == 2
+    assert threading.current_thread() not in fetched_on  # never on the event loop's thread
+
+
+@pytest.mark.anyio
+async def test_a_missing_database_fails_at_once_not_after_the_pool_timeout(
+    cira_db_url: str,
+) -> None:
+    missing = psycopg.conninfo.make_conninfo(cira_db_url, dbname="cira_no_such_db")
+    db = AsyncDatabase(missing, pool_timeout=30)
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        await db.open()
+    assert time.monotonic() - started < 5
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert not db.is_open
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_server_is_unavailable_after_the_pool_timeout() -> None:
+    db = AsyncDatabase("postgresql://nobody@127.0.0.1:1/none", pool_timeout=1, connect_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match="Connection refused"):
+        await db.open()
+    assert time.monotonic() - started < 10
+    assert not db.is_open
