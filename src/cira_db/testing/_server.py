@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -30,15 +32,49 @@ _log = logging.getLogger("cira_db.testing")
 ENV_URL = "CIRA_DB_TEST_URL"
 
 
-@dataclass
+def redacted_url(url: str) -> str:
+    """``url`` as a ``postgresql://`` URL without its password, for reprs and messages.
+
+    The URL is read the way libpq reads it (``conninfo_to_dict``), so a password
+    anywhere (user info, ``?password=``, a ``key=value`` string) is dropped.
+    """
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if k != "password"}
+    except psycopg.Error:
+        return "(unparseable connection string)"
+    user = params.pop("user", "")
+    dbname = params.pop("dbname", "")
+    host = params.get("host", "")
+    netloc = ""
+    if _PLAIN_HOST.fullmatch(host):
+        del params["host"]
+        port = params.pop("port", "")
+        netloc = host if not port else f"{host}:{port}"
+    if user:
+        netloc = f"{quote(user, safe='')}@{netloc}"
+    query = f"?{urlencode(params, safe='/')}" if params else ""
+    return f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
+
+
+@dataclass(repr=False)
 class TestServer:
-    """A server that tests may create and drop databases on."""
+    """A server that tests may create and drop databases on.
+
+    Its ``repr`` shows the admin URL without the password (pytest prints it
+    when it shows a failing test's fixtures).
+    """
 
     __test__ = False  # not a pytest test class
 
     admin_url: str
     kind: str
-    stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    stop: Callable[[], None] = field(default=lambda: None)
+
+    def __repr__(self) -> str:
+        return f"TestServer(kind={self.kind!r}, admin_url={redacted_url(self.admin_url)!r})"
 
     def version(self) -> str:
         """The server's ``server_version``."""
