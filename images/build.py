@@ -32,7 +32,23 @@ HERE = Path(__file__).resolve().parent
 BUILDER_VERSION = "1"  # bump to rebuild every image after changing how they are made
 
 # Host tools every image gets (entry points are POSIX sh scripts).
-TOOLS = "sh cat chmod chown cp env id kill ls mkdir mktemp ps rm setpriv sleep".split()
+TOOLS = [
+    "sh",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "env",
+    "id",
+    "kill",
+    "ls",
+    "mkdir",
+    "mktemp",
+    "ps",
+    "rm",
+    "setpriv",
+    "sleep",
+]
 SYSTEM_USERS = {"postgres": 999, "pgbouncer": 998}
 
 
