@@ -284,7 +284,15 @@ def build(image: Image, *, force: bool) -> str:
     if image.expose:
         changes.append(f"EXPOSE {image.expose}")
     args = [arg for change in changes for arg in ("-c", change)]
+    previous = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", image.tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     _docker("import", *args, "-", image.tag, stdin=archive)
+    if previous:  # the build it replaces, unless a container still uses it
+        subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
     size = len(archive) / 1e6
     took = time.monotonic() - started
     return f"{image.tag}: built ({digest}, {size:.0f} MB, {took:.1f} s)"

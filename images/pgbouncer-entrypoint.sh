@@ -34,6 +34,8 @@ server_login_retry = 1
 ignore_startup_parameters = extra_float_digits
 EOF
     if [ -n "${PGBOUNCER_TLS_CERT:-}" ]; then
+        # client_tls_ca_file only matters for client certificates (not asked for); without
+        # one pgbouncer looks for a system CA bundle this image does not have
         cp "$PGBOUNCER_TLS_CERT" "$conf/tls.crt"
         cp "${PGBOUNCER_TLS_KEY:?PGBOUNCER_TLS_KEY is needed with PGBOUNCER_TLS_CERT}" "$conf/tls.key"
         chmod 0600 "$conf/tls.key"
@@ -41,6 +43,7 @@ EOF
 client_tls_sslmode = require
 client_tls_cert_file = $conf/tls.crt
 client_tls_key_file = $conf/tls.key
+client_tls_ca_file = $conf/tls.crt
 EOF
     fi
 fi

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -197,6 +198,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+def _loopback_if_it_answers(container: Any) -> str | None:
+    """``127.0.0.1`` if the container's mapped port answers there, else None (testcontainers' pick).
+
+    Where the engine runs on this machine its mapped port is on the loopback
+    address too, and the library treats loopback as local (no TLS demanded of
+    a test server that has none). testcontainers picks the bridge gateway
+    when it thinks it runs inside a container (``/.dockerenv``), an address
+    that looks remote.
+    """
+    port = int(container.get_exposed_port(5432))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return "127.0.0.1"
+    except OSError:
+        return None
+
+
 def _container(image: str) -> TestServer:
     """Start ``image`` with testcontainers; raise `DockerPathError` saying why it did not."""
     postgres_container = _postgres_container_class()
@@ -211,7 +229,7 @@ def _container(image: str) -> TestServer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             container.start()
-            url = str(container.get_connection_url())
+            url = str(container.get_connection_url(host=_loopback_if_it_answers(container)))
     except Exception as exc:
         with contextlib.suppress(Exception):
             container.stop()
