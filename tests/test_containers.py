@@ -88,10 +88,16 @@ def docker_client() -> Iterator[Any]:
 def test_the_plugin_starts_the_local_image(
     monkeypatch: pytest.MonkeyPatch, docker_client: Any
 ) -> None:
+    def running() -> set[str]:
+        return {c.id for c in docker_client.containers.list(filters={"ancestor": PG_IMAGE})}
+
     monkeypatch.delenv("CIRA_DB_TEST_URL", raising=False)
     monkeypatch.setenv("CIRA_DB_TEST_IMAGE", PG_IMAGE)
+    before = running()
     server = _server.find_server()
+    started = running() - before
     try:
+        assert len(started) == 1
         assert server.kind == f"testcontainers {PG_IMAGE}"
         assert server.version().startswith("16.")
         params = psycopg.conninfo.conninfo_to_dict(server.admin_url)
@@ -101,11 +107,9 @@ def test_the_plugin_starts_the_local_image(
             with Database(url) as db:
                 job = JobRepository(db).create(client_id="c", pdf_url="https://example.com/a.pdf")
                 assert JobRepository(db).get(job.id, client_id="c") == job
-        mine = docker_client.containers.list(filters={"ancestor": PG_IMAGE})
-        assert mine
     finally:
         server.stop()
-    assert not [c for c in docker_client.containers.list() if c.id in {m.id for m in mine}]
+    assert not started & running()  # stopped and removed with the server
 
 
 DOWNSTREAM = """
