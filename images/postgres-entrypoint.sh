@@ -20,6 +20,17 @@ if [ "$(id -u)" = 0 ]; then
     mkdir -p "$PGDATA" /var/run/postgresql
     chown postgres:postgres "$PGDATA" /var/run/postgresql
     chmod 0700 "$PGDATA"
+    if [ -n "${POSTGRES_TLS_CERT:-}" ]; then
+        # the server wants its key private to its user: copy both where only it reads them
+        tls=/var/lib/postgresql/tls
+        mkdir -p "$tls"
+        cp "$POSTGRES_TLS_CERT" "$tls/tls.crt"
+        cp "${POSTGRES_TLS_KEY:?POSTGRES_TLS_KEY is needed with POSTGRES_TLS_CERT}" "$tls/tls.key"
+        chown -R postgres:postgres "$tls"
+        chmod 0700 "$tls"
+        chmod 0600 "$tls/tls.key"
+        export POSTGRES_TLS_CERT="$tls/tls.crt" POSTGRES_TLS_KEY="$tls/tls.key"
+    fi
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 
@@ -49,10 +60,7 @@ fi
 
 set -- -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql "$@"
 if [ -n "${POSTGRES_TLS_CERT:-}" ]; then
-    # the server wants its key private to its user: copy both next to the data
-    cp "$POSTGRES_TLS_CERT" "$PGDATA/tls.crt"
-    cp "${POSTGRES_TLS_KEY:?POSTGRES_TLS_KEY is needed with POSTGRES_TLS_CERT}" "$PGDATA/tls.key"
-    chmod 0600 "$PGDATA/tls.key"
-    set -- -c ssl=on -c ssl_cert_file="$PGDATA/tls.crt" -c ssl_key_file="$PGDATA/tls.key" "$@"
+    set -- -c ssl=on -c ssl_cert_file="$POSTGRES_TLS_CERT" \
+        -c ssl_key_file="${POSTGRES_TLS_KEY:?POSTGRES_TLS_KEY is needed with POSTGRES_TLS_CERT}" "$@"
 fi
 exec postgres -D "$PGDATA" "$@"
