@@ -33,11 +33,13 @@ pytest_plugins = ["pytester"]
 
 PG_IMAGE = "cira-db/postgres:16"
 PROXY_IMAGE = "cira-db/pgbouncer:1"
+TLS_PG_IMAGE = "cira-db/postgres:15"  # Debian's build, with OpenSSL: the server serves TLS itself
 REQUIRED = os.environ.get("CIRA_DB_CONTAINER_TESTS") == "required"
 RUN = uuid.uuid4().hex[:8]
 LABELS = {"cira.test-run": RUN}
 PROXY_NAME = "proxy.cira.test"
 DB_NAME = "db.cira.test"
+TLS_DB_NAME = "tls-db.cira.test"
 
 
 def _why_not() -> str | None:
@@ -47,7 +49,7 @@ def _why_not() -> str | None:
 
     client = docker.from_env()
     try:
-        for image in (PG_IMAGE, PROXY_IMAGE):
+        for image in (PG_IMAGE, PROXY_IMAGE, TLS_PG_IMAGE):
             try:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
@@ -154,19 +156,19 @@ def _ca(directory: Path, name: str) -> Path:
     return directory / f"{name}.crt"
 
 
-def _server_cert(directory: Path, ca: str, host: str) -> None:
+def _server_cert(directory: Path, ca: str, host: str, name: str = "server") -> None:
     (directory / "ext.cnf").write_text(
         f"subjectAltName=DNS:{host}\nbasicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
     )
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={host}",
         cwd=directory,
     )  # fmt: skip
     _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "ext.cnf",
         cwd=directory,
     )  # fmt: skip
 
@@ -184,6 +186,7 @@ class Site:
     password: str
     ca: Path
     other_ca: Path
+    tls_db_ip: str
 
     def proxy_conninfo(self, dbname: str = "cira", **params: str) -> str:
         base = {
@@ -193,6 +196,22 @@ class Site:
             "user": self.user,
             "password": self.password,
             "dbname": dbname,
+            "sslmode": "verify-full",
+            "sslrootcert": str(self.ca),
+            "connect_timeout": "3",
+        }
+        base.update(params)
+        return psycopg.conninfo.make_conninfo("", **base)
+
+    def tls_db_conninfo(self, **params: str) -> str:
+        """The PostgreSQL 15 container that serves TLS itself (certificate for its host name)."""
+        base = {
+            "host": TLS_DB_NAME,
+            "hostaddr": self.tls_db_ip,
+            "port": "5432",
+            "user": self.user,
+            "password": self.password,
+            "dbname": "cira",
             "sslmode": "verify-full",
             "sslrootcert": str(self.ca),
             "connect_timeout": "3",
@@ -231,8 +250,9 @@ def site(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ca = _ca(certs, "ca")
     other_ca = _ca(certs, "other-ca")
     _server_cert(certs, "ca", PROXY_NAME)
+    _server_cert(certs, "ca", TLS_DB_NAME, "tls-db")
     certs.chmod(0o755)
-    for name in ("server.key", "server.crt"):
+    for name in ("server.key", "server.crt", "tls-db.key", "tls-db.crt"):
         (certs / name).chmod(0o644)  # read by the container's root entry point only
     subnet = f"10.213.{secrets.randbelow(250) + 1}"
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{subnet}.0/24")])
@@ -256,7 +276,7 @@ def site(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         container.start()
         return container
 
-    db_ip, proxy_ip = f"{subnet}.10", f"{subnet}.11"
+    db_ip, proxy_ip, tls_db_ip = f"{subnet}.10", f"{subnet}.11", f"{subnet}.12"
     try:
         db = start(
             PG_IMAGE,
@@ -277,9 +297,23 @@ def site(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             },
             binds={str(certs): {"bind": "/certs", "mode": "ro"}},
         )
-        found = Site(network, db, proxy, db_ip, proxy_ip, user, password, ca, other_ca)
+        start(
+            TLS_PG_IMAGE,
+            TLS_DB_NAME,
+            tls_db_ip,
+            {
+                "POSTGRES_USER": user,
+                "POSTGRES_PASSWORD": password,
+                "POSTGRES_DB": "cira",
+                "POSTGRES_TLS_CERT": "/certs/tls-db.crt",
+                "POSTGRES_TLS_KEY": "/certs/tls-db.key",
+            },
+            binds={str(certs): {"bind": "/certs", "mode": "ro"}},
+        )
+        found = Site(network, db, proxy, db_ip, proxy_ip, user, password, ca, other_ca, tls_db_ip)
         _wait_for(lambda: _select_1(found.direct_conninfo()), "the server container")
         _wait_for(lambda: _select_1(found.proxy_conninfo()), "the proxy container")
+        _wait_for(lambda: _select_1(found.tls_db_conninfo()), "the TLS server container")
         # this PostgreSQL 16 build has no TLS: the direct link is plain text, said so explicitly
         direct = Database(
             found.direct_conninfo(), pool=False, sslmode="disable", allow_unverified_tls=True
@@ -319,6 +353,37 @@ def test_verify_full_refuses(site: Site, change: dict[str, str], refusal: str) -
     params = {k: (str(site.other_ca) if v == "OTHER_CA" else v) for k, v in change.items()}
     with pytest.raises(psycopg.OperationalError, match=refusal):
         psycopg.connect(site.proxy_conninfo(**params))
+
+
+def test_verify_full_by_host_name_to_the_server(site: Site) -> None:
+    assert not ipaddress.ip_address(site.tls_db_ip).is_loopback
+    with psycopg.connect(site.tls_db_conninfo(), autocommit=True) as conn:
+        assert conn.pgconn.ssl_in_use
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+    assert row == (True,)
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"host": "other.cira.test"}, 'does not match host name "other.cira.test"'),
+        ({"sslrootcert": "OTHER_CA"}, "certificate verify failed"),
+        ({"sslmode": "disable"}, "no encryption"),
+    ],
+    ids=["wrong-name", "wrong-ca", "plain-text"],
+)
+def test_the_server_refuses(site: Site, change: dict[str, str], refusal: str) -> None:
+    params = {k: (str(site.other_ca) if v == "OTHER_CA" else v) for k, v in change.items()}
+    with pytest.raises(psycopg.OperationalError, match=refusal):
+        psycopg.connect(site.tls_db_conninfo(**params))
+
+
+def test_the_library_verifies_the_server_by_default(site: Site) -> None:
+    """A direct URL with no sslmode: verify-full for a non-local host name, and it passes."""
+    conninfo = " ".join(p for p in site.tls_db_conninfo().split() if not p.startswith("sslmode="))
+    with Database(conninfo, pool=False) as db, db.connection() as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.info.get_parameters()["sslmode"] == "verify-full"
 
 
 def test_the_library_verifies_the_proxy_by_default(site: Site) -> None:
