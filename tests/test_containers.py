@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from cira_db import Database, JobRepository
-from cira_db.errors import DatabaseUnavailableError
+from cira_db.errors import CiraDbError, DatabaseUnavailableError
 from cira_db.migrations import Migrator
 from cira_db.testing import _server
 
@@ -384,6 +384,45 @@ def test_the_library_verifies_the_server_by_default(site: Site) -> None:
     with Database(conninfo, pool=False) as db, db.connection() as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.info.get_parameters()["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            "PGHOSTADDR",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 7: cira_db decides 'local, no TLS needed' from the URL's host while "
+                "libpq connects to PGHOSTADDR; remove this mark with that fix",
+            ),
+        ),
+        # psycopg resolves the URL's host itself and sets hostaddr, so the service file's
+        # hostaddr is not used (the call goes to localhost): holds today, guards a change
+        "service file",
+    ],
+)
+def test_a_remote_address_behind_a_local_name_is_never_plain_text(
+    site: Site, how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """URL host ``localhost``, but libpq goes to the server container's (non-loopback) address."""
+    if how == "PGHOSTADDR":
+        monkeypatch.setenv("PGHOSTADDR", site.db_ip)
+        url = f"postgresql://{site.user}:{site.password}@localhost/cira"
+    else:
+        services = tmp_path / "pg_service.conf"
+        services.write_text(f"[cira]\nhostaddr={site.db_ip}\n")
+        monkeypatch.setenv("PGSERVICEFILE", str(services))
+        url = f"postgresql://{site.user}:{site.password}@localhost/cira?service=cira"
+    try:
+        with Database(url, pool=False) as db, db.connection() as conn:
+            plain = not conn.pgconn.ssl_in_use
+            address = conn.execute("SELECT inet_server_addr()::text").fetchone()
+    except CiraDbError:
+        return  # refused, or TLS demanded of a server without it: either keeps the link safe
+    assert address is not None
+    assert address[0].split("/")[0] == site.db_ip  # the remote address was reached...
+    assert not plain  # ...so it must not have been in plain text
 
 
 def test_the_library_verifies_the_proxy_by_default(site: Site) -> None:
