@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,13 @@ def _wait_for(check: Callable[[], object], what: str, timeout: float = 30.0) -> 
             time.sleep(0.2)
 
 
+def _until(predicate: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
 def _select_1(conninfo: str) -> None:
     with psycopg.connect(conninfo, connect_timeout=2, autocommit=True) as conn:
         conn.execute("SELECT 1")
@@ -441,47 +449,87 @@ def test_the_library_verifies_the_proxy_by_default(site: Site) -> None:
 # -- a proxy restarting, a server restarting ---------------------------------------------
 
 
-def _count(site: Site, client_id: str) -> dict[str, int]:
+def _stored(site: Site, client_id: str) -> dict[str, tuple[int, str, int, int]]:
+    """Per job id: (rows with that id, status, attempts, result rows), read directly."""
     with psycopg.connect(site.direct_conninfo(), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT id::text, count(*) FROM jobs WHERE client_id = %s GROUP BY id", (client_id,)
+            "SELECT j.id::text, count(*) OVER (PARTITION BY j.id), j.status::text, j.attempts,"
+            " (SELECT count(*) FROM job_results r WHERE r.job_id = j.id)"
+            " FROM jobs j WHERE j.client_id = %s",
+            (client_id,),
         ).fetchall()
-    return {r[0]: r[1] for r in rows}
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+@dataclass
+class Workload:
+    """Creates, claims and completes in a thread, recording what callers were told."""
+
+    db: Database
+    client_id: str
+    created: list[str]
+    completed: list[tuple[str, float]]  # job id, when (monotonic)
+    unavailable: list[BaseException]
+    unexpected: list[BaseException]
+    stop: threading.Event
+
+    def run(self) -> None:
+        jobs = JobRepository(self.db)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            try:
+                job = jobs.create(client_id=self.client_id, pdf_url=f"https://e.com/{i}.pdf")
+                self.created.append(str(job.id))
+                claimed = jobs.claim_next(lease=timedelta(minutes=10), client_id=self.client_id)
+                if claimed is None:
+                    continue
+                jobs.complete(
+                    claimed.id,
+                    extracted_data={"n": i},
+                    confidence_score=0.9,
+                    tokens_used=1,
+                    attempt=claimed.attempts,
+                )
+                self.completed.append((str(claimed.id), time.monotonic()))
+            except DatabaseUnavailableError as exc:  # the documented error for what may pass
+                self.unavailable.append(exc)
+                time.sleep(0.1)
+            except Exception as exc:
+                self.unexpected.append(exc)
+                time.sleep(0.1)
 
 
 def _restart_drill(site: Site, restart: Callable[[], None], client_id: str) -> float:
-    """Jobs created before, during and after ``restart``: each acknowledged one stored once.
+    """A workload running while ``restart`` happens; returns seconds until it completes again.
 
-    Returns the seconds from the restart's end to the first call that succeeded.
+    Every acknowledged create is stored exactly once, every acknowledged complete
+    is a completed job with one result, no job was claimed twice, and callers only
+    saw `DatabaseUnavailableError`.
     """
-    acknowledged: list[str] = []
-    seen: list[BaseException] = []
     with Database(site.proxy_conninfo(), via_proxy=True, pool_max_size=4, pool_timeout=5) as db:
-        jobs = JobRepository(db)
-        for i in range(10):
-            acknowledged.append(
-                str(jobs.create(client_id=client_id, pdf_url=f"https://e.com/{i}.pdf").id)
+        load = Workload(db, client_id, [], [], [], [], threading.Event())
+        worker = threading.Thread(target=load.run, daemon=True)
+        worker.start()
+        try:
+            _until(lambda: len(load.completed) >= 5, "five completes before the restart", 20)
+            restart()
+            ended = time.monotonic()
+            _until(
+                lambda: sum(when > ended for _, when in load.completed) >= 5,
+                "five completes after the restart",
+                30,
             )
-        restart()
-        ended = time.monotonic()
-        recovered: float | None = None
-        deadline = ended + 30
-        i = 10
-        while len(acknowledged) < 20 and time.monotonic() < deadline:
-            try:
-                job = jobs.create(client_id=client_id, pdf_url=f"https://e.com/{i}.pdf")
-            except DatabaseUnavailableError as exc:  # the documented error for what may pass
-                seen.append(exc)
-                time.sleep(0.2)
-                continue
-            if recovered is None:
-                recovered = time.monotonic() - ended
-            acknowledged.append(str(job.id))
-            i += 1
-    assert recovered is not None, f"no call succeeded within 30 s after the restart: {seen[-3:]}"
-    stored = _count(site, client_id)
-    assert all(stored.get(job_id) == 1 for job_id in acknowledged)
-    assert len(acknowledged) == 20
+        finally:
+            load.stop.set()
+            worker.join(30)
+    assert not worker.is_alive()
+    assert not load.unexpected, load.unexpected[:3]
+    recovered = min(when for _, when in load.completed if when > ended) - ended
+    stored = _stored(site, client_id)
+    assert all(stored[job_id][0] == 1 for job_id in load.created)
+    assert all(stored[job_id][1:] == ("completed", 1, 1) for job_id, _ in load.completed)
+    assert max(attempts for _, _, attempts, _ in stored.values()) <= 1  # none claimed twice
     return recovered
 
 
