@@ -39,7 +39,7 @@ test: lint
 test-proxy: $(STAMP)
 	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# local PostgreSQL 16/18 and pgbouncer images, built offline from files this machine has (docs/containers.md)
+# local PostgreSQL 15/16/18 and pgbouncer images, built offline from files this machine has (docs/containers.md)
 images: $(STAMP)
 	$(BIN)/python images/build.py
 
