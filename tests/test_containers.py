@@ -397,14 +397,7 @@ def test_the_library_verifies_the_server_by_default(site: Site) -> None:
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param(
-            "PGHOSTADDR",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 7: cira_db decides 'local, no TLS needed' from the URL's host while "
-                "libpq connects to PGHOSTADDR; remove this mark with that fix",
-            ),
-        ),
+        "PGHOSTADDR",
         # psycopg resolves the URL's host itself and sets hostaddr, so the service file's
         # hostaddr is not used (the call goes to localhost): holds today, guards a change
         "service file",
@@ -554,16 +547,15 @@ def test_a_server_restart_behind_the_proxy_loses_no_acknowledged_write(site: Sit
 # -- a network partition between client and proxy ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the library sets no tcp_user_timeout/keepalives, so a call on a pooled connection "
-    "waits for the kernel to give up on the cut link (minutes); with tcp_user_timeout=4000 in the "
-    "URL this test passes. Remove this mark with that fix (connection kwargs).",
-)
 def test_a_partition_fails_calls_within_their_timeouts_and_heals(site: Site) -> None:
-    limit = 3 + 5 + 2  # connect_timeout + pool_timeout + slack
+    limit = 4 + 5 + 2  # tcp_user_timeout + pool_timeout + slack
     with Database(
-        site.proxy_conninfo(), via_proxy=True, pool_max_size=2, pool_timeout=5, retry_attempts=1
+        site.proxy_conninfo(),
+        via_proxy=True,
+        pool_max_size=2,
+        pool_timeout=5,
+        retry_attempts=1,
+        tcp_user_timeout=4000,
     ) as db:
         jobs = JobRepository(db)
         job = jobs.create(client_id="partition", pdf_url="https://example.com/p.pdf")
