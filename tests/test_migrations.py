@@ -132,7 +132,9 @@ def test_packaged_migrations_are_numbered_and_have_down_files() -> None:
     for migration in migrations:
         assert migration.down_sql is not None, migration.filename
         # Only CONCURRENTLY needs a file outside a transaction; every other runs in one.
-        concurrent = re.search(r"^(CREATE|DROP) INDEX CONCURRENTLY", migration.sql, re.M) is not None
+        concurrent = (
+            re.search(r"^(CREATE|DROP) INDEX CONCURRENTLY", migration.sql, re.M) is not None
+        )
         assert migration.transactional is not concurrent, migration.filename
         assert migration.down_transactional is not concurrent, migration.down_filename
 
