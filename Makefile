@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint format bench wheel clean
+.PHONY: all venv demo test test-proxy lint format bench wheel clean images
 
 all: test
 
@@ -38,6 +38,10 @@ test: lint
 # the suite again, with repository tests going through pgbouncer (TLS verify-full, transaction pooling)
 test-proxy: $(STAMP)
 	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# local PostgreSQL 15/16/18 and pgbouncer images, built offline from files this machine has (docs/containers.md)
+images: $(STAMP)
+	$(BIN)/python images/build.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,4 +1,4 @@
-"""Benchmark 6: the asyncio face (`cira_db.aio`) against raw psycopg async.
+"""Benchmark 7: the asyncio face (`cira_db.aio`) against raw psycopg async.
 
 Both sides use the same ``AsyncConnectionPool`` (the `AsyncDatabase`'s own)
 and send the same statement text with the same parameters; the raw side
@@ -201,7 +201,7 @@ async def _queue(ctx: Context, db: AsyncDatabase, size: int, rounds: int) -> Tab
 
 
 async def _run(ctx: Context) -> Section:
-    section = Section("async", "6. The asyncio face")
+    section = Section("async", "7. The asyncio face")
     section.intro.append(
         "`cira_db.aio` against raw psycopg async on the same `AsyncConnectionPool`, "
         "with the same SQL text and parameters (raw rows stay tuples)."
@@ -226,5 +226,5 @@ async def _run(ctx: Context) -> Section:
 
 
 def run_async(ctx: Context) -> Section:
-    """Benchmark 6 (see the module docstring)."""
+    """Benchmark 7 (see the module docstring)."""
     return asyncio.run(_run(ctx))

@@ -50,6 +50,8 @@ What the benchmarks answer:
    and what the migrations' indexes gain over the origin story's.
 5. **Time-ordered ids**: what UUIDv7 ids made in the client change for inserts and index sizes,
    against random UUIDv4 ids.
+6. **Migrations 0003 and 0004 on a large table**: which lock each step takes on `jobs`, for how
+   long, and how long a concurrent single-row `UPDATE` waited meanwhile.
 
 How to read it: on the small shared machines this project runs on, absolute timings move a lot
 from one run to the next. Compare the **ratios** taken inside one run (the library against raw

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from cira_db.aws import client_id_from_event, migrate_handler
 from cira_db.errors import ValidationError
+from cira_db.migrations import load_migrations
+
+PACKAGED = load_migrations()
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
@@ -82,17 +85,17 @@ def test_migrate_handler_applies_and_reports(
     monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
     context = SimpleNamespace(function_name="DbMigrateFunction")
     dry = migrate_handler({"dry_run": True}, context)
-    assert dry["migrations"] == ["0001_initial_schema.sql", "0002_hardening.sql"]
+    assert dry["migrations"] == [m.filename for m in PACKAGED]
     assert all(s["applied_at"] is None for s in dry["status"])
     result = migrate_handler(None, context)
-    assert result["migrations"] == ["0001_initial_schema.sql", "0002_hardening.sql"]
+    assert result["migrations"] == [m.filename for m in PACKAGED]
     assert all(s["applied_at"] and s["checksum_matches"] for s in result["status"])
     with psycopg.connect(cira_db_empty_url) as conn:
         who = conn.execute("SELECT DISTINCT applied_by FROM schema_migrations").fetchall()
     assert who == [("lambda:DbMigrateFunction",)]
     assert migrate_handler({"action": "status"}, context)["migrations"] == []
     back = migrate_handler({"action": "rollback", "to": 1}, context)
-    assert back["migrations"] == ["0002_hardening.sql"]
+    assert back["migrations"] == [m.filename for m in reversed(PACKAGED[1:])]
 
 
 @pytest.mark.parametrize(

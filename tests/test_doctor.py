@@ -12,7 +12,10 @@ from _proxy import PgBouncer, PgBouncerUnavailableError, start_pgbouncer
 from cira_db import Database
 from cira_db._cli import main
 from cira_db._doctor import backend_switches, run_checks
+from cira_db.migrations import load_migrations
 from cira_db.testing import TestServer
+
+PACKAGED = load_migrations()
 
 
 def check(url: str) -> tuple[int, str]:
@@ -26,7 +29,7 @@ def test_healthy_database_passes_every_check(cira_db_url: str) -> None:
     assert code == 0, output
     names = [line.split()[1] for line in output.splitlines()]
     assert names == ["target", "reach", "server", "tls", "pooler", "latency", "pool", "migrations"]
-    assert "up to date (2 applied)" in output
+    assert f"up to date ({len(PACKAGED)} applied)" in output
     assert "PostgreSQL 1" in output
     assert "FAIL" not in output
 
@@ -36,9 +39,10 @@ def test_pending_migrations_fail_the_check(
 ) -> None:
     code, output = check(cira_db_empty_url)
     assert code == 1
-    assert "FAIL migrations  2 pending: 0001_initial_schema, 0002_hardening" in output
+    pending = f"{len(PACKAGED)} pending: {', '.join(f'{m.version:04d}_{m.name}' for m in PACKAGED)}"
+    assert f"FAIL migrations  {pending}" in output
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["cira-db: error: migrations: 2 pending: 0001_initial_schema, 0002_hardening"]
+    assert err == [f"cira-db: error: migrations: {pending}"]
 
 
 def test_unreachable_server_fails_at_reach_and_hides_the_password(
@@ -149,7 +153,7 @@ def test_service_configuration_through_the_proxy_only_passes(
     db = Database(pgbouncer.url(dbname), via_proxy=True)
     findings = {f.name: f for f in run_checks(db, samples=2)}
     assert findings["migrations"].ok, findings["migrations"].detail
-    assert findings["migrations"].detail == "up to date (2 applied)"
+    assert findings["migrations"].detail == f"up to date ({len(PACKAGED)} applied)"
     assert all(f.ok for f in findings.values()), findings
 
 

@@ -26,6 +26,10 @@ from cira_db.errors import ConfigurationError, MigrationError, ValidationError
 from cira_db.migrations import LOCK_KEY, Migrator, checksum, load_migrations, split_statements
 
 FIXTURES = Path(__file__).parent / "fixtures"
+PACKAGED = load_migrations()
+LATEST = len(PACKAGED)
+VERSIONS = [m.version for m in PACKAGED]
+HISTORY = [(m.version, m.name) for m in PACKAGED]
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -99,12 +103,16 @@ def load_story_schema(url: str) -> None:
 
 @pytest.fixture
 def migrations_dir(tmp_path: Path) -> Path:
-    """A writable copy of the packaged migrations, for tampering tests."""
+    """A writable copy of the packaged migrations 0001 and 0002, for tampering tests.
+
+    The tests add their own 0003; the packaged 0003 onwards are tested with
+    the package itself (and in test_migration_0003.py).
+    """
     target = tmp_path / "migrations"
     target.mkdir()
     source = resources.files("cira_db.sql.migrations")
     for entry in source.iterdir():
-        if entry.name.endswith(".sql"):
+        if entry.name.endswith(".sql") and entry.name[:4] in ("0001", "0002"):
             (target / entry.name).write_text(entry.read_text(encoding="utf-8"))
     return target
 
@@ -123,7 +131,12 @@ def test_packaged_migrations_are_numbered_and_have_down_files() -> None:
     assert [m.name for m in migrations[:2]] == ["initial_schema", "hardening"]
     for migration in migrations:
         assert migration.down_sql is not None, migration.filename
-        assert migration.transactional
+        # Only CONCURRENTLY needs a file outside a transaction; every other runs in one.
+        concurrent = (
+            re.search(r"^(CREATE|DROP) INDEX CONCURRENTLY", migration.sql, re.M) is not None
+        )
+        assert migration.transactional is not concurrent, migration.filename
+        assert migration.down_transactional is not concurrent, migration.down_filename
 
 
 def test_checksum_ignores_line_endings_only() -> None:
@@ -162,8 +175,8 @@ def test_down_file_without_up_file_is_refused(migrations_dir: Path) -> None:
 
 def test_fresh_migrate_builds_the_hardened_schema(empty: str) -> None:
     applied = Migrator(empty).apply()
-    assert [m.filename for m in applied] == ["0001_initial_schema.sql", "0002_hardening.sql"]
-    assert history(empty) == [(1, "initial_schema"), (2, "hardening")]
+    assert [m.filename for m in applied][:2] == ["0001_initial_schema.sql", "0002_hardening.sql"]
+    assert history(empty) == HISTORY
     columns = {(t, c): (udt, nullable) for t, c, _, udt, nullable, *_ in snapshot(empty)["columns"]}
     assert columns[("jobs", "created_at")] == ("timestamptz", "NO")
     assert columns[("jobs", "client_id")] == ("varchar", "NO")
@@ -195,7 +208,7 @@ def test_rerun_is_idempotent(empty: str) -> None:
     before = snapshot(empty)
     assert Migrator(empty).apply() == []
     assert snapshot(empty) == before
-    assert len(history(empty)) == 2
+    assert len(history(empty)) == LATEST
 
 
 def test_initial_schema_file_itself_is_rerunnable(empty: str) -> None:
@@ -209,21 +222,21 @@ def test_initial_schema_file_itself_is_rerunnable(empty: str) -> None:
 def test_apply_to_a_version_then_the_rest(empty: str) -> None:
     migrator = Migrator(empty)
     assert [m.version for m in migrator.apply(to=1)] == [1]
-    assert [s.applied for s in migrator.status()] == [True, False]
-    assert [m.version for m in migrator.apply()] == [2]
+    assert [s.applied for s in migrator.status()] == [True] + [False] * (LATEST - 1)
+    assert [m.version for m in migrator.apply()] == VERSIONS[1:]
 
 
 def test_apply_to_an_older_version_points_at_rollback(empty: str) -> None:
     Migrator(empty).apply()
     with pytest.raises(MigrationError, match=r"use rollback --to 1"):
         Migrator(empty).apply(to=1)
-    with pytest.raises(ValidationError, match=r"known versions are 0\.\.2"):
-        Migrator(empty).apply(to=7)
+    with pytest.raises(ValidationError, match=rf"known versions are 0\.\.{LATEST}"):
+        Migrator(empty).apply(to=LATEST + 5)
 
 
 def test_dry_run_changes_nothing(empty: str) -> None:
     plan = Migrator(empty).apply(dry_run=True)
-    assert [m.version for m in plan] == [1, 2]
+    assert [m.version for m in plan] == VERSIONS
     assert scalar(empty, "SELECT to_regclass('schema_migrations')") is None
     assert scalar(empty, "SELECT to_regclass('jobs')") is None
 
@@ -232,8 +245,7 @@ def test_status_reports_pending_then_applied(empty: str) -> None:
     migrator = Migrator(empty)
     before = migrator.status()
     assert [(s.version, s.applied_at, s.checksum_matches) for s in before] == [
-        (1, None, None),
-        (2, None, None),
+        (v, None, None) for v in VERSIONS
     ]
     migrator.apply()
     after = migrator.status()
@@ -248,7 +260,7 @@ def test_rollback_to_zero_and_forward_again_gives_the_same_schema(empty: str) ->
     migrator = Migrator(empty)
     migrator.apply()
     migrated = snapshot(empty)
-    assert [m.version for m in migrator.rollback(to=0)] == [2, 1]
+    assert [m.version for m in migrator.rollback(to=0)] == VERSIONS[::-1]
     assert scalar(empty, "SELECT to_regclass('jobs')") is None
     assert history(empty) == []
     migrator.apply()
@@ -271,19 +283,22 @@ def test_rollback_of_hardening_keeps_every_row(empty: str) -> None:
         SELECT id, '{"total": 1}', 0.9, 100 FROM jobs LIMIT 20;
         """,
     )
-    assert [m.version for m in migrator.rollback(to=1)] == [2]
+    assert [m.version for m in migrator.rollback(to=1)] == VERSIONS[:0:-1]
     assert scalar(empty, "SELECT count(*) FROM jobs") == 50
     assert scalar(empty, "SELECT count(*) FROM job_results") == 20
     # timestamptz went back to timestamp holding the same UTC wall time
     assert str(scalar(empty, "SELECT min(created_at) FROM jobs")) == "2025-03-01 12:01:00"
-    assert snapshot(empty) == at_one
+    after = snapshot(empty)
+    # 0003's down file keeps the label 'cancelled': an enum label cannot be dropped in place.
+    assert after.pop("enums") == [*at_one.pop("enums"), ("job_status", "cancelled")]
+    assert after == at_one
     migrator.apply()
     assert scalar(empty, "SELECT count(*) FROM jobs") == 50
 
 
 def test_rollback_beyond_known_versions_is_refused(empty: str) -> None:
-    with pytest.raises(ValidationError, match=r"cannot roll back to 5"):
-        Migrator(empty).rollback(to=5)
+    with pytest.raises(ValidationError, match=rf"cannot roll back to {LATEST + 1}"):
+        Migrator(empty).rollback(to=LATEST + 1)
 
 
 def test_rollback_without_a_down_file_is_refused(empty: str, migrations_dir: Path) -> None:
@@ -297,8 +312,8 @@ def test_rollback_without_a_down_file_is_refused(empty: str, migrations_dir: Pat
 def test_rollback_dry_run_changes_nothing(empty: str) -> None:
     Migrator(empty).apply()
     plan = Migrator(empty).rollback(to=0, dry_run=True)
-    assert [m.version for m in plan] == [2, 1]
-    assert len(history(empty)) == 2
+    assert [m.version for m in plan] == VERSIONS[::-1]
+    assert len(history(empty)) == LATEST
 
 
 # -- history validation ------------------------------------------------------------
@@ -371,7 +386,7 @@ def test_failing_migration_leaves_no_partial_change_and_no_record(
 
 
 def test_lock_timeout_applies_to_migration_statements(empty: str, migrations_dir: Path) -> None:
-    Migrator(empty).apply()
+    Migrator(empty).apply(to=2)
     (migrations_dir / "0003_needs_lock.sql").write_text("ALTER TABLE jobs ADD COLUMN y int;")
     holder = psycopg.connect(empty)
     try:
@@ -459,16 +474,16 @@ def test_concurrent_runners_in_threads_apply_each_migration_once(empty: str) -> 
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: run(), range(4)))
-    assert sorted(v for result in results for v in result) == [1, 2]
-    assert history(empty) == [(1, "initial_schema"), (2, "hardening")]
+    assert sorted(v for result in results for v in result) == VERSIONS
+    assert history(empty) == HISTORY
 
 
 @pytest.mark.slow
 def test_concurrent_runners_in_processes_apply_each_migration_once(empty: str) -> None:
     with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(_apply_in_process, [empty] * 3))
-    assert sorted(v for result in results for v in result) == [1, 2]
-    assert history(empty) == [(1, "initial_schema"), (2, "hardening")]
+    assert sorted(v for result in results for v in result) == VERSIONS
+    assert history(empty) == HISTORY
 
 
 def test_waiting_for_a_busy_lock_times_out_clearly(empty: str) -> None:
@@ -510,7 +525,7 @@ def test_explicit_url_is_not_redirected_by_the_environment(
         monkeypatch.setenv("CIRA_DB_MIGRATION_URL", other)
         monkeypatch.setenv("CIRA_DB_USER", "someone_else")
         Migrator(empty).apply()
-        assert len(history(empty)) == 2
+        assert len(history(empty)) == LATEST
         assert history(other) == []
 
 
@@ -533,7 +548,7 @@ def test_baseline_adopts_the_story_schema_and_upgrade_keeps_rows(empty: str) -> 
     migrator = Migrator(empty)
     entry = migrator.baseline()
     assert (entry.version, entry.name, entry.checksum_matches) == (1, "initial_schema", True)
-    assert [m.version for m in migrator.apply()] == [2]
+    assert [m.version for m in migrator.apply()] == VERSIONS[1:]
     assert scalar(empty, "SELECT count(*) FROM jobs") == 2
     assert scalar(empty, "SELECT tokens_used FROM job_results") == 1200
     # naive story timestamps were read as UTC
@@ -631,7 +646,7 @@ def test_migrator_uses_the_direct_migration_url(empty: str) -> None:
         allow_unverified_tls=True,
         migration_url=empty,
     )
-    assert [m.version for m in Migrator(db).apply()] == [1, 2]
+    assert [m.version for m in Migrator(db).apply()] == VERSIONS
 
 
 def test_migrator_works_from_an_open_pooled_database(cira_db: Database) -> None:
@@ -844,12 +859,12 @@ def test_gap_in_the_applied_history_stops_everything(empty: str) -> None:
     migrator = Migrator(empty)
     expected = "applied versions have gaps (missing 0001); the history was edited by hand"
     assert migrator.problems() == [expected]
-    assert [s.applied for s in migrator.status()] == [False, True]
+    assert [s.applied for s in migrator.status()] == [False] + [True] * (LATEST - 1)
     with pytest.raises(MigrationError, match=re.escape(expected)):
         migrator.apply()
     with pytest.raises(MigrationError, match=re.escape(expected)):
         migrator.rollback(to=0)
-    assert history(empty) == [(2, "hardening")]
+    assert history(empty) == HISTORY[1:]
 
 
 # -- every baseline difference ----------------------------------------------------------
@@ -946,7 +961,7 @@ BAD_TARGETS = st.one_of(
     st.text(max_size=5),
     st.floats(allow_nan=True),
     st.integers(max_value=-1),
-    st.integers(min_value=3),
+    st.integers(min_value=LATEST + 1),
     st.lists(st.integers(), max_size=2),
     st.decimals(allow_nan=False, allow_infinity=False),
 )
@@ -975,8 +990,8 @@ def test_rollback_refuses_a_bad_target_before_connecting(to: Any) -> None:
         ("1", "to: must be a migration version (an int), not str"),
         (True, "to: must be a migration version (an int), not bool"),
         (1.0, "to: must be a migration version (an int), not float"),
-        (-1, "to: cannot migrate to -1: known versions are 0..2"),
-        (3, "to: cannot migrate to 3: known versions are 0..2"),
+        (-1, f"to: cannot migrate to -1: known versions are 0..{LATEST}"),
+        (LATEST + 1, f"to: cannot migrate to {LATEST + 1}: known versions are 0..{LATEST}"),
     ],
 )
 def test_apply_target_messages(to: Any, message: str) -> None:
@@ -986,8 +1001,8 @@ def test_apply_target_messages(to: Any, message: str) -> None:
 
 
 def test_rollback_target_messages() -> None:
-    with pytest.raises(ValidationError, match=r"^to: cannot roll back to 3: known versions"):
-        Migrator(UNREACHABLE).rollback(to=3)
+    with pytest.raises(ValidationError, match=r"^to: cannot roll back to \d+: known versions"):
+        Migrator(UNREACHABLE).rollback(to=LATEST + 1)
     with pytest.raises(ValidationError, match=r"^to: must be a migration version \(an int\)"):
         Migrator(UNREACHABLE).rollback(to="0")  # type: ignore[arg-type]
 
@@ -996,6 +1011,7 @@ def test_apply_accepts_every_known_target(empty: str) -> None:
     migrator = Migrator(empty)
     assert migrator.apply(to=0) == []
     assert [m.version for m in migrator.apply(to=2)] == [1, 2]
+    assert [m.version for m in migrator.apply(to=None)] == VERSIONS[2:]
     assert migrator.apply(to=None) == []
 
 

@@ -482,3 +482,29 @@ def test_iam_auth_needs_one_host_and_a_user_before_any_token_is_made(
     monkeypatch.setenv("PGUSER", "app_iam")  # libpq's user counts
     plan = plan_connection(DatabaseSettings.load(host=REMOTE, iam_auth=True))
     assert (plan.hosts, plan.user, plan.sslmode) == ((REMOTE,), "app_iam", "verify-full")
+
+
+# -- a cut network ends calls instead of hanging them -----------------------------------
+
+
+def test_every_connection_gets_keepalives_and_a_tcp_user_timeout() -> None:
+    params = plan_connection(DatabaseSettings(url="postgresql://u@db.example.com/d"), "app")
+    kwargs = params.conninfo()
+    assert kwargs["keepalives"] == "1"
+    assert kwargs["keepalives_idle"] == "30"
+    assert kwargs["tcp_user_timeout"] == "10000"
+
+
+def test_the_urls_own_tcp_settings_win_and_zero_leaves_the_kernel_default() -> None:
+    url = "postgresql://u@db.example.com/d?keepalives_idle=5&tcp_user_timeout=2500"
+    kwargs = plan_connection(DatabaseSettings(url=url), "app").conninfo()
+    assert (kwargs["keepalives_idle"], kwargs["tcp_user_timeout"]) == ("5", "2500")
+    plain = plan_connection(
+        DatabaseSettings(url="postgresql://u@db.example.com/d", tcp_user_timeout=0), "app"
+    ).conninfo()
+    assert "tcp_user_timeout" not in plain
+
+
+def test_tcp_settings_are_accepted_by_a_real_server(cira_db_url: str) -> None:
+    with Database(cira_db_url, pool=False, tcp_user_timeout=3000) as db, db.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

