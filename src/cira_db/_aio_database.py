@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from cira_db._aws_auth import is_auth_failure
 from cira_db._database import _CONNECT, _FAIL_FAST_POLL, Database, Mapper, _ConnectState, _fresh
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
-from cira_db._plan import ConnectionPlan
+from cira_db._plan import ConnectionPlan, plan_connection
 from cira_db._retry import async_call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
@@ -105,11 +105,12 @@ class AsyncDatabase:
         return self._pool
 
     def __repr__(self) -> str:
-        return (
-            repr(self._config)
-            .replace("<Database ", "<AsyncDatabase ", 1)
-            .replace(" closed>", " open>" if self.is_open else " closed>")
-        )
+        try:
+            target = plan_connection(self.settings).describe()
+        except ConfigurationError:
+            target = "(invalid or incomplete settings)"
+        state = "open" if self.is_open else "closed"
+        return f"<AsyncDatabase {target} pool={self._use_pool} {state}>"
 
     # -- lifecycle ----------------------------------------------------------
 
