@@ -326,3 +326,30 @@ async def test_an_unreachable_server_is_unavailable_after_the_pool_timeout() -> 
         await db.open()
     assert time.monotonic() - started < 10
     assert not db.is_open
+
+
+@pytest.mark.anyio
+async def test_an_unpooled_async_database_opens_a_connection_per_call(cira_db_url: str) -> None:
+    db = AsyncDatabase(cira_db_url, pool=False)
+    await db.open()  # nothing to open
+    assert db.pool is None
+    jobs = AsyncJobRepository(db)
+    job = await jobs.create(client_id=A, pdf_url=_url(1))
+    first = await _backend_pid(db)
+    assert await _backend_pid(db) != first  # a new connection each time
+    assert await jobs.get(job.id, client_id=A) == job
+    await db.close()
+
+
+@pytest.mark.anyio
+async def test_a_lazily_opened_async_database_serves_the_first_call(cira_db_url: str) -> None:
+    db = AsyncDatabase(cira_db_url)
+    await db.open(wait=False)
+    try:
+        assert db.is_open
+        job = await AsyncJobRepository(db).create(client_id=A, pdf_url=_url(1))
+        assert job.status is JobStatus.QUEUED
+        await db.open()  # a second open is harmless
+    finally:
+        await db.close()
+    assert not db.is_open
