@@ -74,6 +74,7 @@ def test_the_async_repositories_mirror_the_sync_ones(sync_cls: type, async_cls: 
 
 
 def test_async_database_takes_database_arguments() -> None:
+    assert _public(AsyncDatabase) == _public(Database)
     assert inspect.signature(AsyncDatabase.__init__) == inspect.signature(Database.__init__)
     assert inspect.signature(AsyncDatabase.from_env) == inspect.signature(Database.from_env)
     for name in ("open", "close", "connect_direct", "connection_plan", "run"):
