@@ -289,3 +289,92 @@ def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_
     assert len(set(outcomes)) == 1
     with cira_db.connection() as conn:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
+
+
+# -- the reaper beside workers and other reapers ------------------------------------------------
+#
+# release_expired picks expired rows in a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED.
+# Without the lock, the UPDATE waits for a row another session is changing and then
+# applies to the row's new version without re-checking `status = 'processing'`: a job
+# completed at that moment goes back to the queue with its result, and a job another
+# reaper has just released is released (and counted) twice. These tests hold the other
+# session's transaction open until the reaper has either finished or is seen waiting on
+# a row lock, so the interleaving is the same on every run.
+
+
+def _reaper_waits_or_ends(db: Database, reaper: threading.Thread) -> None:
+    """Return once ``reaper`` has finished or is blocked on a row lock (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while reaper.is_alive() and time.monotonic() < deadline:
+        with db.connection() as conn:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        if waiting != (0,):
+            return
+        time.sleep(0.02)
+
+
+def _expired_claim(jobs: JobRepository) -> Any:
+    job = jobs.create(client_id=A, pdf_url="https://e.com/late.pdf")
+    claimed = jobs.claim_next(lease=SHORT)
+    assert claimed is not None
+    assert claimed.id == job.id
+    time.sleep(SHORT.total_seconds() + 0.1)
+    return claimed
+
+
+def _release_in_thread(db: Database, out: list[Any]) -> threading.Thread:
+    def reap() -> None:
+        try:
+            out.append(JobRepository(db).release_expired())
+        except BaseException as exc:  # pragma: no cover - surfaced by the asserts
+            out.append(exc)
+
+    return threading.Thread(target=reap)
+
+
+def test_a_job_completed_while_the_reaper_runs_stays_completed(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _expired_claim(jobs)
+    reaped: list[Any] = []
+    reaper = _release_in_thread(cira_db, reaped)
+    # The worker completes in time (its lease ran out, nobody took the job yet); the
+    # reaper runs while the worker's commit is in flight.
+    with cira_db.transaction() as conn:
+        result = JobRepository(conn).complete(
+            claimed.id,
+            extracted_data={"by": "worker"},
+            confidence_score=1,
+            tokens_used=1,
+            attempt=claimed.attempts,
+        )
+        reaper.start()
+        _reaper_waits_or_ends(cira_db, reaper)
+    reaper.join(timeout=30)
+    assert not reaper.is_alive()
+    assert reaped == [[]], "the reaper took back a job its worker was completing"
+    stored = jobs.get(claimed.id, client_id=A)
+    assert stored.status is JobStatus.COMPLETED
+    assert stored.lease_expires_at is None
+    assert JobResultRepository(cira_db).get_for_job(claimed.id, client_id=A) == result
+    assert jobs.claim_next(lease=LEASE) is None  # not back in the queue
+
+
+def test_two_reapers_never_release_one_job_twice(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _expired_claim(jobs)
+    second: list[Any] = []
+    reaper = _release_in_thread(cira_db, second)
+    with cira_db.transaction() as conn:
+        first = JobRepository(conn).release_expired()
+        reaper.start()
+        _reaper_waits_or_ends(cira_db, reaper)
+    reaper.join(timeout=30)
+    assert not reaper.is_alive()
+    assert [job.id for job in first] == [claimed.id]
+    assert second == [[]], "a second reaper released (and reported) the same job again"
+    stored = jobs.get(claimed.id, client_id=A)
+    assert stored.status is JobStatus.QUEUED
+    assert stored.attempts == 1
