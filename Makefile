@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint format bench wheel clean
+.PHONY: all venv demo test test-proxy mutate lint format bench wheel clean
 
 all: test
 
@@ -24,13 +24,13 @@ demo: $(STAMP)
 	$(BIN)/cira-db demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -38,6 +38,10 @@ test: lint
 # the suite again, with repository tests going through pgbouncer (TLS verify-full, transaction pooling)
 test-proxy: $(STAMP)
 	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# each guard of tools/mutation_guards.toml removed in turn: a named test must fail (docs/testing.md)
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

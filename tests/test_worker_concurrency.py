@@ -11,13 +11,15 @@ import os
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
+from psycopg import Connection
 
-from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db.errors import InvalidTransitionError
 
 A, B = "client-a", "client-b"
@@ -291,21 +293,25 @@ def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
 
-# -- the reaper beside workers and other reapers ------------------------------------------------
+# -- claims, the reaper and retention beside each other -----------------------------------------
 #
-# release_expired picks expired rows in a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED.
-# Without the lock, the UPDATE waits for a row another session is changing and then
-# applies to the row's new version without re-checking `status = 'processing'`: a job
-# completed at that moment goes back to the queue with its result, and a job another
-# reaper has just released is released (and counted) twice. These tests hold the other
-# session's transaction open until the reaper has either finished or is seen waiting on
-# a row lock, so the interleaving is the same on every run.
+# Each of these statements picks its rows in a MATERIALIZED CTE with FOR UPDATE SKIP
+# LOCKED. Without the lock, the UPDATE (or DELETE) waits for a row another session is
+# changing and then applies to the row's new version without re-checking the CTE's
+# conditions: a job claimed at that moment is claimed twice, a job completed at that
+# moment goes back to the queue with its result, a job another reaper has just released
+# is released (and counted) twice, a failed job put back in the queue is deleted. These
+# tests hold one session's transaction open until the other call has either finished or
+# is seen waiting on a row lock, so the interleaving is the same on every run.
 
 
-def _reaper_waits_or_ends(db: Database, reaper: threading.Thread) -> None:
-    """Return once ``reaper`` has finished or is blocked on a row lock (10 s at most)."""
+T = TypeVar("T")
+
+
+def _waits_or_ends(db: Database, other: threading.Thread) -> None:
+    """Return once ``other`` has finished or is blocked on a row lock (10 s at most)."""
     deadline = time.monotonic() + 10
-    while reaper.is_alive() and time.monotonic() < deadline:
+    while other.is_alive() and time.monotonic() < deadline:
         with db.connection() as conn:
             waiting = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity"
@@ -316,7 +322,33 @@ def _reaper_waits_or_ends(db: Database, reaper: threading.Thread) -> None:
         time.sleep(0.02)
 
 
-def _expired_claim(jobs: JobRepository) -> Any:
+def _while_held(
+    db: Database, hold: Callable[[Connection[Any]], T], other: Callable[[], Any]
+) -> tuple[T, Any]:
+    """Run ``hold`` in a transaction and ``other`` in a thread while that transaction is open.
+
+    Returns what each returned (``other``'s exception, if it raised). The
+    transaction commits once ``other`` has finished or waits on a lock.
+    """
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(other())
+        except BaseException as exc:  # pragma: no cover - surfaced by the callers' asserts
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    with db.transaction() as conn:
+        held = hold(conn)
+        thread.start()
+        _waits_or_ends(db, thread)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return held, out[0]
+
+
+def _expired_claim(jobs: JobRepository) -> Job:
     job = jobs.create(client_id=A, pdf_url="https://e.com/late.pdf")
     claimed = jobs.claim_next(lease=SHORT)
     assert claimed is not None
@@ -325,36 +357,42 @@ def _expired_claim(jobs: JobRepository) -> Any:
     return claimed
 
 
-def _release_in_thread(db: Database, out: list[Any]) -> threading.Thread:
-    def reap() -> None:
-        try:
-            out.append(JobRepository(db).release_expired())
-        except BaseException as exc:  # pragma: no cover - surfaced by the asserts
-            out.append(exc)
-
-    return threading.Thread(target=reap)
+@pytest.mark.parametrize("client_id", [None, A], ids=["any-client", "one-client"])
+def test_a_claim_in_flight_is_skipped_not_repeated(
+    cira_db: Database, client_id: str | None
+) -> None:
+    jobs = JobRepository(cira_db)
+    first, second = jobs.create_many(client_id=A, pdf_urls=["https://e.com/1", "https://e.com/2"])
+    mine, theirs = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).claim_next(lease=LEASE, client_id=client_id),
+        lambda: jobs.claim_next(lease=LEASE, client_id=client_id),
+    )
+    assert mine is not None
+    assert mine.id == first.id
+    assert not isinstance(theirs, BaseException)
+    assert theirs is not None, "the second worker waited instead of skipping the locked job"
+    assert theirs.id == second.id, "the second worker claimed the job the first one holds"
+    assert jobs.get(first.id, client_id=A).attempts == 1
 
 
 def test_a_job_completed_while_the_reaper_runs_stays_completed(cira_db: Database) -> None:
     jobs = JobRepository(cira_db)
     claimed = _expired_claim(jobs)
-    reaped: list[Any] = []
-    reaper = _release_in_thread(cira_db, reaped)
     # The worker completes in time (its lease ran out, nobody took the job yet); the
     # reaper runs while the worker's commit is in flight.
-    with cira_db.transaction() as conn:
-        result = JobRepository(conn).complete(
+    result, reaped = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).complete(
             claimed.id,
             extracted_data={"by": "worker"},
             confidence_score=1,
             tokens_used=1,
             attempt=claimed.attempts,
-        )
-        reaper.start()
-        _reaper_waits_or_ends(cira_db, reaper)
-    reaper.join(timeout=30)
-    assert not reaper.is_alive()
-    assert reaped == [[]], "the reaper took back a job its worker was completing"
+        ),
+        jobs.release_expired,
+    )
+    assert reaped == [], "the reaper took back a job its worker was completing"
     stored = jobs.get(claimed.id, client_id=A)
     assert stored.status is JobStatus.COMPLETED
     assert stored.lease_expires_at is None
@@ -365,16 +403,28 @@ def test_a_job_completed_while_the_reaper_runs_stays_completed(cira_db: Database
 def test_two_reapers_never_release_one_job_twice(cira_db: Database) -> None:
     jobs = JobRepository(cira_db)
     claimed = _expired_claim(jobs)
-    second: list[Any] = []
-    reaper = _release_in_thread(cira_db, second)
-    with cira_db.transaction() as conn:
-        first = JobRepository(conn).release_expired()
-        reaper.start()
-        _reaper_waits_or_ends(cira_db, reaper)
-    reaper.join(timeout=30)
-    assert not reaper.is_alive()
+    first, second = _while_held(
+        cira_db, lambda conn: JobRepository(conn).release_expired(), jobs.release_expired
+    )
     assert [job.id for job in first] == [claimed.id]
-    assert second == [[]], "a second reaper released (and reported) the same job again"
+    assert second == [], "a second reaper released (and reported) the same job again"
     stored = jobs.get(claimed.id, client_id=A)
     assert stored.status is JobStatus.QUEUED
     assert stored.attempts == 1
+
+
+def test_retention_leaves_a_job_that_is_being_retried(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/r.pdf")
+    claimed = jobs.claim_next(lease=LEASE)
+    assert claimed is not None
+    jobs.fail(job.id, error_message="unreadable", attempt=claimed.attempts)
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    retried, deleted = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).retry(job.id),
+        lambda: jobs.delete_finished_before(cutoff),
+    )
+    assert retried.status is JobStatus.QUEUED
+    assert deleted == 0, "retention deleted a job that was going back to the queue"
+    assert jobs.get(job.id, client_id=A).status is JobStatus.QUEUED
