@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from _proxy import (
     VIA_PGBOUNCER,
+    AppTarget,
     PgBouncer,
     PgBouncerUnavailableError,
     start_pgbouncer,
@@ -67,20 +68,26 @@ def pgbouncer(cira_db_server: TestServer) -> Iterator[PgBouncer]:
 
 
 @pytest.fixture
-def cira_db(request: pytest.FixtureRequest, cira_db_url: str) -> Iterator[Database]:
-    """An open `Database` on this test's fresh database.
+def app_target(request: pytest.FixtureRequest, cira_db_url: str) -> AppTarget:
+    """Where this test's application connections go (see `AppTarget`).
 
-    With ``CIRA_DB_TEST_VIA_PGBOUNCER=1`` it goes through pgbouncer
-    (``verify-full``, ``via_proxy=True``), and migrations keep the direct URL
-    (``migration_url``); otherwise it is the plugin's direct connection.
+    Direct to ``cira_db_url``; with ``CIRA_DB_TEST_VIA_PGBOUNCER=1`` through
+    pgbouncer (``verify-full``, ``via_proxy=True``), migrations direct
+    (``migration_url``). Tests that stand for production code (repositories,
+    workers in threads and processes, the documented examples) use this rather
+    than ``cira_db_url``, so the proxy pass covers them.
     """
     if not VIA_PGBOUNCER:
-        with Database(cira_db_url) as db:
-            yield db
-        return
+        return AppTarget(url=cira_db_url, migration_url=cira_db_url, via_proxy=False)
     bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
     dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
-    with Database(bouncer.url(dbname), via_proxy=True, migration_url=cira_db_url) as db:
+    return AppTarget(url=bouncer.url(dbname), migration_url=cira_db_url, via_proxy=True)
+
+
+@pytest.fixture
+def cira_db(app_target: AppTarget) -> Iterator[Database]:
+    """An open `Database` on this test's fresh database, the `app_target` way."""
+    with app_target.database() as db:
         yield db
 
 

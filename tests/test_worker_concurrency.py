@@ -1,7 +1,9 @@
 """Many workers on one queue.
 
 Threads and processes never claim a job twice and together finish every
-job; a killed worker's job comes back once its lease runs out.
+job; a killed worker's job comes back once its lease runs out. Every worker
+connects the way a deployment does (`AppTarget`): in the proxy pass through
+pgbouncer with TLS, in its own process too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from uuid import UUID
 
 import pytest
 from psycopg import Connection
+from psycopg.conninfo import conninfo_to_dict
 
+from _proxy import AppTarget
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db.errors import InvalidTransitionError
 
@@ -30,13 +34,13 @@ SHORT = timedelta(milliseconds=300)
 KILLED_LEASE = timedelta(seconds=3)
 
 
-def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
+def _work(target: AppTarget, worker: str, batch: int, start: Any = None) -> list[str]:
     """A worker loop: claim (one or a batch), complete each, until the queue is empty.
 
     ``start`` (a barrier) makes every worker begin at the same moment.
     """
     done: list[str] = []
-    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+    with target.database(pool_min_size=1, pool_max_size=1) as db:
         jobs = JobRepository(db)
         if start is not None:
             start.wait(timeout=60)
@@ -55,8 +59,8 @@ def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
                 done.append(str(job.id))
 
 
-def _process_worker(url: str, worker: str, batch: int, start: Any, out: Any) -> None:
-    out.put(_work(url, worker, batch, start))
+def _process_worker(target: AppTarget, worker: str, batch: int, start: Any, out: Any) -> None:
+    out.put(_work(target, worker, batch, start))
 
 
 def _check_all_done_once(db: Database, made: list[UUID], done: list[str], workers: int) -> None:
@@ -76,7 +80,7 @@ def _check_all_done_once(db: Database, made: list[UUID], done: list[str], worker
     assert busy == (workers,), "every worker should have completed some jobs"
 
 
-def test_threads_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+def test_threads_never_claim_a_job_twice(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     made = [
         job.id
@@ -97,7 +101,7 @@ def test_threads_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) ->
 
     def run(worker: str, batch: int) -> None:
         try:
-            mine = _work(cira_db_url, worker, batch, start)
+            mine = _work(app_target, worker, batch, start)
         except BaseException as exc:  # pragma: no cover - surfaced by the assert below
             errors.append(exc)
             return
@@ -144,7 +148,7 @@ def test_threads_sharing_one_pool(cira_db: Database) -> None:
 
 
 @pytest.mark.slow
-def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+def test_processes_never_claim_a_job_twice(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     made = [
         job.id
@@ -156,7 +160,7 @@ def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) 
     start, out = context.Barrier(3), context.Queue()
     workers = [
         context.Process(
-            target=_process_worker, args=(cira_db_url, f"p{n}", 1 + 4 * (n % 2), start, out)
+            target=_process_worker, args=(app_target, f"p{n}", 1 + 4 * (n % 2), start, out)
         )
         for n in range(3)
     ]
@@ -181,21 +185,44 @@ def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) 
     assert results.get_for_job(made[0], client_id=A).extracted_data["pid"] != os.getpid()
 
 
-def _claim_and_hang(url: str, ready: Any) -> None:
+def _how_connected(target: AppTarget, out: Any) -> None:
+    with target.database(pool_min_size=1, pool_max_size=1) as db, db.connection() as conn:
+        out.put((conn.info.port, bool(conn.pgconn.ssl_in_use)))
+
+
+@pytest.mark.slow
+def test_a_worker_process_connects_the_way_the_run_asks(app_target: AppTarget) -> None:
+    """In the proxy pass a worker process goes through pgbouncer with TLS; else directly."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    worker = context.Process(target=_how_connected, args=(app_target, out))
+    worker.start()
+    try:
+        port, tls = out.get(timeout=60)
+    finally:
+        worker.join(timeout=30)
+    assert worker.exitcode == 0
+    assert tls is app_target.via_proxy
+    expected_port = conninfo_to_dict(app_target.url).get("port")
+    if expected_port is not None:
+        assert port == int(expected_port)
+
+
+def _claim_and_hang(target: AppTarget, ready: Any) -> None:
     """A worker that claims one job (lease `KILLED_LEASE`), reports it, then hangs until killed."""
-    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+    with target.database(pool_min_size=1, pool_max_size=1) as db:
         job = JobRepository(db).claim_next(lease=KILLED_LEASE)
         ready.put((str(job.id), job.lease_expires_at) if job else None)
         time.sleep(60)
 
 
 @pytest.mark.slow
-def test_a_killed_workers_job_comes_back(cira_db: Database, cira_db_url: str) -> None:
+def test_a_killed_workers_job_comes_back(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     job = jobs.create(client_id=A, pdf_url="https://e.com/a.pdf")
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
-    worker = context.Process(target=_claim_and_hang, args=(cira_db_url, ready))
+    worker = context.Process(target=_claim_and_hang, args=(app_target, ready))
     worker.start()
     try:
         claimed_id, lease_until = ready.get(timeout=30)
@@ -268,14 +295,16 @@ def test_a_stalled_thread_worker_is_replaced(cira_db: Database) -> None:
     assert result.extracted_data == {"by": "second"}
 
 
-def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_url: str) -> None:
+def test_concurrent_creates_with_one_id_make_one_row(
+    cira_db: Database, app_target: AppTarget
+) -> None:
     job_id = "01900000-0000-7000-8000-00000000abcd"
     outcomes: list[Any] = []
     lock = threading.Lock()
     barrier = threading.Barrier(6)
 
     def create() -> None:
-        with Database(cira_db_url, pool_min_size=1, pool_max_size=1) as db:
+        with app_target.database(pool_min_size=1, pool_max_size=1) as db:
             repo = JobRepository(db)
             barrier.wait()
             job = repo.create(client_id=A, pdf_url="https://e.com/a.pdf", job_id=job_id)
