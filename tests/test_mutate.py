@@ -102,3 +102,9 @@ def test_a_malformed_guard_list_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(mutate.GuardError, match=r"guard 'x' names no test"):
         mutate.load_guards(bad)
+
+
+def test_docs_testing_lists_every_guard() -> None:
+    text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    section = text[text.index("## For contributors: the mutation check") :]
+    assert [guard.name for guard in GUARDS if f"`{guard.name}`" not in section] == []
