@@ -35,7 +35,8 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# the suite again, with repository tests going through pgbouncer (TLS verify-full, transaction pooling)
+# the suite again, every connection a deployment makes going through pgbouncer (TLS verify-full,
+# transaction pooling); migrations stay direct, as in production
 test-proxy: $(STAMP)
 	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -50,4 +51,4 @@ wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
 
 clean:
-	rm -rf $(VENV) dist build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.1[0-9] .venv-lowest dist build .mypy_cache .pytest_cache .ruff_cache
