@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint format bench wheel clean images
+.PHONY: all venv demo test test-proxy mutate lint format bench wheel clean images
 
 all: test
 
@@ -24,24 +24,29 @@ demo: $(STAMP)
 	$(BIN)/cira-db demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# the suite again, with repository tests going through pgbouncer (TLS verify-full, transaction pooling)
+# the suite again, every connection a deployment makes going through pgbouncer (TLS verify-full,
+# transaction pooling); migrations stay direct, as in production
 test-proxy: $(STAMP)
 	CIRA_DB_TEST_VIA_PGBOUNCER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # local PostgreSQL 15/16/18 and pgbouncer images, built offline from files this machine has (docs/containers.md)
 images: $(STAMP)
 	$(BIN)/python images/build.py
+
+# each guard of tools/mutation_guards.toml removed in turn: a named test must fail (docs/testing.md)
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
@@ -50,4 +55,4 @@ wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
 
 clean:
-	rm -rf $(VENV) dist build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.1[0-9] .venv-lowest dist build .mypy_cache .pytest_cache .ruff_cache

@@ -26,13 +26,17 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from cira_db import Database
+
 __all__ = [
     "VIA_PGBOUNCER",
+    "AppTarget",
     "CertificateAuthority",
     "PgBouncer",
     "PgBouncerUnavailableError",
@@ -49,6 +53,38 @@ VIA_PGBOUNCER = os.environ.get(VIA_PGBOUNCER_ENV) == "1"
 _UNPRIVILEGED_USERS = ("pgserver", "nobody")
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AppTarget:
+    """Where a production deployment's connections go in this test run.
+
+    ``url`` is what the application uses: the test database directly, or (in the
+    proxy pass, ``CIRA_DB_TEST_VIA_PGBOUNCER=1``) the same database through
+    pgbouncer with TLS ``verify-full`` and ``via_proxy=True``. ``migration_url``
+    is always direct: migrations never go through the proxy, by design. Plain
+    strings only, so it can be handed to worker processes.
+    """
+
+    url: str
+    migration_url: str
+    via_proxy: bool
+
+    def database(self, **settings: Any) -> Database:
+        """A `Database` (not yet open) the way the application would make it."""
+        if self.via_proxy:
+            return Database(self.url, via_proxy=True, migration_url=self.migration_url, **settings)
+        return Database(self.url, **settings)
+
+    def environ(self) -> dict[str, str]:
+        """The ``CIRA_DB_*`` variables a deployment would set for the same target."""
+        if not self.via_proxy:
+            return {"CIRA_DB_URL": self.url}
+        return {
+            "CIRA_DB_URL": self.url,
+            "CIRA_DB_VIA_PROXY": "true",
+            "CIRA_DB_MIGRATION_URL": self.migration_url,
+        }
 
 
 class PgBouncerUnavailableError(RuntimeError):

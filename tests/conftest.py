@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from _faces import FACES, Awaiting, LoopThread
 from _proxy import (
     VIA_PGBOUNCER,
+    AppTarget,
     PgBouncer,
     PgBouncerUnavailableError,
     start_pgbouncer,
@@ -29,7 +30,8 @@ pytest_plugins = ["cira_db.testing"]
 
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("CIRA_DB_TEST_URL")
-    where = "CIRA_DB_TEST_URL" if url else "testcontainers or embedded PostgreSQL 16"
+    version = os.environ.get("CIRA_DB_TEST_PG_VERSION") or "16"
+    where = "CIRA_DB_TEST_URL" if url else f"testcontainers or embedded PostgreSQL {version}"
     via = ", repository tests through pgbouncer (TLS)" if VIA_PGBOUNCER else ""
     return f"cira_db test server: {where}{via}"
 
@@ -38,7 +40,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def _clean_cira_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CIRA_DB_* setting leaks in from the shell or from one test into another."""
     for name in list(os.environ):
-        if name.startswith("CIRA_DB_") and name != "CIRA_DB_TEST_URL":
+        # The test server's own settings (CIRA_DB_TEST_*) stay: the plugin reads them.
+        if name.startswith("CIRA_DB_") and not name.startswith("CIRA_DB_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
 
@@ -67,20 +70,26 @@ def pgbouncer(cira_db_server: TestServer) -> Iterator[PgBouncer]:
 
 
 @pytest.fixture
-def cira_db(request: pytest.FixtureRequest, cira_db_url: str) -> Iterator[Database]:
-    """An open `Database` on this test's fresh database.
+def app_target(request: pytest.FixtureRequest, cira_db_url: str) -> AppTarget:
+    """Where this test's application connections go (see `AppTarget`).
 
-    With ``CIRA_DB_TEST_VIA_PGBOUNCER=1`` it goes through pgbouncer
-    (``verify-full``, ``via_proxy=True``), and migrations keep the direct URL
-    (``migration_url``); otherwise it is the plugin's direct connection.
+    Direct to ``cira_db_url``; with ``CIRA_DB_TEST_VIA_PGBOUNCER=1`` through
+    pgbouncer (``verify-full``, ``via_proxy=True``), migrations direct
+    (``migration_url``). Tests that stand for production code (repositories,
+    workers in threads and processes, the documented examples) use this rather
+    than ``cira_db_url``, so the proxy pass covers them.
     """
     if not VIA_PGBOUNCER:
-        with Database(cira_db_url) as db:
-            yield db
-        return
+        return AppTarget(url=cira_db_url, migration_url=cira_db_url, via_proxy=False)
     bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
     dbname = str(conninfo_to_dict(cira_db_url)["dbname"])
-    with Database(bouncer.url(dbname), via_proxy=True, migration_url=cira_db_url) as db:
+    return AppTarget(url=bouncer.url(dbname), migration_url=cira_db_url, via_proxy=True)
+
+
+@pytest.fixture
+def cira_db(app_target: AppTarget) -> Iterator[Database]:
+    """An open `Database` on this test's fresh database, the `app_target` way."""
+    with app_target.database() as db:
         yield db
 
 

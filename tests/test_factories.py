@@ -140,17 +140,3 @@ def test_the_factorys_repositories(cira_db_factory: CiraDbFactory) -> None:
     job = cira_db_factory.job()
     assert cira_db_factory.jobs.get(job.id, client_id=A) == job
     assert cira_db_factory.results.find_for_job(job.id, client_id=A) is None
-
-
-def test_the_example_in_docs_testing(cira_db_factory: CiraDbFactory) -> None:
-    """The ``python no-run`` example of docs/testing.md, as a test."""
-    cira_db_factory.job()
-    cira_db_factory.job(status=JobStatus.PROCESSING)
-    cira_db_factory.job(status="failed", error_message="unreadable PDF")
-    job, result = cira_db_factory.completed_job(tokens_used=1200, confidence_score=0.93)
-    assert job.status is JobStatus.COMPLETED
-    assert result.job_id == job.id
-
-    counts = cira_db_factory.jobs.count_by_status(client_id="client-a")
-    assert counts == dict.fromkeys(JobStatus, 1)
-    assert cira_db_factory.results.usage(client_id="client-a").tokens_used == 1200

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from cira_db.errors import ConfigurationError
 from cira_db.testing import TestServer
+from cira_db.testing._server import ENV_PG_VERSION, embedded_version
 
 pytest_plugins = ["pytester"]
 
@@ -71,6 +75,26 @@ def test_plugin_is_not_registered_without_pytest_plugins(downstream: pytest.Pyte
     result = downstream.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(["*fixture 'cira_db*' not found*"])
+
+
+def test_the_embedded_version_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_PG_VERSION, "17")
+    with pytest.raises(ConfigurationError, match=r"CIRA_DB_TEST_PG_VERSION must be one of 16, 18"):
+        embedded_version()
+    monkeypatch.setenv(ENV_PG_VERSION, "18")
+    assert embedded_version() == 18
+    monkeypatch.delenv(ENV_PG_VERSION)
+    assert embedded_version() is None
+
+
+def test_the_server_is_the_one_asked_for(cira_db_server: TestServer) -> None:
+    major = int(cira_db_server.version().split(".")[0].split()[0])
+    if cira_db_server.kind.startswith("embedded"):
+        asked = int(os.environ.get(ENV_PG_VERSION) or "16")
+        assert cira_db_server.kind.startswith(f"embedded PostgreSQL {asked} (")
+        assert major == asked
+    else:
+        assert major >= 15  # the oldest supported server (README, "Supported versions")
 
 
 def _async_section_blocks() -> list[str]:

