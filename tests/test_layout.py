@@ -5,10 +5,11 @@ From the bottom up:
 0. errors and models: the exceptions, the dataclasses, the version, data folders;
 1. settings and SQL loading: settings, the connection plan, credentials, input
    validation, cursors, the SQL loader, the error seam and retries;
-2. the database: `Database`;
+2. the database: `Database` and `AsyncDatabase`;
 3. repositories and migrations;
 4. adapters: the CLI, AWS, the pytest plugin, and the tools built on them
-   (doctor, demo, seeder), plus the package's own facade ``cira_db``.
+   (doctor, demo, seeder), plus the package's own facades ``cira_db`` and
+   ``cira_db.aio``.
 
 A module may import modules of its own layer or of layers below it, never above.
 Every import counts: module level, inside functions (lazy imports) and under
@@ -53,14 +54,16 @@ LAYERS: dict[str, int] = {
     "cira_db._cursor": 1,
     "cira_db._errors_map": 1,
     "cira_db._retry": 1,
-    # 2: the database
+    # 2: the database (sync, and its asyncio twin)
     "cira_db._database": 2,
+    "cira_db._aio_database": 2,
     # 3: repositories and migrations
     "cira_db._repositories": 3,
     "cira_db.migrations": 3,
     "cira_db._migrations": 3,
     # 4: adapters
     "cira_db": 4,
+    "cira_db.aio": 4,  # the asyncio facade
     "cira_db.__main__": 4,
     "cira_db._cli": 4,
     "cira_db._doctor": 4,
