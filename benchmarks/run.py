@@ -11,7 +11,8 @@ The database is dropped and the embedded server stopped at the end.
 3. bulk insert: ``create_many`` against COPY, and peak memory;
 5. time-ordered against random ids (before 4, while the table is small);
 4. index plans on 1,000,000 jobs, the library's indexes against the story's;
-6. the locks migrations 0003 and 0004 take on 1,000,000 jobs, and for how long.
+6. the locks migrations 0003 and 0004 take on 1,000,000 jobs, and for how long;
+7. the asyncio face against raw psycopg async on the same pool.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -31,6 +32,7 @@ from pathlib import Path
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench_async import run_async
 from bench_bulk import run_bulk
 from bench_common import Context, Section, connect_raw
 from bench_ids import run_ids
@@ -58,8 +60,9 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "ids": ("5. Time-ordered ids against random ids", run_ids),
     "plans": ("4. Index plans at scale", run_plans),
     "migration": ("6. Migrations 0003 and 0004 on a large table", run_migration),
+    "async": ("7. The asyncio face", run_async),
 }
-ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration")  # report order
+ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration", "async")  # report order
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from _faces import FACES, Awaiting, LoopThread
 from _proxy import (
     VIA_PGBOUNCER,
     AppTarget,
@@ -17,6 +18,7 @@ from _proxy import (
     start_pgbouncer,
 )
 from cira_db import Database, JobRepository, JobResultRepository
+from cira_db.aio import AsyncDatabase, AsyncJobRepository, AsyncJobResultRepository
 
 # Imported for types only: a runtime import here would come before pytest_plugins
 # and defeat assertion rewriting of the plugin (PytestAssertRewriteWarning).
@@ -91,13 +93,55 @@ def cira_db(app_target: AppTarget) -> Iterator[Database]:
         yield db
 
 
-@pytest.fixture
-def jobs(cira_db: Database) -> JobRepository:
-    """A `JobRepository` on this test's database."""
-    return JobRepository(cira_db)
+# -- the two faces: one set of repository scenarios, run sync and async --------------------
+
+
+@pytest.fixture(scope="session")
+def aio_loop() -> Iterator[LoopThread]:
+    """An event loop in a background thread, on which the async face's calls run."""
+    loop = LoopThread()
+    try:
+        yield loop
+    finally:
+        loop.stop()
 
 
 @pytest.fixture
-def results(cira_db: Database) -> JobResultRepository:
-    """A `JobResultRepository` on this test's database."""
-    return JobResultRepository(cira_db)
+def aio_db(
+    request: pytest.FixtureRequest, cira_db: Database, aio_loop: LoopThread
+) -> Iterator[AsyncDatabase]:
+    """An open `AsyncDatabase` on the same database (and route) as ``cira_db``, on ``aio_loop``."""
+    settings = cira_db.settings
+    db = AsyncDatabase(settings=settings)
+    aio_loop.run(db.open())
+    try:
+        yield db
+    finally:
+        aio_loop.run(db.close())
+
+
+@pytest.fixture(params=FACES)
+def face(request: pytest.FixtureRequest) -> str:
+    """Which face of the repositories a scenario runs on: "sync" or "async"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def jobs(request: pytest.FixtureRequest, face: str, cira_db: Database) -> JobRepository:
+    """A `JobRepository` on this test's database, or (face "async") an `AsyncJobRepository`
+    whose calls are awaited on a background loop, so the same scenario checks both."""
+    if face == "sync":
+        return JobRepository(cira_db)
+    loop: LoopThread = request.getfixturevalue("aio_loop")
+    db: AsyncDatabase = request.getfixturevalue("aio_db")
+    return Awaiting(AsyncJobRepository(db), loop)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def results(request: pytest.FixtureRequest, face: str, cira_db: Database) -> JobResultRepository:
+    """A `JobResultRepository` on this test's database, sync or async like ``jobs``."""
+    if face == "sync":
+        return JobResultRepository(cira_db)
+    loop: LoopThread = request.getfixturevalue("aio_loop")
+    db: AsyncDatabase = request.getfixturevalue("aio_db")
+    return Awaiting(AsyncJobResultRepository(db), loop)  # type: ignore[return-value]

@@ -159,9 +159,14 @@ def test_create_gives_up_when_the_row_keeps_changing(
     def never(*args: Any, **kwargs: Any) -> None:
         calls.append("run")
 
+    async def never_awaited(*args: Any, **kwargs: Any) -> None:
+        calls.append("run")
+
+    from cira_db._repositories._aio_base import AsyncRunner
     from cira_db._repositories._base import Runner
 
-    monkeypatch.setattr(Runner, "one", never)
+    monkeypatch.setattr(Runner, "execute", never)
+    monkeypatch.setattr(AsyncRunner, "execute", never_awaited)
     with pytest.raises(DatabaseError, match="kept changing"):
         jobs.create(client_id=A, pdf_url=URL, job_id=uuid.uuid4())
     assert len(calls) == 3
@@ -213,7 +218,7 @@ def test_create_many_rolls_back_on_a_database_error(
         ids[-1] = existing.id
         return ids
 
-    monkeypatch.setattr("cira_db._repositories._jobs.uuid7_batch", with_duplicate)
+    monkeypatch.setattr("cira_db._repositories._core_jobs.uuid7_batch", with_duplicate)
     with pytest.raises(ConflictError) as info:
         jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(5)])
     assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
@@ -909,15 +914,26 @@ def _fail_first_statement(monkeypatch: pytest.MonkeyPatch, failures: int = 1) ->
     """Make the next ``failures`` repository statements fail with a serialization failure."""
     seen: list[str] = []
     original = psycopg.Cursor.execute
+    original_async = psycopg.AsyncCursor.execute
 
-    def flaky(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+    def inject(query: Any) -> None:
         if isinstance(query, str) and query.strip():  # not the pool's empty check
             seen.append(query)
             if len(seen) <= failures:
                 raise psycopg.errors.SerializationFailure("injected")
+
+    def flaky(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        inject(query)
         return original(self, query, *args, **kwargs)
 
+    async def flaky_async(
+        self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        inject(query)
+        return await original_async(self, query, *args, **kwargs)
+
     monkeypatch.setattr(psycopg.Cursor, "execute", flaky)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", flaky_async)
     return seen
 
 

@@ -19,7 +19,13 @@ import cira_db.errors
 import cira_db.migrations
 
 # Modules whose names are the public contract; cira_db.aws joins once it exists.
-PUBLIC_MODULES = ["cira_db", "cira_db.errors", "cira_db.migrations", "cira_db.testing"]
+PUBLIC_MODULES = [
+    "cira_db",
+    "cira_db.aio",
+    "cira_db.errors",
+    "cira_db.migrations",
+    "cira_db.testing",
+]
 if importlib.util.find_spec("cira_db.aws") is not None:
     PUBLIC_MODULES.append("cira_db.aws")
 
@@ -62,7 +68,7 @@ def test_package_all_equals_its_public_names() -> None:
     assert set(cira_db.__all__) == _public_names(cira_db) | {"__version__"}
 
 
-@pytest.mark.parametrize("module_name", ["cira_db.errors", "cira_db.migrations"])
+@pytest.mark.parametrize("module_name", ["cira_db.aio", "cira_db.errors", "cira_db.migrations"])
 def test_module_all_names_exist(module_name: str) -> None:
     module = importlib.import_module(module_name)
     for name in module.__all__:
@@ -164,7 +170,7 @@ def test_version_is_a_string() -> None:
 def test_import_leaves_optional_and_heavy_modules_out() -> None:
     script = (
         "import json, sys\n"
-        "import cira_db, cira_db.errors, cira_db.migrations\n"
+        "import cira_db, cira_db.aio, cira_db.errors, cira_db.migrations\n"
         f"print(json.dumps([m for m in {HEAVY_OR_OPTIONAL!r} if m in sys.modules]))\n"
     )
     done = subprocess.run(

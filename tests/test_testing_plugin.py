@@ -95,3 +95,24 @@ def test_the_server_is_the_one_asked_for(cira_db_server: TestServer) -> None:
         assert major == asked
     else:
         assert major >= 15  # the oldest supported server (README, "Supported versions")
+
+
+def _async_section_blocks() -> list[str]:
+    """The ```python blocks of docs/testing.md's "Async tests" section, in order."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "testing.md").read_text("utf-8")
+    section = text.split("\n## Async tests\n", 1)[1].split("\n## ", 1)[0]
+    return [part.split("\n```", 1)[0] for part in section.split("```python no-run\n")[1:]]
+
+
+def test_the_async_fixture_example_of_the_docs_runs(downstream: pytest.Pytester) -> None:
+    conftest, tests = _async_section_blocks()
+    assert "anyio_backend" in conftest
+    assert "cira_db_async" in tests
+    downstream.makeconftest(conftest)
+    downstream.makepyfile(test_async_service=tests)
+    result = downstream.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-W", "error", "test_async_service.py"
+    )
+    result.assert_outcomes(passed=1)

@@ -8,10 +8,11 @@ else gets one try; its failure surfaces as a cira_db error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,7 +21,7 @@ import psycopg
 from cira_db._errors_map import is_transient, translate
 from cira_db.errors import CiraDbError
 
-__all__ = ["RetryPolicy", "call_with_retries"]
+__all__ = ["RetryPolicy", "async_call_with_retries", "call_with_retries", "next_pause"]
 
 T = TypeVar("T")
 _log = logging.getLogger("cira_db.retry")
@@ -38,6 +39,29 @@ class RetryPolicy:
         """Seconds to sleep before retry number ``retry`` (1-based), with full jitter."""
         ceiling = min(self.backoff_max, self.backoff * (2 ** (retry - 1)))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def next_pause(
+    policy: RetryPolicy, operation: str, exc: psycopg.Error, attempt: int, tries: int
+) -> float | None:
+    """The retry decision, shared by the sync and the asyncio loop.
+
+    Seconds to wait before repeating after ``exc`` ended try ``attempt`` of
+    ``tries`` (the retry is logged), or None when the work must not be
+    repeated: out of tries, or a failure that is not transient.
+    """
+    if attempt >= tries or not is_transient(exc):
+        return None
+    pause = policy.delay(attempt)
+    _log.warning(
+        "%s: transient failure (%s), retry %d of %d in %.0f ms",
+        operation,
+        type(exc).__name__,
+        attempt,
+        tries - 1,
+        pause * 1000,
+    )
+    return pause
 
 
 def call_with_retries(
@@ -62,17 +86,30 @@ def call_with_retries(
         try:
             return work()
         except psycopg.Error as exc:
-            if attempt < tries and is_transient(exc):
-                pause = policy.delay(attempt)
-                _log.warning(
-                    "%s: transient failure (%s), retry %d of %d in %.0f ms",
-                    operation,
-                    type(exc).__name__,
-                    attempt,
-                    tries - 1,
-                    pause * 1000,
-                )
-                sleep(pause)
-                continue
-            raise mapper(exc, operation) from exc
+            pause = next_pause(policy, operation, exc, attempt, tries)
+            if pause is None:
+                raise mapper(exc, operation) from exc
+        sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def async_call_with_retries(
+    policy: RetryPolicy,
+    operation: str,
+    work: Callable[[], Awaitable[T]],
+    *,
+    idempotent: bool,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    mapper: Callable[[psycopg.Error, str], CiraDbError] = translate,
+) -> T:
+    """`call_with_retries` for coroutines: the same decision, ``asyncio.sleep`` between tries."""
+    tries = policy.attempts if idempotent else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return await work()
+        except psycopg.Error as exc:
+            pause = next_pause(policy, operation, exc, attempt, tries)
+            if pause is None:
+                raise mapper(exc, operation) from exc
+        await sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover

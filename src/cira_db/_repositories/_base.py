@@ -1,4 +1,11 @@
-"""What the repositories share: where statements run, rows to dataclasses, errors.
+"""What the repositories share: statement requests, rows to dataclasses, errors.
+
+The repositories are built as a sans-I/O core (docs/async.md): each method's
+logic (``_core_jobs.py``, ``_core_results.py``) is a generator that yields
+`Call` requests (a named statement, its parameters, its row factory, whether
+repeating it is harmless) and receives their results. A runner performs the
+I/O: `Runner` here (sync), ``AsyncRunner`` in ``_aio_base.py`` (asyncio).
+The public repositories are one-line shells that hand the logic to a runner.
 
 A repository is built on an `Executor`: a `Database` (each call borrows an
 autocommit connection from the pool and runs one statement, so one round
@@ -8,10 +15,10 @@ can share the caller's transaction).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import psycopg
 import psycopg.errors as pg_errors
@@ -29,7 +36,9 @@ from cira_db.errors import (
 )
 
 __all__ = [
+    "Call",
     "Executor",
+    "Logic",
     "Outcome",
     "Runner",
     "job_outcome_row",
@@ -107,6 +116,64 @@ result_outcome_row: Final = _outcome_row(JobResult)
 
 usage_row: Final[BaseRowFactory[Usage]] = class_row(Usage)
 """The one row of ``usage_by_client`` -> `Usage`."""
+
+
+# -- statement requests -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    """One statement a repository's logic asks a runner to run (one round trip).
+
+    ``kind`` says what the logic gets back: ``"one"`` the first row or None,
+    ``"all"`` every row, ``"rowcount"`` how many rows changed. ``params`` are
+    checked against the query's placeholders when the request is made, so a
+    mistake shows up the same way whichever runner would have run it.
+    ``idempotent`` says whether a runner may repeat it after a transient
+    failure (only on a `Database`; never inside a caller's transaction).
+    """
+
+    kind: Literal["one", "all", "rowcount"]
+    query: Query
+    params: Mapping[str, Any]
+    row_factory: BaseRowFactory[Any] | None
+    operation: str
+    idempotent: bool
+
+    @staticmethod
+    def one(
+        query: Query,
+        params: Mapping[str, Any],
+        row_factory: BaseRowFactory[T],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> Call[T | None]:
+        """Ask for the statement's first row (None when it returns none)."""
+        return Call("one", query, query.bind(params), row_factory, operation, idempotent)
+
+    @staticmethod
+    def all(
+        query: Query,
+        params: Mapping[str, Any],
+        row_factory: BaseRowFactory[T],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> Call[list[T]]:
+        """Ask for every row of the statement."""
+        return Call("all", query, query.bind(params), row_factory, operation, idempotent)
+
+    @staticmethod
+    def rowcount(
+        query: Query, params: Mapping[str, Any], operation: str, *, idempotent: bool
+    ) -> Call[int]:
+        """Ask for the number of rows the statement changed."""
+        return Call("rowcount", query, query.bind(params), None, operation, idempotent)
+
+
+Logic: TypeAlias = Generator[Call[Any], Any, T]
+"""A repository method's logic: yields `Call` requests, receives their results, returns."""
 
 
 # -- errors -------------------------------------------------------------------------
@@ -191,6 +258,49 @@ class Runner:
                 return work(self._connection)
         assert self._database is not None  # one of the two is always set
         return self._database.run(operation, work, idempotent=idempotent, mapper=map_error)
+
+    def drive(self, logic: Logic[T]) -> T:
+        """Run a repository method's logic to its end; returns what it returns.
+
+        Each `Call` it yields is run here and its result sent back; a cira_db
+        error from running it is thrown into the logic (at its ``yield``), so
+        the logic's own ``try``/``except`` decides what that error means.
+        """
+        value: Any = None
+        error: CiraDbError | None = None
+        while True:
+            try:
+                call = logic.send(value) if error is None else logic.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            value, error = None, None
+            try:
+                value = self.execute(call)
+            except CiraDbError as exc:
+                error = exc
+
+    def execute(self, call: Call[R]) -> R:
+        """Run one `Call` and return its result (errors mapped, retried per ``idempotent``)."""
+        if call.kind == "rowcount":
+            count: Any = self.rowcount(
+                call.query, call.params, call.operation, idempotent=call.idempotent
+            )
+            return count  # type: ignore[no-any-return]
+        assert call.row_factory is not None  # every row-returning call has one
+        if call.kind == "one":
+            row: Any = self.one(
+                call.query,
+                call.params,
+                call.row_factory,
+                call.operation,
+                idempotent=call.idempotent,
+            )
+            return row  # type: ignore[no-any-return]
+        rows: Any = self.all(
+            call.query, call.params, call.row_factory, call.operation, idempotent=call.idempotent
+        )
+        return rows  # type: ignore[no-any-return]
 
     def one(
         self,

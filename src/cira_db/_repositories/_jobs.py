@@ -1,4 +1,8 @@
-"""`JobRepository`: create, read, list and move jobs through their life."""
+"""`JobRepository`: create, read, list and move jobs through their life.
+
+A thin sync shell: each method is one line that hands the method's logic
+(``_core_jobs.JobLogic``, written once for both faces) to a `Runner`.
+"""
 
 from __future__ import annotations
 
@@ -6,106 +10,14 @@ import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any
 from uuid import UUID
 
-from psycopg.rows import tuple_row
-
-from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
-from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page
-from cira_db._repositories._base import (
-    Executor,
-    Outcome,
-    Runner,
-    job_outcome_row,
-    job_row,
-    result_outcome_row,
-)
-from cira_db._repositories._ids import uuid7, uuid7_batch
-from cira_db._sql import query
-from cira_db._validation import (
-    check_aware_datetime,
-    check_client_id,
-    check_confidence_score,
-    check_error_message,
-    check_extracted_data,
-    check_job_id,
-    check_lease,
-    check_limit,
-    check_optional_attempt,
-    check_optional_client_id,
-    check_pdf_url,
-    check_pdf_urls,
-    check_positive_int,
-    check_status,
-    check_tokens_used,
-)
-from cira_db.errors import (
-    ConflictError,
-    DatabaseError,
-    DatabaseUnavailableError,
-    InvalidTransitionError,
-    NotFoundError,
-    ValidationError,
-)
+from cira_db._models import Job, JobResult, JobStatus, Page
+from cira_db._repositories._base import Executor, Runner
+from cira_db._repositories._core_jobs import JobLogic
 
 __all__ = ["JobRepository"]
-
-T = TypeVar("T")
-
-_INSERT_JOB: Final = query("jobs.sql", "insert_job")
-_INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
-_GET_JOB: Final = query("jobs.sql", "get_job")
-_LIST_JOBS: Final = query("jobs.sql", "list_jobs")
-_LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
-_CLAIM_JOBS: Final = query("jobs.sql", "claim_jobs")
-_CLAIM_JOBS_FOR_CLIENT: Final = query("jobs.sql", "claim_jobs_for_client")
-_EXTEND_LEASE: Final = query("jobs.sql", "extend_lease")
-_COMPLETE_JOB: Final = query("jobs.sql", "complete_job")
-_FAIL_JOB: Final = query("jobs.sql", "fail_job")
-_RETRY_JOB: Final = query("jobs.sql", "retry_job")
-_RELEASE_EXPIRED_JOBS: Final = query("jobs.sql", "release_expired_jobs")
-_COUNT_JOBS_BY_STATUS: Final = query("jobs.sql", "count_jobs_by_status")
-_DELETE_FINISHED_JOBS: Final = query("jobs.sql", "delete_finished_jobs")
-
-_BATCH_SIZE_MAX: Final = 10_000
-# An insert that met a concurrent insert of the same id sees neither its own
-# row nor the other one (statement snapshot); running it again resolves it.
-_CREATE_TRIES: Final = 3
-
-
-def _not_found(job_id: UUID) -> NotFoundError:
-    return NotFoundError(f"job {job_id} not found")
-
-
-def _refused(
-    job_id: UUID,
-    action: str,
-    status: str,
-    needed: JobStatus,
-    *,
-    attempt: int | None = None,
-    current: int | None = None,
-) -> InvalidTransitionError:
-    if attempt is not None and current is not None:
-        # ``attempts`` only grows: a higher one means the worker's claim is gone.
-        if current > attempt:
-            return InvalidTransitionError(
-                f"cannot {action} job {job_id}: it was claimed again (attempt {current}) "
-                f"after attempt {attempt}; nothing was changed"
-            )
-        if current < attempt and status == needed.value:
-            return InvalidTransitionError(
-                f"cannot {action} job {job_id}: it is on attempt {current}, not {attempt}; "
-                "nothing was changed"
-            )
-    if status == needed.value:
-        return InvalidTransitionError(
-            f"cannot {action} job {job_id}: it changed while this call ran; nothing was changed"
-        )
-    return InvalidTransitionError(
-        f"cannot {action} job {job_id}: it is {status}, not {needed.value}; nothing was changed"
-    )
 
 
 class JobRepository:
@@ -135,13 +47,11 @@ class JobRepository:
     the same listings the same secret to make cursors unforgeable.
     """
 
-    __slots__ = ("_cursor_key", "_run")
+    __slots__ = ("_logic", "_run")
 
     def __init__(self, executor: Executor, *, cursor_key: bytes | None = None) -> None:
         self._run = Runner(executor)
-        if cursor_key is not None and not (isinstance(cursor_key, bytes) and cursor_key):
-            raise ValidationError("cursor_key", "must be non-empty bytes")
-        self._cursor_key = cursor_key or DEFAULT_KEY
+        self._logic = JobLogic(cursor_key)
 
     def __repr__(self) -> str:
         return f"<JobRepository on {self._run.executor!r}>"
@@ -157,24 +67,9 @@ class JobRepository:
         client or URL raises `ConflictError`. Without it a new time-ordered
         id (UUIDv7) is generated.
         """
-        client = check_client_id(client_id)
-        url = check_pdf_url(pdf_url)
-        new_id = uuid7() if job_id is None else check_job_id(job_id)
-        params = {"id": new_id, "client_id": client, "pdf_url": url}
-        for _ in range(_CREATE_TRIES):
-            # The id is fixed before the first try, so repeating the insert is
-            # harmless: a try whose reply was lost makes the next one "existing".
-            reply = self._run.one(
-                _INSERT_JOB, params, job_outcome_row, "create a job", idempotent=True
-            )
-            if reply is None:
-                continue  # a concurrent insert of this id committed after our snapshot
-            if reply.row is None:
-                raise ConflictError(
-                    f"job {new_id} exists already with a different client or pdf_url"
-                )
-            return reply.row
-        raise DatabaseError(f"create a job: job {new_id} kept changing concurrently; try again")
+        return self._run.drive(
+            self._logic.create(client_id=client_id, pdf_url=pdf_url, job_id=job_id)
+        )
 
     def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> builtins.list[Job]:
         """Queue many PDFs (up to 100,000) for one client, all or nothing.
@@ -183,31 +78,17 @@ class JobRepository:
         table, which would pin the session behind RDS Proxy). Returns the jobs
         in the order of ``pdf_urls``; their UUIDv7 ids increase in that order.
         """
-        client = check_client_id(client_id)
-        urls = check_pdf_urls(pdf_urls)
-        if not urls:
-            return []
-        ids = uuid7_batch(len(urls))
-        params = {"ids": ids, "client_id": client, "pdf_urls": urls}
-        # Not repeated on a transient failure: if the lost reply was a commit,
-        # a second try would fail on the ids and hide the jobs made by the first.
-        jobs = self._run.all(_INSERT_JOBS, params, job_row, "create jobs", idempotent=False)
-        by_id = {job.id: job for job in jobs}
-        return [by_id[new_id] for new_id in ids]
+        return self._run.drive(self._logic.create_many(client_id=client_id, pdf_urls=pdf_urls))
 
     # -- reading ----------------------------------------------------------------
 
     def find(self, job_id: UUID | str, *, client_id: str) -> Job | None:
         """The job, or None if it does not exist or belongs to another client."""
-        params = {"id": check_job_id(job_id), "client_id": check_client_id(client_id)}
-        return self._run.one(_GET_JOB, params, job_row, "read a job", idempotent=True)
+        return self._run.drive(self._logic.find(job_id, client_id=client_id))
 
     def get(self, job_id: UUID | str, *, client_id: str) -> Job:
         """The job; `NotFoundError` if it does not exist or belongs to another client."""
-        job = self.find(job_id, client_id=client_id)
-        if job is None:
-            raise _not_found(check_job_id(job_id))
-        return job
+        return self._run.drive(self._logic.get(job_id, client_id=client_id))
 
     def list(
         self,
@@ -226,50 +107,13 @@ class JobRepository:
         pagination: a page costs the same however deep it is, and rows
         created meanwhile do not shift later pages.
         """
-        client = check_client_id(client_id)
-        wanted = check_status(status)
-        size = check_limit(limit)
-        after_created_at: datetime | None = None
-        after_id: UUID | None = None
-        if cursor is not None:
-            after_created_at, after_id = decode_cursor(
-                cursor, client_id=client, status=wanted, key=self._cursor_key
-            )
-        params: dict[str, Any] = {
-            "client_id": client,
-            "after_created_at": after_created_at,
-            "after_id": after_id,
-            "limit": size + 1,
-        }
-        if wanted is None:
-            rows = self._run.all(_LIST_JOBS, params, job_row, "list jobs", idempotent=True)
-        else:
-            params["status"] = wanted.value
-            rows = self._run.all(
-                _LIST_JOBS_BY_STATUS, params, job_row, "list jobs", idempotent=True
-            )
-        next_cursor = None
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            next_cursor = encode_cursor(
-                client_id=client,
-                status=wanted,
-                created_at=last.created_at,
-                job_id=last.id,
-                key=self._cursor_key,
-            )
-        return Page(items=tuple(rows), next_cursor=next_cursor)
+        return self._run.drive(
+            self._logic.list(client_id=client_id, status=status, limit=limit, cursor=cursor)
+        )
 
     def count_by_status(self, *, client_id: str) -> dict[JobStatus, int]:
         """How many jobs the client has in each status; every status is present."""
-        params = {"client_id": check_client_id(client_id)}
-        counts = dict.fromkeys(JobStatus, 0)
-        for status, jobs in self._run.all(
-            _COUNT_JOBS_BY_STATUS, params, tuple_row, "count jobs by status", idempotent=True
-        ):
-            counts[STATUS_BY_LABEL[status]] = jobs
-        return counts
+        return self._run.drive(self._logic.count_by_status(client_id=client_id))
 
     # -- the worker's side ---------------------------------------------------------
 
@@ -281,8 +125,7 @@ class JobRepository:
         LOCKED``: concurrent workers never claim the same job and never wait
         for each other.
         """
-        jobs = self.claim_batch(1, lease=lease, client_id=client_id)
-        return jobs[0] if jobs else None
+        return self._run.drive(self._logic.claim_next(lease=lease, client_id=client_id))
 
     def claim_batch(
         self, limit: int, *, lease: timedelta, client_id: str | None = None
@@ -292,18 +135,7 @@ class JobRepository:
         Like `claim_next`, in one statement; fewer (or none) when the queue
         holds fewer unlocked jobs.
         """
-        params: dict[str, Any] = {
-            "limit": check_limit(limit),
-            "lease": check_lease(lease),
-        }
-        client = check_optional_client_id(client_id)
-        if client is None:
-            # Claims are never repeated: a lost reply may hide a claim that happened.
-            return self._run.all(_CLAIM_JOBS, params, job_row, "claim jobs", idempotent=False)
-        params["client_id"] = client
-        return self._run.all(
-            _CLAIM_JOBS_FOR_CLIENT, params, job_row, "claim jobs", idempotent=False
-        )
+        return self._run.drive(self._logic.claim_batch(limit, lease=lease, client_id=client_id))
 
     def extend_lease(
         self,
@@ -321,18 +153,9 @@ class JobRepository:
         ``attempt`` (the ``attempts`` of the worker's claim), if it was
         claimed again since; nothing changes then.
         """
-        key = check_job_id(job_id)
-        claim = check_optional_attempt(attempt)
-        params = {
-            "id": key,
-            "lease": check_lease(lease),
-            "client_id": check_optional_client_id(client_id),
-            "attempt": claim,
-        }
-        reply = self._run.one(
-            _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
+        return self._run.drive(
+            self._logic.extend_lease(job_id, lease=lease, client_id=client_id, attempt=attempt)
         )
-        return _moved(reply, key, "extend the lease of", JobStatus.PROCESSING, claim)
 
     def complete(
         self,
@@ -356,21 +179,16 @@ class JobRepository:
         job claimed again since that claim is refused the same way, so a
         worker whose lease ran out never writes over another worker's claim.
         """
-        key = check_job_id(job_id)
-        claim = check_optional_attempt(attempt)
-        params = {
-            "id": key,
-            "result_id": uuid7(),
-            "extracted_data": check_extracted_data(extracted_data),
-            "confidence_score": check_confidence_score(confidence_score),
-            "tokens_used": check_tokens_used(tokens_used),
-            "client_id": check_optional_client_id(client_id),
-            "attempt": claim,
-        }
-        reply = self._run.one(
-            _COMPLETE_JOB, params, result_outcome_row, "complete a job", idempotent=False
+        return self._run.drive(
+            self._logic.complete(
+                job_id,
+                extracted_data=extracted_data,
+                confidence_score=confidence_score,
+                tokens_used=tokens_used,
+                client_id=client_id,
+                attempt=attempt,
+            )
         )
-        return _moved(reply, key, "complete", JobStatus.PROCESSING, claim)
 
     def fail(
         self,
@@ -388,23 +206,15 @@ class JobRepository:
         ``attempt`` (the ``attempts`` of the worker's claim) a job claimed
         again since that claim is refused the same way.
         """
-        key = check_job_id(job_id)
-        claim = check_optional_attempt(attempt)
-        params = {
-            "id": key,
-            "error_message": check_error_message(error_message),
-            "client_id": check_optional_client_id(client_id),
-            "attempt": claim,
-        }
-        reply = self._run.one(_FAIL_JOB, params, job_outcome_row, "fail a job", idempotent=False)
-        return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
+        return self._run.drive(
+            self._logic.fail(
+                job_id, error_message=error_message, client_id=client_id, attempt=attempt
+            )
+        )
 
     def retry(self, job_id: UUID | str, *, client_id: str | None = None) -> Job:
         """Put a failed job back in the queue (error cleared, attempts kept)."""
-        key = check_job_id(job_id)
-        params = {"id": key, "client_id": check_optional_client_id(client_id)}
-        reply = self._run.one(_RETRY_JOB, params, job_outcome_row, "retry a job", idempotent=False)
-        return _moved(reply, key, "retry", JobStatus.FAILED, None)
+        return self._run.drive(self._logic.retry(job_id, client_id=client_id))
 
     def release_expired(self, *, max_attempts: int = 3, limit: int = 1000) -> builtins.list[Job]:
         """Take back jobs whose worker's lease ran out; returns them as changed.
@@ -421,13 +231,7 @@ class JobRepository:
         `DatabaseUnavailableError` instead; call it again (a sweeper
         normally does), and read the jobs to see what the lost try did.
         """
-        params = {
-            "max_attempts": check_positive_int(max_attempts, "max_attempts"),
-            "limit": check_limit(limit),
-        }
-        return self._run.all(
-            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
-        )
+        return self._run.drive(self._logic.release_expired(max_attempts=max_attempts, limit=limit))
 
     # -- retention ------------------------------------------------------------------
 
@@ -445,38 +249,4 @@ class JobRepository:
         saying how many jobs the earlier batches deleted (the lost batch may
         or may not have run). Calling again carries on where it stopped.
         """
-        size = check_limit(batch_size, "batch_size", _BATCH_SIZE_MAX)
-        params = {"cutoff": check_aware_datetime(cutoff, "cutoff"), "batch_size": size}
-        deleted = 0
-        while True:
-            try:
-                count = self._run.rowcount(
-                    _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=False
-                )
-            except DatabaseUnavailableError as exc:
-                if not deleted:
-                    raise
-                raise DatabaseUnavailableError(
-                    f"{exc} (earlier batches of this call deleted {deleted} jobs; the failed "
-                    "batch may or may not have run: call again to go on)"
-                ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
-            deleted += count
-            if count < size:
-                return deleted
-
-
-def _moved(
-    reply: Outcome[T] | None,
-    job_id: UUID,
-    action: str,
-    needed: JobStatus,
-    attempt: int | None,
-) -> T:
-    """The changed row of a move, or the error that says why nothing changed."""
-    if reply is None:
-        raise _not_found(job_id)
-    if reply.row is None:
-        raise _refused(
-            job_id, action, reply.outcome, needed, attempt=attempt, current=reply.current_attempts
-        )
-    return reply.row
+        return self._run.drive(self._logic.delete_finished_before(cutoff, batch_size=batch_size))

@@ -1,21 +1,19 @@
-"""`JobResultRepository`: read results and the cost-tracking totals."""
+"""`JobResultRepository`: read results and the cost-tracking totals.
+
+A thin sync shell over ``_core_results.ResultLogic`` (the logic, written once
+for both faces), run by a `Runner`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
 from uuid import UUID
 
 from cira_db._models import JobResult, Usage
-from cira_db._repositories._base import Executor, Runner, result_row, usage_row
-from cira_db._sql import query
-from cira_db._validation import check_client_id, check_job_id, check_time_range
-from cira_db.errors import NotFoundError
+from cira_db._repositories._base import Executor, Runner
+from cira_db._repositories._core_results import ResultLogic
 
 __all__ = ["JobResultRepository"]
-
-_GET_RESULT_FOR_JOB: Final = query("job_results.sql", "get_result_for_job")
-_USAGE_BY_CLIENT: Final = query("job_results.sql", "usage_by_client")
 
 
 class JobResultRepository:
@@ -27,27 +25,22 @@ class JobResultRepository:
     ever include the client's own jobs.
     """
 
-    __slots__ = ("_run",)
+    __slots__ = ("_logic", "_run")
 
     def __init__(self, executor: Executor) -> None:
         self._run = Runner(executor)
+        self._logic = ResultLogic()
 
     def __repr__(self) -> str:
         return f"<JobResultRepository on {self._run.executor!r}>"
 
     def find_for_job(self, job_id: UUID | str, *, client_id: str) -> JobResult | None:
         """The job's result, or None (no result yet, no such job, or another client's)."""
-        params = {"job_id": check_job_id(job_id), "client_id": check_client_id(client_id)}
-        return self._run.one(
-            _GET_RESULT_FOR_JOB, params, result_row, "read a job result", idempotent=True
-        )
+        return self._run.drive(self._logic.find_for_job(job_id, client_id=client_id))
 
     def get_for_job(self, job_id: UUID | str, *, client_id: str) -> JobResult:
         """The job's result; `NotFoundError` if there is none for this client."""
-        result = self.find_for_job(job_id, client_id=client_id)
-        if result is None:
-            raise NotFoundError(f"no result for job {check_job_id(job_id)}")
-        return result
+        return self._run.drive(self._logic.get_for_job(job_id, client_id=client_id))
 
     def usage(
         self,
@@ -64,8 +57,4 @@ class JobResultRepository:
         leaves that side open. One statement on the partial index
         ``idx_jobs_client_completed``.
         """
-        start, end = check_time_range(since, until)
-        params = {"client_id": check_client_id(client_id), "since": start, "until": end}
-        usage = self._run.one(_USAGE_BY_CLIENT, params, usage_row, "compute usage", idempotent=True)
-        assert usage is not None  # an aggregate without GROUP BY returns one row
-        return usage
+        return self._run.drive(self._logic.usage(client_id=client_id, since=since, until=until))

@@ -22,14 +22,19 @@ Nothing is registered automatically and no fixture is ``autouse``. Fixtures:
 ``cira_db_factory``
     a `CiraDbFactory` on ``cira_db``: ``job(status=...)``, ``completed_job()``
     and ``result()`` make jobs in any status through the public repositories.
+``cira_db_async``
+    an opened `cira_db.aio.AsyncDatabase` on ``cira_db_url`` (an async
+    fixture: for tests run by anyio's pytest plugin, ``@pytest.mark.anyio``,
+    on the asyncio backend; see docs/testing.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from cira_db._aio_database import AsyncDatabase
 from cira_db._database import Database
 from cira_db.testing._factories import CiraDbFactory
 from cira_db.testing._server import TestServer, find_server, url_for_database
@@ -38,6 +43,7 @@ __all__ = [
     "CiraDbFactory",
     "TestServer",
     "cira_db",
+    "cira_db_async",
     "cira_db_empty_url",
     "cira_db_factory",
     "cira_db_server",
@@ -103,3 +109,15 @@ def cira_db(cira_db_url: str) -> Iterator[Database]:
 def cira_db_factory(cira_db: Database) -> CiraDbFactory:
     """A `CiraDbFactory` making jobs and results in this test's database."""
     return CiraDbFactory(cira_db)
+
+
+@pytest.fixture
+async def cira_db_async(cira_db_url: str) -> AsyncIterator[AsyncDatabase]:
+    """An open `AsyncDatabase` (pooled) on this test's fresh database.
+
+    Opened and closed in the test's own event loop: request it from an
+    async test run by anyio's pytest plugin (``@pytest.mark.anyio`` with the
+    ``asyncio`` backend; psycopg's async API needs asyncio).
+    """
+    async with AsyncDatabase(cira_db_url) as db:
+        yield db

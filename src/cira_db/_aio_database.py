@@ -1,0 +1,394 @@
+"""`AsyncDatabase`: the asyncio face of `Database`, on psycopg's async pool.
+
+Only the I/O is its own: an ``AsyncConnectionPool`` of ``AsyncConnection``,
+``asyncio.sleep`` between retries, and the blocking credential look-ups
+(Secrets Manager, IAM tokens: boto3 calls) moved off the event loop with
+``asyncio.to_thread``. Everything else is the sync `Database`'s: it keeps a
+(never opened) `Database` built from the same arguments and asks it for the
+settings, the connection plan, the connect arguments, the pool sizes, the
+retry policy and the credential refresh after a secret rotation. Errors go
+through the same seam (`wrap_errors`, `translate`, `next_pause`), and the
+fail-fast rules of `Database` are the same: a connection failure that will
+not pass (`connect_failure_is_permanent`, recorded in the same
+``_ConnectState``) ends a checkout at once instead of after the pool timeout,
+and a connection that broke during use makes the pool check its idle ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg_pool import AsyncConnectionPool
+
+from cira_db._aws_auth import is_auth_failure
+from cira_db._database import _CONNECT, _FAIL_FAST_POLL, Database, Mapper, _ConnectState, _fresh
+from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._plan import ConnectionPlan, plan_connection
+from cira_db._retry import async_call_with_retries
+from cira_db._settings import DatabaseSettings, running_in_lambda
+from cira_db.errors import CiraDbError, ConfigurationError
+
+__all__ = ["AsyncConnection", "AsyncDatabase"]
+
+T = TypeVar("T")
+AsyncConnection = psycopg.AsyncConnection[Any]
+
+
+class AsyncDatabase:
+    """Where the data lives and how to reach it, for code running on an event loop.
+
+    Takes exactly the arguments of `Database` (a URL, ``settings=``,
+    ``pool=``, ``secrets_client=``, ``rds_client=``, setting overrides) and
+    reads the same ``CIRA_DB_*`` variables. ``AsyncDatabase(...)`` only
+    stores settings; nothing connects until ``await db.open()`` or
+    ``async with db:``. Connections are ``psycopg.AsyncConnection`` in
+    autocommit mode; ``pool=False`` opens one per `connection` call.
+
+    Use one `AsyncDatabase` per event loop (open it in the loop that uses
+    it, for example in a web application's lifespan).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: DatabaseSettings | None = None,
+        pool: bool = True,
+        secrets_client: Any = None,
+        rds_client: Any = None,
+        **overrides: Any,
+    ) -> None:
+        # The sync twin, never opened: the one place for settings, connection
+        # plan, credentials and retry policy.
+        self._config = Database(
+            url,
+            settings=settings,
+            pool=pool,
+            secrets_client=secrets_client,
+            rds_client=rds_client,
+            **overrides,
+        )
+        self._use_pool = pool
+        self._pool: AsyncConnectionPool[AsyncConnection] | None = None
+        self._state = _ConnectState()
+        self._opening: asyncio.Lock | None = None
+        self._last_used: weakref.WeakKeyDictionary[AsyncConnection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @classmethod
+    def from_env(cls, *, pool: bool = True, **overrides: Any) -> Self:
+        """An `AsyncDatabase` configured from ``CIRA_DB_*`` variables (plus ``overrides``)."""
+        return cls(settings=DatabaseSettings.load(**overrides), pool=pool)
+
+    @property
+    def settings(self) -> DatabaseSettings:
+        """The settings this database was built with."""
+        return self._config.settings
+
+    @property
+    def is_open(self) -> bool:
+        """True between `open` and `close` for a pooled database."""
+        return self._pool is not None
+
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConnection] | None:
+        """The psycopg async pool while open (for its ``get_stats()``), else None."""
+        return self._pool
+
+    def __repr__(self) -> str:
+        try:
+            target = plan_connection(self.settings).describe()
+        except ConfigurationError:
+            target = "(invalid or incomplete settings)"
+        state = "open" if self.is_open else "closed"
+        return f"<AsyncDatabase {target} pool={self._use_pool} {state}>"
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self, *, wait: bool = True) -> None:
+        """Create the pool; with ``wait``, return once a first connection works.
+
+        Fails like `Database.open`: `ConfigurationError` (`AuthenticationError`
+        for a refused login) at once for a failure that will not pass,
+        `DatabaseUnavailableError` after ``pool_timeout`` for a server that
+        cannot be reached.
+        """
+        if not self._use_pool:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is not None:
+                return
+            settings = self.settings
+            settings.conninfo_dict()  # configuration errors surface here, not in a worker
+            min_size, max_size = settings.pool_sizes()
+            state = _ConnectState()
+
+            async def connect_kwargs() -> dict[str, Any]:
+                try:
+                    return await self._connect_kwargs()
+                except Exception as exc:  # a bad secret or IAM setting: record it, then raise
+                    state.failed(exc)
+                    raise
+
+            pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+                kwargs=connect_kwargs,
+                connection_class=self._connection_class(state),
+                min_size=min_size,
+                max_size=max_size,
+                timeout=settings.pool_timeout,
+                max_lifetime=settings.pool_max_lifetime,
+                max_idle=settings.pool_max_idle,
+                reconnect_timeout=max(settings.pool_timeout * 3, 30.0),
+                num_workers=1 if max_size <= 2 else 2,
+                check=self._check_connection,
+                configure=self._configure,
+                name="cira_db.aio",
+                open=False,
+            )
+            try:
+                await pool.open(wait=False)
+                if wait and min_size > 0:
+                    with wrap_errors("open the database pool"):
+                        conn, _ = await self._getconn(pool, state)
+                        await pool.putconn(conn)
+            except BaseException:
+                await pool.close(timeout=0)
+                raise
+            self._state = state
+            self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool; calling it twice is harmless."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close(timeout=0 if running_in_lambda() else 2.0)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- pool callbacks ---------------------------------------------------------
+
+    async def _configure(self, conn: AsyncConnection) -> None:
+        self._last_used[conn] = time.time()
+
+    async def _check_connection(self, conn: AsyncConnection) -> None:
+        """Check a connection that sat idle long enough to have been dropped meanwhile."""
+        last = self._last_used.get(conn)
+        if last is None or time.time() - last >= self.settings.pool_check_after:
+            await AsyncConnectionPool.check_connection(conn)
+
+    # -- credentials (the sync Database's, off the event loop) -------------------
+
+    async def connection_plan(self, *, for_migrations: bool = False) -> ConnectionPlan:
+        """`Database.connection_plan`, with the Secrets Manager call off the event loop."""
+        return await asyncio.to_thread(self._config.connection_plan, for_migrations=for_migrations)
+
+    async def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:
+        """`Database`'s connect arguments; boto3 calls (secret, IAM token) run in a thread."""
+        settings = self.settings
+        if settings.secret_arn or settings.iam_auth:
+            return await asyncio.to_thread(
+                self._config._connect_kwargs, for_migrations=for_migrations
+            )
+        return self._config._connect_kwargs(for_migrations=for_migrations)
+
+    async def _refresh_credentials(self) -> bool:
+        return await asyncio.to_thread(self._config._refresh_credentials)
+
+    def _connection_class(self, state: _ConnectState) -> type[AsyncConnection]:
+        """An AsyncConnection class for the pool (see `Database._connection_class`)."""
+        database = self
+
+        class _AsyncConnection(psycopg.AsyncConnection[Any]):
+            @classmethod
+            async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                try:
+                    try:
+                        conn = await super().connect(conninfo, **kwargs)
+                    except psycopg.OperationalError as exc:
+                        if not (is_auth_failure(exc) and await database._refresh_credentials()):
+                            raise
+                        kwargs.update(await database._connect_kwargs())
+                        conn = await super().connect(conninfo, **kwargs)
+                except Exception as exc:
+                    state.failed(exc)
+                    raise
+                state.succeeded()
+                return conn
+
+        return _AsyncConnection
+
+    # -- connections --------------------------------------------------------
+
+    async def connect_direct(self, *, for_migrations: bool = False) -> AsyncConnection:
+        """A new connection outside the pool, in autocommit mode; the caller closes it.
+
+        Fails like `Database.connect_direct`; never retried here.
+        """
+        with wrap_errors(_CONNECT):
+            return await self._connect(for_migrations=for_migrations)
+
+    async def _connect(self, *, for_migrations: bool = False) -> AsyncConnection:
+        """`connect_direct` with psycopg's errors left raw, for the retry loop."""
+        kwargs = await self._connect_kwargs(for_migrations=for_migrations)
+        try:
+            return await psycopg.AsyncConnection.connect(**kwargs)
+        except psycopg.OperationalError as exc:
+            if not (is_auth_failure(exc) and await self._refresh_credentials()):
+                raise
+        kwargs = await self._connect_kwargs(for_migrations=for_migrations)
+        return await psycopg.AsyncConnection.connect(**kwargs)
+
+    async def _getconn(
+        self, pool: AsyncConnectionPool[AsyncConnection], state: _ConnectState
+    ) -> tuple[AsyncConnection, bool]:
+        """`Database._getconn`, awaited: the same fail-fast rules, the same messages."""
+        timeout = self.settings.pool_timeout
+        deadline = time.monotonic() + timeout
+        known = state.permanent
+        if known is not None:
+            conn = await self._probe(state)
+            if conn is not None:
+                return conn, False
+        while True:
+            failure = state.permanent
+            if failure is not None and failure is not known:
+                raise _fresh(failure) from failure
+            remaining = deadline - time.monotonic()
+            wait = remaining if state.healthy else min(remaining, _FAIL_FAST_POLL)
+            try:
+                return await pool.getconn(timeout=wait), True
+            except psycopg_pool.PoolTimeout:
+                if time.monotonic() < deadline:
+                    continue  # only a slice of the wait is over
+                if state.healthy:
+                    raise  # pool exhausted by load: every connection is busy
+                last = state.error or psycopg.OperationalError(
+                    f"no connection attempt finished within {timeout:g} s; check the host "
+                    "and CIRA_DB_CONNECT_TIMEOUT"
+                )
+                raise psycopg_pool.PoolTimeout(
+                    f"couldn't get a connection after {timeout:.2f} sec"
+                ) from last
+
+    async def _probe(self, state: _ConnectState) -> AsyncConnection | None:
+        """`Database._probe`, awaited."""
+        try:
+            conn = await self._connect()
+        except psycopg.Error as exc:
+            state.failed(exc)
+            if connect_failure_is_permanent(exc):
+                raise translate(exc, _CONNECT) from exc
+            return None
+        except CiraDbError as exc:  # preparing the attempt failed (secret, IAM token)
+            state.failed(exc)
+            if isinstance(exc, ConfigurationError):
+                raise
+            return None
+        state.error = None
+        return conn
+
+    @asynccontextmanager
+    async def _borrow(self) -> AsyncIterator[AsyncConnection]:
+        """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw.
+
+        A connection that broke during use makes the pool check its idle
+        ones, as `Database` does. A task cancelled while its statement runs
+        returns the connection all the same: psycopg cancels the statement
+        (and the pool discards a connection left mid-statement), so nothing
+        of an autocommit statement is left half-written.
+        """
+        if not self._use_pool:
+            conn = await self._connect()
+            try:
+                yield conn
+            finally:
+                await conn.close()
+            return
+        pool, state = self._pool, self._state
+        if pool is None:
+            raise ConfigurationError(
+                "the AsyncDatabase is not open: use `async with db:` or await db.open()"
+            )
+        conn, pooled = await self._getconn(pool, state)
+        broken = False
+        try:
+            async with conn:  # as psycopg_pool's own connection(): roll back on error
+                yield conn
+        except BaseException:
+            broken = conn.broken
+            raise
+        finally:
+            if pooled:
+                self._last_used[conn] = time.time()
+                await pool.putconn(conn)
+            else:
+                await conn.close()
+            if broken:
+                await pool.check()  # discard every idle connection that died with this one
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in autocommit mode, returned to the pool afterwards.
+
+        Failing to get one raises a cira_db error (as `Database.connection`);
+        what the block does with the connection is psycopg's, untranslated.
+        """
+        operation = "get a connection from the pool" if self._use_pool else _CONNECT
+        async with AsyncExitStack() as stack:
+            with wrap_errors(operation):
+                conn = await stack.enter_async_context(self._borrow())
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        A failure of BEGIN or COMMIT themselves comes out as a cira_db error.
+        """
+        async with self.connection() as conn:
+            with wrap_errors("run a transaction"):
+                async with conn.transaction():
+                    yield conn
+
+    async def run(
+        self,
+        operation: str,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        idempotent: bool,
+        mapper: Mapper = translate,
+    ) -> T:
+        """Await ``work`` on a pooled connection, retrying transient failures if idempotent.
+
+        The rules of `Database.run` (the same policy and retry decision, the
+        same ``mapper``); only the pause between tries is ``asyncio.sleep``.
+        """
+
+        async def once() -> T:
+            async with self._borrow() as conn:
+                return await work(conn)
+
+        return await async_call_with_retries(
+            self._config._retry, operation, once, idempotent=idempotent, mapper=mapper
+        )

@@ -1,0 +1,97 @@
+"""`AsyncRunner`: runs the repositories' sans-I/O logic on psycopg's async API.
+
+The asyncio twin of `Runner`: the same `Call` requests, the same row
+factories and the same error mapping (`map_error` through `wrap_errors`);
+only the awaiting is its own. On an `AsyncDatabase` each call borrows an
+autocommit connection and may be retried (idempotent calls only, the same
+policy as `Database.run`); on a caller's ``psycopg.AsyncConnection`` it is
+run once, inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias, TypeVar
+
+import psycopg
+
+from cira_db._aio_database import AsyncConnection, AsyncDatabase
+from cira_db._errors_map import wrap_errors
+from cira_db._repositories._base import Call, Logic, map_error
+from cira_db.errors import CiraDbError
+
+__all__ = ["AsyncExecutor", "AsyncRunner"]
+
+AsyncExecutor: TypeAlias = AsyncDatabase | psycopg.AsyncConnection[Any]
+"""What an async repository runs its statements on: an `AsyncDatabase`, or a connection."""
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class AsyncRunner:
+    """Runs `Call` requests on an `AsyncDatabase` or on a caller's async connection."""
+
+    __slots__ = ("_connection", "_database")
+
+    def __init__(self, executor: AsyncExecutor) -> None:
+        if isinstance(executor, AsyncDatabase):
+            self._database: AsyncDatabase | None = executor
+            self._connection: AsyncConnection | None = None
+        elif isinstance(executor, psycopg.AsyncConnection):
+            self._database = None
+            self._connection = executor
+        else:
+            raise TypeError(
+                "an async repository needs a cira_db.aio.AsyncDatabase or a "
+                f"psycopg.AsyncConnection, not {type(executor).__name__}"
+            )
+
+    @property
+    def executor(self) -> AsyncExecutor:
+        """The `AsyncDatabase` or connection statements run on."""
+        if self._database is not None:
+            return self._database
+        assert self._connection is not None  # one of the two is always set
+        return self._connection
+
+    async def drive(self, logic: Logic[T]) -> T:
+        """Run a repository method's logic to its end, awaiting each `Call` (see `Runner.drive`)."""
+        value: Any = None
+        error: CiraDbError | None = None
+        while True:
+            try:
+                call = logic.send(value) if error is None else logic.throw(error)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            value, error = None, None
+            try:
+                value = await self.execute(call)
+            except CiraDbError as exc:
+                error = exc
+
+    async def execute(self, call: Call[R]) -> R:
+        """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
+
+        async def work(conn: AsyncConnection) -> Any:
+            if call.row_factory is None:
+                async with conn.cursor() as cur:
+                    await cur.execute(call.query.sql, call.params)
+                    return cur.rowcount
+            async with conn.cursor(row_factory=call.row_factory) as rows:
+                await rows.execute(call.query.sql, call.params)
+                if call.kind == "one":
+                    return await rows.fetchone()
+                return await rows.fetchall()
+
+        result: R
+        if self._connection is not None:
+            # The caller owns the transaction: one try, errors mapped.
+            with wrap_errors(call.operation, map_error):
+                result = await work(self._connection)
+        else:
+            assert self._database is not None  # one of the two is always set
+            result = await self._database.run(
+                call.operation, work, idempotent=call.idempotent, mapper=map_error
+            )
+        return result

@@ -1,0 +1,257 @@
+"""`AsyncJobRepository`: `JobRepository`'s methods, awaited.
+
+A thin asyncio shell: each method is one line that hands the method's logic
+(``_core_jobs.JobLogic``, written once for both faces) to an `AsyncRunner`.
+The method docstrings are the sync twin's, word for word (a test keeps them
+equal).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from cira_db._models import Job, JobResult, JobStatus, Page
+from cira_db._repositories._aio_base import AsyncExecutor, AsyncRunner
+from cira_db._repositories._core_jobs import JobLogic
+
+__all__ = ["AsyncJobRepository"]
+
+
+class AsyncJobRepository:
+    """Jobs, awaited: the asyncio twin of `JobRepository`, for code on an event loop.
+
+    Built on an `AsyncDatabase` (each call borrows an autocommit connection
+    from its async pool) or on a ``psycopg.AsyncConnection`` the caller owns
+    (statements join the caller's transaction)::
+
+        jobs = AsyncJobRepository(db)
+        async with db.transaction() as conn:
+            await AsyncJobRepository(conn).create(client_id="client-a", pdf_url="https://...")
+
+    Every method has the sync twin's name, arguments, return type, errors and
+    rules (client scoping, validation before any SQL, ``attempt`` fencing,
+    retries of idempotent calls only): the logic is the same code
+    (docs/async.md). ``cursor_key`` signs the `list` cursors, as there; a
+    cursor from one face works on the other with the same key.
+    """
+
+    __slots__ = ("_logic", "_run")
+
+    def __init__(self, executor: AsyncExecutor, *, cursor_key: bytes | None = None) -> None:
+        self._run = AsyncRunner(executor)
+        self._logic = JobLogic(cursor_key)
+
+    def __repr__(self) -> str:
+        return f"<AsyncJobRepository on {self._run.executor!r}>"
+
+    # -- creating ---------------------------------------------------------------
+
+    async def create(
+        self, *, client_id: str, pdf_url: str, job_id: UUID | str | None = None
+    ) -> Job:
+        """Queue one PDF for ``client_id``; returns the new job (status queued).
+
+        ``job_id`` makes the call idempotent: a retried request with the same
+        id and the same client and URL returns the job stored the first time
+        (one row, whatever state it is in now); the same id with a different
+        client or URL raises `ConflictError`. Without it a new time-ordered
+        id (UUIDv7) is generated.
+        """
+        return await self._run.drive(
+            self._logic.create(client_id=client_id, pdf_url=pdf_url, job_id=job_id)
+        )
+
+    async def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> builtins.list[Job]:
+        """Queue many PDFs (up to 100,000) for one client, all or nothing.
+
+        One ``INSERT ... SELECT FROM unnest(...)`` statement (no temporary
+        table, which would pin the session behind RDS Proxy). Returns the jobs
+        in the order of ``pdf_urls``; their UUIDv7 ids increase in that order.
+        """
+        return await self._run.drive(
+            self._logic.create_many(client_id=client_id, pdf_urls=pdf_urls)
+        )
+
+    # -- reading ----------------------------------------------------------------
+
+    async def find(self, job_id: UUID | str, *, client_id: str) -> Job | None:
+        """The job, or None if it does not exist or belongs to another client."""
+        return await self._run.drive(self._logic.find(job_id, client_id=client_id))
+
+    async def get(self, job_id: UUID | str, *, client_id: str) -> Job:
+        """The job; `NotFoundError` if it does not exist or belongs to another client."""
+        return await self._run.drive(self._logic.get(job_id, client_id=client_id))
+
+    async def list(
+        self,
+        *,
+        client_id: str,
+        status: JobStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Job]:
+        """One page of the client's jobs, newest first (``created_at``, then id).
+
+        Pass the page's ``next_cursor`` back as ``cursor`` for the next page;
+        it is None on the last page. A cursor only works for the same
+        ``client_id`` and ``status``: a tampered cursor or one from another
+        listing raises `ValidationError` (field ``cursor``). Keyset
+        pagination: a page costs the same however deep it is, and rows
+        created meanwhile do not shift later pages.
+        """
+        return await self._run.drive(
+            self._logic.list(client_id=client_id, status=status, limit=limit, cursor=cursor)
+        )
+
+    async def count_by_status(self, *, client_id: str) -> dict[JobStatus, int]:
+        """How many jobs the client has in each status; every status is present."""
+        return await self._run.drive(self._logic.count_by_status(client_id=client_id))
+
+    # -- the worker's side ---------------------------------------------------------
+
+    async def claim_next(self, *, lease: timedelta, client_id: str | None = None) -> Job | None:
+        """Claim the oldest queued job (of ``client_id``, or of any client).
+
+        The job moves to processing with ``attempts + 1`` and a lease until
+        ``now() + lease``; None when the queue is empty. ``FOR UPDATE SKIP
+        LOCKED``: concurrent workers never claim the same job and never wait
+        for each other.
+        """
+        return await self._run.drive(self._logic.claim_next(lease=lease, client_id=client_id))
+
+    async def claim_batch(
+        self, limit: int, *, lease: timedelta, client_id: str | None = None
+    ) -> builtins.list[Job]:
+        """Claim up to ``limit`` (1..1000) of the oldest queued jobs, oldest first.
+
+        Like `claim_next`, in one statement; fewer (or none) when the queue
+        holds fewer unlocked jobs.
+        """
+        return await self._run.drive(
+            self._logic.claim_batch(limit, lease=lease, client_id=client_id)
+        )
+
+    async def extend_lease(
+        self,
+        job_id: UUID | str,
+        *,
+        lease: timedelta,
+        client_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Job:
+        """Move a processing job's lease to ``now() + lease`` (a worker's heartbeat).
+
+        `NotFoundError` if the job does not exist (or is another client's);
+        `InvalidTransitionError` if it is not processing, for example because
+        its lease already expired and `release_expired` put it back, or, with
+        ``attempt`` (the ``attempts`` of the worker's claim), if it was
+        claimed again since; nothing changes then.
+        """
+        return await self._run.drive(
+            self._logic.extend_lease(job_id, lease=lease, client_id=client_id, attempt=attempt)
+        )
+
+    async def complete(
+        self,
+        job_id: UUID | str,
+        *,
+        extracted_data: dict[str, Any],
+        confidence_score: float | Decimal | int,
+        tokens_used: int,
+        client_id: str | None = None,
+        attempt: int | None = None,
+    ) -> JobResult:
+        """Store the result of a processing job and mark it completed, atomically.
+
+        One statement, one round trip: the job becomes completed (with
+        ``completed_at = now()``, lease cleared) and the result row is
+        inserted with the same ``now()``. ``confidence_score`` is rounded
+        half-even to 2 places (0.935 -> 0.94). A job that is queued,
+        completed or failed raises `InvalidTransitionError`, and nothing
+        changes; a missing job raises `NotFoundError`. With ``attempt`` (the
+        ``attempts`` of the worker's claim, ``attempt=claimed.attempts``) a
+        job claimed again since that claim is refused the same way, so a
+        worker whose lease ran out never writes over another worker's claim.
+        """
+        return await self._run.drive(
+            self._logic.complete(
+                job_id,
+                extracted_data=extracted_data,
+                confidence_score=confidence_score,
+                tokens_used=tokens_used,
+                client_id=client_id,
+                attempt=attempt,
+            )
+        )
+
+    async def fail(
+        self,
+        job_id: UUID | str,
+        *,
+        error_message: str,
+        client_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Job:
+        """Mark a processing job failed with ``error_message``; its lease is dropped.
+
+        Only a processing job can fail: a queued job has not been tried (and
+        a worker whose lease expired must not fail the job another worker
+        may be about to claim), so that raises `InvalidTransitionError`. With
+        ``attempt`` (the ``attempts`` of the worker's claim) a job claimed
+        again since that claim is refused the same way.
+        """
+        return await self._run.drive(
+            self._logic.fail(
+                job_id, error_message=error_message, client_id=client_id, attempt=attempt
+            )
+        )
+
+    async def retry(self, job_id: UUID | str, *, client_id: str | None = None) -> Job:
+        """Put a failed job back in the queue (error cleared, attempts kept)."""
+        return await self._run.drive(self._logic.retry(job_id, client_id=client_id))
+
+    async def release_expired(
+        self, *, max_attempts: int = 3, limit: int = 1000
+    ) -> builtins.list[Job]:
+        """Take back jobs whose worker's lease ran out; returns them as changed.
+
+        An expired job that has been claimed fewer than ``max_attempts``
+        times goes back to the queue (keeping its place: oldest first); one
+        claimed ``max_attempts`` times or more fails with an error message.
+        At most ``limit`` (1..1000) jobs per call, one statement: call again
+        while it returns ``limit`` jobs.
+
+        Never repeated on a transient failure: if the reply was lost after
+        the statement committed, a repeat would find nothing left to release
+        and return ``[]``, hiding the jobs the first try moved. It raises
+        `DatabaseUnavailableError` instead; call it again (a sweeper
+        normally does), and read the jobs to see what the lost try did.
+        """
+        return await self._run.drive(
+            self._logic.release_expired(max_attempts=max_attempts, limit=limit)
+        )
+
+    # -- retention ------------------------------------------------------------------
+
+    async def delete_finished_before(self, cutoff: datetime, *, batch_size: int = 1000) -> int:
+        """Delete completed and failed jobs created before ``cutoff``, with their results.
+
+        Works in batches of ``batch_size`` (1..10,000) rows, one statement
+        (and, on a `Database`, one transaction) each, so locks stay short and
+        the call can run beside live traffic; queued and processing jobs are
+        never touched. ``cutoff`` must be timezone-aware. Returns how many
+        jobs were deleted.
+
+        A batch is never repeated on a transient failure, so the count is
+        exact: a batch whose reply was lost raises `DatabaseUnavailableError`
+        saying how many jobs the earlier batches deleted (the lost batch may
+        or may not have run). Calling again carries on where it stopped.
+        """
+        return await self._run.drive(
+            self._logic.delete_finished_before(cutoff, batch_size=batch_size)
+        )

@@ -1,0 +1,396 @@
+"""The jobs' logic, written once: what `JobRepository` and `AsyncJobRepository` do.
+
+Sans-I/O: every method here is a generator that checks its arguments,
+yields `Call` requests (statement, parameters, row factory, whether it may
+be repeated) and interprets what it gets back: found or not, refused and
+why, claimed again. It never touches a connection. The sync shell
+(``_jobs.py``) runs it with `Runner.drive`, the asyncio shell
+(``cira_db.aio``) with ``AsyncRunner.drive``; a cira_db error from a
+statement is thrown back in at the ``yield`` that asked for it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+from uuid import UUID
+
+from psycopg.rows import tuple_row
+
+from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
+from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page
+from cira_db._repositories._base import (
+    Call,
+    Logic,
+    Outcome,
+    job_outcome_row,
+    job_row,
+    result_outcome_row,
+)
+from cira_db._repositories._ids import uuid7, uuid7_batch
+from cira_db._sql import query
+from cira_db._validation import (
+    check_aware_datetime,
+    check_client_id,
+    check_confidence_score,
+    check_error_message,
+    check_extracted_data,
+    check_job_id,
+    check_lease,
+    check_limit,
+    check_optional_attempt,
+    check_optional_client_id,
+    check_pdf_url,
+    check_pdf_urls,
+    check_positive_int,
+    check_status,
+    check_tokens_used,
+)
+from cira_db.errors import (
+    ConflictError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+
+__all__ = ["JobLogic"]
+
+T = TypeVar("T")
+
+_INSERT_JOB: Final = query("jobs.sql", "insert_job")
+_INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
+_GET_JOB: Final = query("jobs.sql", "get_job")
+_LIST_JOBS: Final = query("jobs.sql", "list_jobs")
+_LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
+_CLAIM_JOBS: Final = query("jobs.sql", "claim_jobs")
+_CLAIM_JOBS_FOR_CLIENT: Final = query("jobs.sql", "claim_jobs_for_client")
+_EXTEND_LEASE: Final = query("jobs.sql", "extend_lease")
+_COMPLETE_JOB: Final = query("jobs.sql", "complete_job")
+_FAIL_JOB: Final = query("jobs.sql", "fail_job")
+_RETRY_JOB: Final = query("jobs.sql", "retry_job")
+_RELEASE_EXPIRED_JOBS: Final = query("jobs.sql", "release_expired_jobs")
+_COUNT_JOBS_BY_STATUS: Final = query("jobs.sql", "count_jobs_by_status")
+_DELETE_FINISHED_JOBS: Final = query("jobs.sql", "delete_finished_jobs")
+
+_BATCH_SIZE_MAX: Final = 10_000
+# An insert that met a concurrent insert of the same id sees neither its own
+# row nor the other one (statement snapshot); running it again resolves it.
+_CREATE_TRIES: Final = 3
+
+
+def _not_found(job_id: UUID) -> NotFoundError:
+    return NotFoundError(f"job {job_id} not found")
+
+
+def _refused(
+    job_id: UUID,
+    action: str,
+    status: str,
+    needed: JobStatus,
+    *,
+    attempt: int | None = None,
+    current: int | None = None,
+) -> InvalidTransitionError:
+    if attempt is not None and current is not None:
+        # ``attempts`` only grows: a higher one means the worker's claim is gone.
+        if current > attempt:
+            return InvalidTransitionError(
+                f"cannot {action} job {job_id}: it was claimed again (attempt {current}) "
+                f"after attempt {attempt}; nothing was changed"
+            )
+        if current < attempt and status == needed.value:
+            return InvalidTransitionError(
+                f"cannot {action} job {job_id}: it is on attempt {current}, not {attempt}; "
+                "nothing was changed"
+            )
+    if status == needed.value:
+        return InvalidTransitionError(
+            f"cannot {action} job {job_id}: it changed while this call ran; nothing was changed"
+        )
+    return InvalidTransitionError(
+        f"cannot {action} job {job_id}: it is {status}, not {needed.value}; nothing was changed"
+    )
+
+
+class JobLogic:
+    """The logic of every `JobRepository` method, as generators of `Call` requests.
+
+    Holds what a repository keeps between calls (the cursor signing key);
+    the public shells document each method (their docstrings are the
+    contract, checked equal between the sync and the asyncio face).
+    """
+
+    __slots__ = ("cursor_key",)
+
+    def __init__(self, cursor_key: bytes | None = None) -> None:
+        if cursor_key is not None and not (isinstance(cursor_key, bytes) and cursor_key):
+            raise ValidationError("cursor_key", "must be non-empty bytes")
+        self.cursor_key = cursor_key or DEFAULT_KEY
+
+    # -- creating ---------------------------------------------------------------
+
+    def create(self, *, client_id: str, pdf_url: str, job_id: UUID | str | None) -> Logic[Job]:
+        """Insert one job by id; the same id, client and URL again returns the stored job."""
+        client = check_client_id(client_id)
+        url = check_pdf_url(pdf_url)
+        new_id = uuid7() if job_id is None else check_job_id(job_id)
+        params = {"id": new_id, "client_id": client, "pdf_url": url}
+        for _ in range(_CREATE_TRIES):
+            # The id is fixed before the first try, so repeating the insert is
+            # harmless: a try whose reply was lost makes the next one "existing".
+            reply: Outcome[Job] | None = yield Call.one(
+                _INSERT_JOB, params, job_outcome_row, "create a job", idempotent=True
+            )
+            if reply is None:
+                continue  # a concurrent insert of this id committed after our snapshot
+            if reply.row is None:
+                raise ConflictError(
+                    f"job {new_id} exists already with a different client or pdf_url"
+                )
+            return reply.row
+        raise DatabaseError(f"create a job: job {new_id} kept changing concurrently; try again")
+
+    def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> Logic[builtins.list[Job]]:
+        """Insert many jobs in one statement; returns them in the order of ``pdf_urls``."""
+        client = check_client_id(client_id)
+        urls = check_pdf_urls(pdf_urls)
+        if not urls:
+            return []
+        ids = uuid7_batch(len(urls))
+        params = {"ids": ids, "client_id": client, "pdf_urls": urls}
+        # Not repeated on a transient failure: if the lost reply was a commit,
+        # a second try would fail on the ids and hide the jobs made by the first.
+        jobs: builtins.list[Job] = yield Call.all(
+            _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
+        )
+        by_id = {job.id: job for job in jobs}
+        return [by_id[new_id] for new_id in ids]
+
+    # -- reading ----------------------------------------------------------------
+
+    def find(self, job_id: UUID | str, *, client_id: str) -> Logic[Job | None]:
+        """The client's job, or None."""
+        params = {"id": check_job_id(job_id), "client_id": check_client_id(client_id)}
+        job: Job | None = yield Call.one(_GET_JOB, params, job_row, "read a job", idempotent=True)
+        return job
+
+    def get(self, job_id: UUID | str, *, client_id: str) -> Logic[Job]:
+        """The client's job, or `NotFoundError`."""
+        job = yield from self.find(job_id, client_id=client_id)
+        if job is None:
+            raise _not_found(check_job_id(job_id))
+        return job
+
+    def list(
+        self, *, client_id: str, status: JobStatus | str | None, limit: int, cursor: str | None
+    ) -> Logic[Page[Job]]:
+        """One keyset page of the client's jobs, newest first."""
+        client = check_client_id(client_id)
+        wanted = check_status(status)
+        size = check_limit(limit)
+        after_created_at: datetime | None = None
+        after_id: UUID | None = None
+        if cursor is not None:
+            after_created_at, after_id = decode_cursor(
+                cursor, client_id=client, status=wanted, key=self.cursor_key
+            )
+        params: dict[str, Any] = {
+            "client_id": client,
+            "after_created_at": after_created_at,
+            "after_id": after_id,
+            "limit": size + 1,
+        }
+        rows: builtins.list[Job]
+        if wanted is None:
+            rows = yield Call.all(_LIST_JOBS, params, job_row, "list jobs", idempotent=True)
+        else:
+            params["status"] = wanted.value
+            rows = yield Call.all(
+                _LIST_JOBS_BY_STATUS, params, job_row, "list jobs", idempotent=True
+            )
+        next_cursor = None
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1]
+            next_cursor = encode_cursor(
+                client_id=client,
+                status=wanted,
+                created_at=last.created_at,
+                job_id=last.id,
+                key=self.cursor_key,
+            )
+        return Page(items=tuple(rows), next_cursor=next_cursor)
+
+    def count_by_status(self, *, client_id: str) -> Logic[dict[JobStatus, int]]:
+        """The client's job count per status, every status present."""
+        params = {"client_id": check_client_id(client_id)}
+        counts = dict.fromkeys(JobStatus, 0)
+        rows: builtins.list[tuple[str, int]] = yield Call.all(
+            _COUNT_JOBS_BY_STATUS, params, tuple_row, "count jobs by status", idempotent=True
+        )
+        for status, jobs in rows:
+            counts[STATUS_BY_LABEL[status]] = jobs
+        return counts
+
+    # -- the worker's side ---------------------------------------------------------
+
+    def claim_next(self, *, lease: timedelta, client_id: str | None) -> Logic[Job | None]:
+        """Claim the oldest queued job, or None."""
+        jobs = yield from self.claim_batch(1, lease=lease, client_id=client_id)
+        return jobs[0] if jobs else None
+
+    def claim_batch(
+        self, limit: int, *, lease: timedelta, client_id: str | None
+    ) -> Logic[builtins.list[Job]]:
+        """Claim up to ``limit`` of the oldest queued jobs in one statement."""
+        params: dict[str, Any] = {
+            "limit": check_limit(limit),
+            "lease": check_lease(lease),
+        }
+        client = check_optional_client_id(client_id)
+        jobs: builtins.list[Job]
+        if client is None:
+            # Claims are never repeated: a lost reply may hide a claim that happened.
+            jobs = yield Call.all(_CLAIM_JOBS, params, job_row, "claim jobs", idempotent=False)
+            return jobs
+        params["client_id"] = client
+        jobs = yield Call.all(
+            _CLAIM_JOBS_FOR_CLIENT, params, job_row, "claim jobs", idempotent=False
+        )
+        return jobs
+
+    def extend_lease(
+        self,
+        job_id: UUID | str,
+        *,
+        lease: timedelta,
+        client_id: str | None,
+        attempt: int | None,
+    ) -> Logic[Job]:
+        """Move a processing job's lease; refused unless processing (and on ``attempt``)."""
+        key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
+        params = {
+            "id": key,
+            "lease": check_lease(lease),
+            "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
+        }
+        reply: Outcome[Job] | None = yield Call.one(
+            _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
+        )
+        return _moved(reply, key, "extend the lease of", JobStatus.PROCESSING, claim)
+
+    def complete(
+        self,
+        job_id: UUID | str,
+        *,
+        extracted_data: dict[str, Any],
+        confidence_score: float | Decimal | int,
+        tokens_used: int,
+        client_id: str | None,
+        attempt: int | None,
+    ) -> Logic[JobResult]:
+        """Write the result and complete the job in one statement."""
+        key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
+        params = {
+            "id": key,
+            "result_id": uuid7(),
+            "extracted_data": check_extracted_data(extracted_data),
+            "confidence_score": check_confidence_score(confidence_score),
+            "tokens_used": check_tokens_used(tokens_used),
+            "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
+        }
+        reply: Outcome[JobResult] | None = yield Call.one(
+            _COMPLETE_JOB, params, result_outcome_row, "complete a job", idempotent=False
+        )
+        return _moved(reply, key, "complete", JobStatus.PROCESSING, claim)
+
+    def fail(
+        self,
+        job_id: UUID | str,
+        *,
+        error_message: str,
+        client_id: str | None,
+        attempt: int | None,
+    ) -> Logic[Job]:
+        """Fail a processing job with ``error_message``."""
+        key = check_job_id(job_id)
+        claim = check_optional_attempt(attempt)
+        params = {
+            "id": key,
+            "error_message": check_error_message(error_message),
+            "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
+        }
+        reply: Outcome[Job] | None = yield Call.one(
+            _FAIL_JOB, params, job_outcome_row, "fail a job", idempotent=False
+        )
+        return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
+
+    def retry(self, job_id: UUID | str, *, client_id: str | None) -> Logic[Job]:
+        """Put a failed job back in the queue."""
+        key = check_job_id(job_id)
+        params = {"id": key, "client_id": check_optional_client_id(client_id)}
+        reply: Outcome[Job] | None = yield Call.one(
+            _RETRY_JOB, params, job_outcome_row, "retry a job", idempotent=False
+        )
+        return _moved(reply, key, "retry", JobStatus.FAILED, None)
+
+    def release_expired(self, *, max_attempts: int, limit: int) -> Logic[builtins.list[Job]]:
+        """Requeue or fail jobs whose lease ran out, one statement, never repeated."""
+        params = {
+            "max_attempts": check_positive_int(max_attempts, "max_attempts"),
+            "limit": check_limit(limit),
+        }
+        jobs: builtins.list[Job] = yield Call.all(
+            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
+        )
+        return jobs
+
+    # -- retention ------------------------------------------------------------------
+
+    def delete_finished_before(self, cutoff: datetime, *, batch_size: int) -> Logic[int]:
+        """Delete finished jobs created before ``cutoff`` in batches; the exact count."""
+        size = check_limit(batch_size, "batch_size", _BATCH_SIZE_MAX)
+        params = {"cutoff": check_aware_datetime(cutoff, "cutoff"), "batch_size": size}
+        deleted = 0
+        while True:
+            try:
+                count: int = yield Call.rowcount(
+                    _DELETE_FINISHED_JOBS, params, "delete finished jobs", idempotent=False
+                )
+            except DatabaseUnavailableError as exc:
+                if not deleted:
+                    raise
+                raise DatabaseUnavailableError(
+                    f"{exc} (earlier batches of this call deleted {deleted} jobs; the failed "
+                    "batch may or may not have run: call again to go on)"
+                ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
+            deleted += count
+            if count < size:
+                return deleted
+
+
+def _moved(
+    reply: Outcome[T] | None,
+    job_id: UUID,
+    action: str,
+    needed: JobStatus,
+    attempt: int | None,
+) -> T:
+    """The changed row of a move, or the error that says why nothing changed."""
+    if reply is None:
+        raise _not_found(job_id)
+    if reply.row is None:
+        raise _refused(
+            job_id, action, reply.outcome, needed, attempt=attempt, current=reply.current_attempts
+        )
+    return reply.row
