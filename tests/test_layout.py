@@ -55,10 +55,12 @@ LAYERS: dict[str, int] = {
     "cira_db._retry": 1,
     # 2: the database
     "cira_db._database": 2,
+    "cira_db._aio_database": 2,
     # 3: repositories and migrations
     "cira_db._repositories": 3,
     "cira_db.migrations": 3,
     "cira_db._migrations": 3,
+    "cira_db.aio": 3,
     # 4: adapters
     "cira_db": 4,
     "cira_db.__main__": 4,
