@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint format bench wheel clean
+.PHONY: all venv demo test test-proxy lint format bench wheel layer clean
 
 all: test
 
@@ -24,8 +24,8 @@ demo: $(STAMP)
 	$(BIN)/cira-db demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: $(STAMP)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
+
+# Lambda layers, one zip per runtime and architecture: dist/layers/cira-db-<version>-python3.X-<arch>.zip
+layer: $(STAMP)
+	$(BIN)/python tools/build_layer.py --out dist/layers
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .pytest_cache .ruff_cache
