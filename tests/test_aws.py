@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cira_db._validation import check_client_id
 from cira_db.aws import client_id_from_event, migrate_handler
 from cira_db.errors import ValidationError
 
@@ -58,22 +60,131 @@ def test_api_key_value_alone_is_not_accepted() -> None:
 
 
 @given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.text()), st.booleans()))
-def test_any_malformed_event_gives_validation_error_or_a_valid_id(junk: Any) -> None:
+def test_any_malformed_event_gives_validation_error_or_the_exact_id(junk: Any) -> None:
     e: dict[str, Any] = {"requestContext": {"identity": {"apiKeyId": junk}, "authorizer": junk}}
     try:
         result = client_id_from_event(e)
     except ValidationError as exc:
         field = exc.field
-        assert field == "event"
+        assert field in {"event", "requestContext.identity.apiKeyId"}
     else:
-        assert 1 <= len(result) <= 50
-        assert result == result.strip()
+        assert result == junk  # returned as sent, never trimmed or converted
+        assert check_client_id(result) == result
 
 
-def test_too_long_client_id_is_refused() -> None:
-    e = {"requestContext": {"authorizer": {"client_id": "x" * 51}}}
-    with pytest.raises(ValidationError, match=r"1\.\.50 characters"):
+@given(st.one_of(st.text(), st.integers(), st.none(), st.booleans(), st.floats()))
+def test_the_event_rule_is_exactly_the_library_rule(value: Any) -> None:
+    e = {"requestContext": {"authorizer": {"lambda": {"client_id": value}}}}
+    try:
+        expected: str | None = check_client_id(value)
+    except ValidationError:
+        expected = None
+    try:
+        got: str | None = client_id_from_event(e)
+    except ValidationError:
+        got = None
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["client-a ", " client-a", "x" * 51, "", "   ", "a\x00b", "a\x85b", 7, True]
+)
+def test_bad_client_ids_are_refused_not_repaired(value: Any) -> None:
+    e = {"requestContext": {"authorizer": {"claims": {"client_id": value}}}}
+    with pytest.raises(ValidationError):
+        check_client_id(value)
+    with pytest.raises(ValidationError) as info:
         client_id_from_event(e)
+    assert info.value.field == "requestContext.authorizer.claims.client_id"
+
+
+def test_rest_cognito_user_pool_claims_with_a_configured_key() -> None:
+    e = event("rest_cognito")
+    assert client_id_from_event(e, claim_key="custom:client_id") == "client-c"
+    assert client_id_from_event(e, claim_key="cognito:username") == "alice"
+
+
+def test_http_api_jwt_authorizer_claims() -> None:
+    assert client_id_from_event(event("http_v2_jwt_cognito")) == "client-d"
+    assert client_id_from_event(event("http_v2_jwt_cognito"), claim_key="username") == "alice"
+
+
+def test_rest_cognito_without_the_claim_is_missing() -> None:
+    with pytest.raises(ValidationError, match="no client id") as info:
+        client_id_from_event(event("rest_cognito"))
+    assert info.value.field == "event"
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        ("requestContext",),
+        ("requestContext", "authorizer"),
+        ("requestContext", "authorizer", "jwt"),
+        ("requestContext", "authorizer", "jwt", "claims"),
+        ("requestContext", "authorizer", "jwt", "claims", "client_id"),
+    ],
+)
+@pytest.mark.parametrize("how", ["delete", "null"])
+def test_each_missing_part_of_a_jwt_event(cut: tuple[str, ...], how: str) -> None:
+    e = event("http_v2_jwt_cognito")
+    parent = e
+    for key in cut[:-1]:
+        parent = parent[key]
+    if how == "delete":
+        del parent[cut[-1]]
+    else:
+        parent[cut[-1]] = None
+    with pytest.raises(ValidationError, match="no client id"):
+        client_id_from_event(e)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [("authorizer",), ("authorizer", "claims"), ("authorizer", "claims", "custom:client_id")],
+)
+def test_each_missing_part_of_a_cognito_event(cut: tuple[str, ...]) -> None:
+    e = event("rest_cognito")
+    parent = e["requestContext"]
+    for key in cut[:-1]:
+        parent = parent[key]
+    del parent[cut[-1]]
+    with pytest.raises(ValidationError, match="no client id"):
+        client_id_from_event(e, claim_key="custom:client_id")
+
+
+class PowertoolsLikeEvent(Mapping[str, Any]):
+    """The shape of Powertools' event data classes: a read-only mapping with ``raw_event``."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    @property
+    def raw_event(self) -> dict[str, Any]:
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_powertools_event_objects_and_plain_mappings() -> None:
+    assert client_id_from_event(PowertoolsLikeEvent(event("http_v2_jwt_cognito"))) == "client-d"
+    raw_only = SimpleNamespace(raw_event=event("rest_api_key"))
+    assert client_id_from_event(raw_only) == "q1w2e3r4t5"
+    assert client_id_from_event(MappingProxyType(event("rest_lambda_authorizer"))) == "client-a"
+
+
+@pytest.mark.parametrize("junk", [None, [], "requestContext", 3, SimpleNamespace(raw_event=[])])
+def test_a_non_event_is_a_validation_error(junk: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        client_id_from_event(junk)
+    assert info.value.field == "event"
 
 
 def test_migrate_handler_applies_and_reports(

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cira_db._database import Database
+from cira_db._validation import check_client_id
 from cira_db.errors import ValidationError
 from cira_db.migrations import Migrator
 
 __all__ = ["client_id_from_event", "migrate_handler"]
 
 _log = logging.getLogger("cira_db.aws")
-_MAX_CLIENT_ID = 50
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -28,40 +28,64 @@ def _get(mapping: Any, *keys: str) -> Any:
     return mapping
 
 
-def client_id_from_event(event: Mapping[str, Any], *, authorizer_key: str = "client_id") -> str:
+def _event_document(event: object) -> Mapping[str, Any]:
+    """The event as a mapping: a dict, or a Powertools event object's ``raw_event``."""
+    raw = getattr(event, "raw_event", None)
+    if isinstance(raw, Mapping):
+        return raw
+    if isinstance(event, Mapping):
+        return event
+    raise ValidationError(
+        "event", "an API Gateway event (a JSON object or a Powertools event) is required"
+    )
+
+
+def client_id_from_event(
+    event: Mapping[str, Any] | object,
+    *,
+    authorizer_key: str = "client_id",
+    claim_key: str | None = None,
+) -> str:
     """The calling client's id from an API Gateway event (REST v1 or HTTP API v2).
 
-    Looks, in order, at a Lambda authorizer's context value ``authorizer_key``
-    (v1: ``requestContext.authorizer.<key>``; v2:
-    ``requestContext.authorizer.lambda.<key>``), then at the REST API key's
-    *id* ``requestContext.identity.apiKeyId``. The API key's secret value
-    (``identity.apiKey``) is never used. Raises `ValidationError` (field
-    ``event``) when neither is present or the value is not a usable client id.
+    ``event`` is the event dict, or an AWS Lambda Powertools event object
+    (anything with a ``raw_event`` mapping). The first of these that is
+    present (not missing, not null) is the client id:
+
+    1. HTTP API Lambda authorizer: ``requestContext.authorizer.lambda.<authorizer_key>``
+    2. HTTP API JWT authorizer: ``requestContext.authorizer.jwt.claims.<claim_key>``
+    3. REST Lambda authorizer: ``requestContext.authorizer.<authorizer_key>``
+    4. REST Cognito user-pool authorizer: ``requestContext.authorizer.claims.<claim_key>``
+    5. REST API key: ``requestContext.identity.apiKeyId`` (the key's id; the
+       secret key value ``identity.apiKey`` is never read)
+
+    ``claim_key`` defaults to ``authorizer_key``. The value must pass the one
+    client-id rule of the library (`cira_db._validation.check_client_id`):
+    nothing is trimmed or converted. Raises `ValidationError` when no source
+    is present (field ``event``) or the value breaks the rule (field: the
+    path it came from).
     """
-    if not isinstance(event, Mapping):
-        raise ValidationError("event", "an API Gateway event (a JSON object) is required")
-    context = event.get("requestContext")
+    document = _event_document(event)
+    claim = authorizer_key if claim_key is None else claim_key
+    context = document.get("requestContext")
     authorizer = _get(context, "authorizer")
-    candidates = [
-        _get(authorizer, "lambda", authorizer_key),  # HTTP API v2, Lambda authorizer
-        _get(authorizer, authorizer_key),  # REST v1, Lambda authorizer (flattened context)
-        _get(context, "identity", "apiKeyId"),  # REST v1, API key id (never the key itself)
+    sources = [
+        (("lambda", authorizer_key), authorizer),
+        (("jwt", "claims", claim), authorizer),
+        ((authorizer_key,), authorizer),
+        (("claims", claim), authorizer),
+        (("identity", "apiKeyId"), context),
     ]
-    for value in candidates:
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValidationError("event", "the client id in the event is not a string")
-        text = str(value).strip()
-        if not text or len(text) > _MAX_CLIENT_ID:
-            raise ValidationError(
-                "event", f"the client id in the event must be 1..{_MAX_CLIENT_ID} characters"
-            )
-        return text
+    for path, parent in sources:
+        value = _get(parent, *path)
+        if value is not None:
+            where = "requestContext." + ("" if parent is context else "authorizer.")
+            return check_client_id(value, where + ".".join(path))
     raise ValidationError(
         "event",
-        f"no client id: expected requestContext.authorizer['{authorizer_key}'] "
-        "(Lambda authorizer) or requestContext.identity.apiKeyId (REST API key)",
+        f"no client id: expected requestContext.authorizer.lambda['{authorizer_key}'] or "
+        f".jwt.claims['{claim}'] (HTTP API), requestContext.authorizer['{authorizer_key}'] or "
+        f".claims['{claim}'] (REST), or requestContext.identity.apiKeyId (REST API key)",
     )
 
 
