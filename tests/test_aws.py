@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -12,10 +13,11 @@ import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
 
 from cira_db._validation import check_client_id
-from cira_db.aws import client_id_from_event, migrate_handler
-from cira_db.errors import ValidationError
+from cira_db.aws import _duration_ms, _MigrateEvent, client_id_from_event, migrate_handler
+from cira_db.errors import MigrationError, ValidationError
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
@@ -187,33 +189,203 @@ def test_a_non_event_is_a_validation_error(junk: Any) -> None:
     assert info.value.field == "event"
 
 
+class FakeContext:
+    """A Lambda context: a function name and a clock that returns the given remaining times."""
+
+    function_name = "DbMigrateFunction"
+
+    def __init__(self, *remaining_ms: int) -> None:
+        self._remaining = list(remaining_ms)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._remaining.pop(0) if len(self._remaining) > 1 else self._remaining[0]
+
+
+ALL = ["0001_initial_schema.sql", "0002_hardening.sql"]
+
+
+def _tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _dbname(url: str) -> str:
+    return str(conninfo_to_dict(url)["dbname"])
+
+
 def test_migrate_handler_applies_and_reports(
     cira_db_empty_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
-    context = SimpleNamespace(function_name="DbMigrateFunction")
+    context = FakeContext(600_000)
     dry = migrate_handler({"dry_run": True}, context)
-    assert dry["migrations"] == ["0001_initial_schema.sql", "0002_hardening.sql"]
+    assert dry["migrations"] == ALL
+    assert dry["pending"] == ALL
     assert all(s["applied_at"] is None for s in dry["status"])
     result = migrate_handler(None, context)
-    assert result["migrations"] == ["0001_initial_schema.sql", "0002_hardening.sql"]
+    assert result["migrations"] == ALL
+    assert result["pending"] == []
+    assert result["database"] == _dbname(cira_db_empty_url)
     assert all(s["applied_at"] and s["checksum_matches"] for s in result["status"])
     with psycopg.connect(cira_db_empty_url) as conn:
         who = conn.execute("SELECT DISTINCT applied_by FROM schema_migrations").fetchall()
     assert who == [("lambda:DbMigrateFunction",)]
     assert migrate_handler({"action": "status"}, context)["migrations"] == []
-    back = migrate_handler({"action": "rollback", "to": 1}, context)
+
+
+@pytest.mark.parametrize(
+    ("allow", "database", "field", "reason"),
+    [
+        (None, "same", "action", "CIRA_DB_ALLOW_ROLLBACK=1"),
+        ("true", "same", "action", "CIRA_DB_ALLOW_ROLLBACK=1"),
+        ("1", None, "database", "must name the database"),
+        ("1", "other_db", "database", "is connected to"),
+    ],
+)
+def test_rollback_is_refused_without_the_guard_and_changes_nothing(
+    allow: str | None,
+    database: str | None,
+    field: str,
+    reason: str,
+    cira_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_url)
+    if allow is not None:
+        monkeypatch.setenv("CIRA_DB_ALLOW_ROLLBACK", allow)
+    before = _tables(cira_db_url)
+    payload: dict[str, Any] = {"action": "rollback", "to": 0}
+    if database is not None:
+        payload["database"] = _dbname(cira_db_url) if database == "same" else database
+    with pytest.raises(ValidationError, match=reason) as info:
+        migrate_handler(payload, FakeContext(600_000))
+    assert info.value.field == field
+    assert "nothing was changed" in str(info.value)
+    assert _tables(cira_db_url) == before
+    assert "jobs" in before
+
+
+def test_rollback_runs_with_the_guard_and_the_named_database(
+    cira_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_url)
+    monkeypatch.setenv("CIRA_DB_ALLOW_ROLLBACK", "1")
+    event = {"action": "rollback", "to": 1, "database": _dbname(cira_db_url)}
+    back = migrate_handler(event, FakeContext(600_000))
     assert back["migrations"] == ["0002_hardening.sql"]
+    assert back["pending"] == ["0002_hardening.sql"]
+
+
+def test_a_wrong_database_is_refused_for_apply_too(
+    cira_db_empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
+    with pytest.raises(ValidationError, match="is connected to"):
+        migrate_handler({"database": "production"}, FakeContext(600_000))
+    assert _tables(cira_db_empty_url) == []
+
+
+def test_no_migration_starts_when_too_little_time_is_left(
+    cira_db_empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
+    with pytest.raises(MigrationError, match="too little time") as info:
+        migrate_handler({}, FakeContext(4_000))
+    assert "ran none" in str(info.value)
+    assert str(ALL) in str(info.value)
+    assert _tables(cira_db_empty_url) == []
+
+
+def test_the_report_says_what_ran_and_what_is_pending_when_time_runs_out(
+    cira_db_empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
+    with pytest.raises(MigrationError, match="too little time") as info:
+        migrate_handler({}, FakeContext(600_000, 1_000))
+    message = str(info.value)
+    assert "ran ['0001_initial_schema.sql']" in message
+    assert "still pending ['0002_hardening.sql']" in message
+    with psycopg.connect(cira_db_empty_url) as conn:
+        versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
+    assert versions == [(1,)]
+
+
+def test_lock_timeout_comes_from_the_remaining_time(
+    cira_db_empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", cira_db_empty_url)
+    migrate_handler({"to": 1}, FakeContext(600_000))
+    with psycopg.connect(cira_db_empty_url) as blocker:
+        blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        started = time.monotonic()
+        with pytest.raises(MigrationError, match="lock timeout") as info:
+            migrate_handler({}, FakeContext(6_000))
+        elapsed = time.monotonic() - started
+    # 6 s left, 3 s kept back: the lock wait ends well before the configured 10 s.
+    assert elapsed < 4.5
+    assert "ran none" in str(info.value)
+    assert "still pending ['0002_hardening.sql']" in str(info.value)
 
 
 @pytest.mark.parametrize(
     ("payload", "field"),
-    [({"action": "drop"}, "action"), ({"action": "rollback"}, "to"), ({"to": -1}, "to")],
+    [
+        ({"action": "drop"}, "action"),
+        ({"action": ["apply"]}, "action"),
+        ({"action": None}, "action"),
+        ({"action": "rollback"}, "to"),
+        ({"to": -1}, "to"),
+        ({"to": "2"}, "to"),
+        ({"to": True}, "to"),
+        ({"to": 1.0}, "to"),
+        ({"dry_run": "false"}, "dry_run"),
+        ({"database": 3}, "database"),
+        ({"tO": 1}, "event"),
+        (["apply"], "event"),
+        ("apply", "event"),
+        (7, "event"),
+    ],
 )
 def test_migrate_handler_rejects_bad_events(
-    payload: dict[str, Any], field: str, cira_db_url: str, monkeypatch: pytest.MonkeyPatch
+    payload: Any, field: str, cira_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CIRA_DB_URL", cira_db_url)
     with pytest.raises(ValidationError) as info:
         migrate_handler(payload, None)
     assert info.value.field == field
+
+
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(),
+        st.lists(st.integers()),
+        st.dictionaries(
+            st.sampled_from(["action", "to", "dry_run", "database", "x"]),
+            st.one_of(st.none(), st.integers(), st.text(), st.booleans(), st.lists(st.none())),
+        ),
+    )
+)
+def test_any_event_is_parsed_or_refused_with_validation_error(payload: Any) -> None:
+    try:
+        request = _MigrateEvent.parse(payload)
+    except ValidationError:
+        return
+    assert request.action in {"apply", "status", "rollback"}
+    assert request.to is None or (type(request.to) is int and request.to >= 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("10s", 10_000), ("15min", 900_000), ("500", 500), ("1.5s", 1_500), ("2h", 7_200_000)],
+)
+def test_postgres_durations_are_read_in_milliseconds(text: str, ms: int) -> None:
+    assert _duration_ms(text) == ms
+
+
+def test_an_unreadable_duration_is_none() -> None:
+    assert _duration_ms("soon") is None
