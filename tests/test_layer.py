@@ -143,8 +143,8 @@ def test_x86_64_layer_runs_the_example_handler_through_pgbouncer(
         "PATH": "/usr/bin:/bin",
     }
     done = subprocess.run(
-        [str(python), "-I", "-S", "-c", RUN_THE_HANDLER, str(opt / "python"),
-         str(ROOT / "examples" / "lambda"), str(events_file)],
+        [str(python), "-I", "-S", "-B", "-c", RUN_THE_HANDLER, str(opt / "python"),
+         str(ROOT / "examples" / "lambda" / "app"), str(events_file)],
         env=env,
         capture_output=True,
         text=True,
