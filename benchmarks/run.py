@@ -10,7 +10,8 @@ The database is dropped and the embedded server stopped at the end.
 2. queue throughput with 1 and 2 worker processes;
 3. bulk insert: ``create_many`` against COPY, and peak memory;
 5. time-ordered against random ids (before 4, while the table is small);
-4. index plans on 1,000,000 jobs, the library's indexes against the story's.
+4. index plans on 1,000,000 jobs, the library's indexes against the story's;
+6. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -31,6 +32,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench_bulk import run_bulk
+from bench_coldstart import run_coldstart
 from bench_common import Context, Section, connect_raw
 from bench_ids import run_ids
 from bench_latency import run_latency
@@ -55,8 +57,9 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "bulk": ("3. Bulk insert", run_bulk),
     "ids": ("5. Time-ordered ids against random ids", run_ids),
     "plans": ("4. Index plans at scale", run_plans),
+    "coldstart": ("6. Cold start of a Lambda function", run_coldstart),
 }
-ORDER = ("latency", "queue", "bulk", "plans", "ids")  # report order
+ORDER = ("latency", "queue", "bulk", "plans", "ids", "coldstart")  # report order
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
