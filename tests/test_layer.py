@@ -12,6 +12,7 @@ pip's download cache (``~/.cache/pip``) makes rebuilds fast.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -25,8 +26,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from _proxy import PgBouncer
 from cira_db import __version__
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).parent / "fixtures" / "events"
@@ -119,6 +118,7 @@ def _events() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["3.12", "3.13"])
 def test_x86_64_layer_runs_the_example_handler_through_pgbouncer(
     version: str,
@@ -186,6 +186,7 @@ def _wheel_tags(archive: zipfile.ZipFile) -> dict[str, list[str]]:
     return tags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ALL_TARGETS)
 def test_every_layer_is_sound_from_its_zip(target: str, layers: dict[str, Path]) -> None:
     version, arch = target.removeprefix("python").split("-")
@@ -229,3 +230,67 @@ def test_an_unknown_target_is_refused_with_the_known_ones() -> None:
     assert done.returncode == 1
     assert "unknown target 'python3.10-arm64'" in done.stderr
     assert "python3.13-arm64" in done.stderr
+
+
+# -- the build's own checks, on hand-made inputs (fast) ----------------------------------
+
+
+def _builder() -> Any:
+    spec = importlib.util.spec_from_file_location("build_layer", ROOT / "tools" / "build_layer.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_layer"] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("tag", "target", "fits"),
+    [
+        ("cp312-cp312-manylinux_2_28_aarch64", "python3.12-arm64", True),
+        ("cp311-cp311-manylinux_2_28_aarch64", "python3.11-arm64", False),  # glibc 2.26
+        ("cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64", "python3.11-arm64", True),
+        ("cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64", "python3.12-arm64", False),
+        ("cp313-cp313-manylinux_2_17_x86_64", "python3.12-x86_64", False),  # other Python
+        ("cp312-cp312-manylinux_2_35_x86_64", "python3.12-x86_64", False),  # glibc 2.34
+        ("cp38-abi3-manylinux2014_x86_64", "python3.13-x86_64", True),
+        ("py3-none-any", "python3.11-arm64", True),
+        ("cp312-cp312-musllinux_1_2_x86_64", "python3.12-x86_64", False),
+    ],
+)
+def test_wheel_tags_are_judged_against_the_runtime(tag: str, target: str, fits: bool) -> None:
+    builder = _builder()
+    assert builder.tag_fits(tag, builder.find_target(target)) is fits
+
+
+def test_a_library_for_the_other_machine_is_refused(tmp_path: Path) -> None:
+    builder = _builder()
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    header[18:20] = (62).to_bytes(2, "little")  # x86-64
+    (tmp_path / "_psycopg.so").write_bytes(bytes(header))
+    assert builder.check_elf(tmp_path, builder.find_target("python3.12-x86_64")) == 1
+    with pytest.raises(builder.LayerError, match=r"another machine: _psycopg\.so"):
+        builder.check_elf(tmp_path, builder.find_target("python3.12-arm64"))
+
+
+def test_sizes_over_lambdas_limits_are_refused(tmp_path: Path) -> None:
+    builder = _builder()
+    path = tmp_path / "layer.zip"
+    with pytest.raises(builder.LayerError, match="over Lambda's 50 MB"):
+        builder.check_sizes(builder.Layer(path, 51 * MB, 100 * MB))
+    with pytest.raises(builder.LayerError, match="over Lambda's 250 MB"):
+        builder.check_sizes(builder.Layer(path, 40 * MB, 251 * MB))
+    builder.check_sizes(builder.Layer(path, 50 * MB, 250 * MB))
+
+
+def test_what_a_layer_must_not_hold_is_refused(tmp_path: Path) -> None:
+    builder = _builder()
+    (tmp_path / "cira_db-1.dist-info").mkdir()
+    (tmp_path / "cira_db-1.dist-info" / "METADATA").write_text("Name: cira-db\n")
+    builder.check_contents(tmp_path)
+    (tmp_path / "boto3").mkdir()
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    with pytest.raises(builder.LayerError, match="boto3, pkg/__pycache__"):
+        builder.check_contents(tmp_path)
