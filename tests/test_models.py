@@ -27,6 +27,10 @@ def test_job_json_hides_worker_fields_unless_internal(jobs: JobRepository) -> No
         "updated_at": job.updated_at.isoformat(),
         "completed_at": None,
         "error_message": None,
+        "priority": 0,
+        "run_after": None,
+        "progress": None,
+        "cancel_requested_at": None,
     }
     assert datetime.fromisoformat(str(public["created_at"])) == job.created_at
     assert str(public["created_at"]).endswith("+00:00")

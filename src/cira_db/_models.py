@@ -34,7 +34,14 @@ STATUS_BY_LABEL: Final[Mapping[str, JobStatus]] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One PDF to process, as stored in ``jobs``."""
+    """One PDF to process, as stored in ``jobs``.
+
+    ``priority`` (-100..100, higher first), ``run_after`` (not claimed before
+    then; None: at once), ``progress`` (a small JSON object a worker reports)
+    and ``cancel_requested_at`` (a cancel was asked for while it was being
+    processed) come from migration 0003; the calls that set them arrive with
+    the queue features (docs/jobs.md).
+    """
 
     id: UUID
     client_id: str
@@ -46,6 +53,10 @@ class Job:
     error_message: str | None
     attempts: int
     lease_expires_at: datetime | None
+    run_after: datetime | None = None
+    priority: int = 0
+    progress: dict[str, Any] | None = None
+    cancel_requested_at: datetime | None = None
 
     def to_json_dict(self, *, internal: bool = False) -> dict[str, Any]:
         """This job as a dict `json.dumps` accepts as it is, for an API response.
@@ -64,6 +75,10 @@ class Job:
             "updated_at": _iso(self.updated_at),
             "completed_at": _iso(self.completed_at),
             "error_message": self.error_message,
+            "priority": self.priority,
+            "run_after": _iso(self.run_after),
+            "progress": copy.deepcopy(self.progress),
+            "cancel_requested_at": _iso(self.cancel_requested_at),
         }
         if internal:
             data["attempts"] = self.attempts
