@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy mutate lint format bench wheel clean images
+.PHONY: all venv demo test test-proxy mutate lint format bench wheel layer clean images
 
 all: test
 
@@ -24,13 +24,13 @@ demo: $(STAMP)
 	$(BIN)/cira-db demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks tools
-	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools examples images
+	$(BIN)/ruff format --check src tests benchmarks tools examples images
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks tools
-	$(BIN)/ruff check --fix src tests benchmarks tools
+	$(BIN)/ruff format src tests benchmarks tools examples images
+	$(BIN)/ruff check --fix src tests benchmarks tools examples images
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -53,6 +53,10 @@ bench: $(STAMP)
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist
+
+# Lambda layers, one zip per runtime and architecture: dist/layers/cira-db-<version>-python3.X-<arch>.zip
+layer: $(STAMP)
+	$(BIN)/python tools/build_layer.py --out dist/layers
 
 clean:
 	rm -rf $(VENV) .venv-3.1[0-9] .venv-lowest dist build .mypy_cache .pytest_cache .ruff_cache

@@ -12,7 +12,8 @@ The database is dropped and the embedded server stopped at the end.
 5. time-ordered against random ids (before 4, while the table is small);
 4. index plans on 1,000,000 jobs, the library's indexes against the story's;
 6. the locks migrations 0003 and 0004 take on 1,000,000 jobs, and for how long;
-7. the asyncio face against raw psycopg async on the same pool.
+7. the asyncio face against raw psycopg async on the same pool;
+8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -34,6 +35,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench_async import run_async
 from bench_bulk import run_bulk
+from bench_coldstart import run_coldstart
 from bench_common import Context, Section, connect_raw
 from bench_ids import run_ids
 from bench_latency import run_latency
@@ -61,8 +63,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "plans": ("4. Index plans at scale", run_plans),
     "migration": ("6. Migrations 0003 and 0004 on a large table", run_migration),
     "async": ("7. The asyncio face", run_async),
+    "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
 }
-ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration", "async")  # report order
+# report order
+ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration", "async", "coldstart")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "cira_db._repositories": 3,
     "cira_db.migrations": 3,
     "cira_db._migrations": 3,
+    "cira_db.aio": 3,
     # 4: adapters
     "cira_db": 4,
     "cira_db.aio": 4,  # the asyncio facade

@@ -137,21 +137,25 @@ def test_rows_are_frozen_slotted_dataclasses() -> None:
         assert "__slots__" in vars(cls), cls
 
 
-def test_job_attributes_follow_the_columns() -> None:
+def test_job_attributes_follow_the_columns(cira_db_url: str) -> None:
     import dataclasses
 
-    assert [f.name for f in dataclasses.fields(cira_db.Job)] == [
-        "id",
-        "client_id",
-        "status",
-        "pdf_url",
-        "created_at",
-        "updated_at",
-        "completed_at",
-        "error_message",
-        "attempts",
-        "lease_expires_at",
-    ]
+    import psycopg
+
+    with psycopg.connect(cira_db_url) as conn:
+        columns = {
+            table: [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                ).fetchall()
+            ]
+            for table in ("jobs", "job_results")
+        }
+    assert [f.name for f in dataclasses.fields(cira_db.Job)] == columns["jobs"]
+    assert [f.name for f in dataclasses.fields(cira_db.JobResult)] == columns["job_results"]
     assert [f.name for f in dataclasses.fields(cira_db.JobResult)] == [
         "id",
         "job_id",

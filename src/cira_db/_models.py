@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ STATUS_BY_LABEL: Final[Mapping[str, JobStatus]] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One PDF to process, as stored in ``jobs``."""
+    """One PDF to process, as stored in ``jobs``.
+
+    ``priority`` (-100..100, higher first), ``run_after`` (not claimed before
+    then; None: at once), ``progress`` (a small JSON object a worker reports)
+    and ``cancel_requested_at`` (a cancel was asked for while it was being
+    processed) come from migration 0003; the calls that set them arrive with
+    the queue features (docs/jobs.md).
+    """
 
     id: UUID
     client_id: str
@@ -45,6 +53,37 @@ class Job:
     error_message: str | None
     attempts: int
     lease_expires_at: datetime | None
+    run_after: datetime | None = None
+    priority: int = 0
+    progress: dict[str, Any] | None = None
+    cancel_requested_at: datetime | None = None
+
+    def to_json_dict(self, *, internal: bool = False) -> dict[str, Any]:
+        """This job as a dict `json.dumps` accepts as it is, for an API response.
+
+        UUIDs become strings, datetimes ISO 8601 strings with their UTC offset
+        (``"2026-01-02T03:04:05.123456+00:00"``), the status its label. The
+        worker's bookkeeping (``attempts``, ``lease_expires_at``) is left out
+        unless ``internal`` is true.
+        """
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "client_id": self.client_id,
+            "status": self.status.value,
+            "pdf_url": self.pdf_url,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "completed_at": _iso(self.completed_at),
+            "error_message": self.error_message,
+            "priority": self.priority,
+            "run_after": _iso(self.run_after),
+            "progress": copy.deepcopy(self.progress),
+            "cancel_requested_at": _iso(self.cancel_requested_at),
+        }
+        if internal:
+            data["attempts"] = self.attempts
+            data["lease_expires_at"] = _iso(self.lease_expires_at)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +96,24 @@ class JobResult:
     confidence_score: Decimal
     tokens_used: int
     created_at: datetime
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """This result as a dict `json.dumps` accepts as it is, for an API response.
+
+        UUIDs become strings, ``created_at`` an ISO 8601 string with its UTC
+        offset, and ``confidence_score`` a JSON number: it has at most two
+        decimal places, so the number written is exactly the stored one
+        (``Decimal("0.95")`` -> ``0.95``). ``extracted_data`` is the stored
+        JSON document itself (a copy).
+        """
+        return {
+            "id": str(self.id),
+            "job_id": str(self.job_id),
+            "extracted_data": copy.deepcopy(self.extracted_data),
+            "confidence_score": float(self.confidence_score),
+            "tokens_used": self.tokens_used,
+            "created_at": _iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +135,7 @@ class Usage:
     jobs: int
     tokens_used: int
     mean_confidence: Decimal | None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

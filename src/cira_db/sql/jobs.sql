@@ -19,13 +19,15 @@ WITH inserted AS (
     VALUES (%(id)s, %(client_id)s, %(pdf_url)s)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-              error_message, attempts, lease_expires_at
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
 )
 SELECT 'created' AS outcome, inserted.* FROM inserted
 UNION ALL
 SELECT CASE WHEN same.id IS NULL THEN 'conflict' ELSE 'existing' END,
        same.id, same.client_id, same.status, same.pdf_url, same.created_at, same.updated_at,
-       same.completed_at, same.error_message, same.attempts, same.lease_expires_at
+       same.completed_at, same.error_message, same.attempts, same.lease_expires_at,
+       same.priority, same.run_after, same.progress, same.cancel_requested_at
 FROM jobs AS stored
 LEFT JOIN jobs AS same
     ON same.id = stored.id AND same.client_id = %(client_id)s AND same.pdf_url = %(pdf_url)s
@@ -39,12 +41,14 @@ SELECT new.id, %(client_id)s, new.pdf_url
 FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
 ORDER BY new.n
 RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-          error_message, attempts, lease_expires_at
+          error_message, attempts, lease_expires_at,
+          priority, run_after, progress, cancel_requested_at
 
 -- name: get_job
 -- One job of one client (primary key lookup).
 SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-       error_message, attempts, lease_expires_at
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
 FROM jobs
 WHERE id = %(id)s AND client_id = %(client_id)s
 
@@ -52,7 +56,8 @@ WHERE id = %(id)s AND client_id = %(client_id)s
 -- A page of a client's jobs, newest first, after a keyset position (NULL for
 -- the first page). Uses idx_jobs_client_created.
 SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-       error_message, attempts, lease_expires_at
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
 FROM jobs
 WHERE client_id = %(client_id)s
   AND (created_at, id) < (
@@ -64,7 +69,8 @@ LIMIT %(limit)s
 -- name: list_jobs_by_status
 -- As list_jobs, for one status. Uses idx_jobs_client_status_created.
 SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-       error_message, attempts, lease_expires_at
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
 FROM jobs
 WHERE client_id = %(client_id)s
   AND status = %(status)s::job_status
@@ -94,7 +100,8 @@ WITH picked AS MATERIALIZED (
     WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
               jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
-              jobs.lease_expires_at
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
 SELECT * FROM claimed ORDER BY created_at, id
 
@@ -116,7 +123,8 @@ WITH picked AS MATERIALIZED (
     WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
               jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
-              jobs.lease_expires_at
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
 SELECT * FROM claimed ORDER BY created_at, id
 
@@ -132,7 +140,8 @@ WITH target AS (
     WHERE id = (SELECT id FROM target) AND status = 'processing'
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-              error_message, attempts, lease_expires_at
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
 )
 SELECT target.status::text AS outcome, target.attempts AS current_attempts, moved.*
 FROM target LEFT JOIN moved ON true
@@ -174,7 +183,8 @@ WITH target AS (
     WHERE id = (SELECT id FROM target) AND status = 'processing'
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-              error_message, attempts, lease_expires_at
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
 )
 SELECT target.status::text AS outcome, target.attempts AS current_attempts, failed.*
 FROM target LEFT JOIN failed ON true
@@ -190,7 +200,8 @@ WITH target AS (
     SET status = 'queued', error_message = NULL, lease_expires_at = NULL
     WHERE id = (SELECT id FROM target) AND status = 'failed'
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-              error_message, attempts, lease_expires_at
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
 )
 SELECT target.status::text AS outcome, queued.*
 FROM target LEFT JOIN queued ON true
@@ -220,7 +231,8 @@ WITH expired AS MATERIALIZED (
     WHERE jobs.id = expired.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
               jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
-              jobs.lease_expires_at
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
 SELECT * FROM released ORDER BY created_at, id
 

@@ -1,0 +1,203 @@
+"""Benchmark 6: a Lambda cold start, the library against psycopg + psycopg_pool by hand.
+
+Each sample is a fresh ``python`` process, as a new Lambda execution
+environment is, with ``AWS_LAMBDA_FUNCTION_NAME`` set (so the library takes
+its Lambda defaults). The library's process imports cira_db, builds settings
+from ``CIRA_DB_URL``, opens the pool and runs its first repository call
+(``jobs.find``); the raw process imports psycopg and psycopg_pool, opens a
+one-connection pool by hand and runs the same statement text. The two run
+alternately, so drift in the machine's speed hits both alike. The process
+reports its own CPU time (user + system, interpreter start-up included);
+the parent times the whole process (wall clock, start to exit).
+
+Then ``python -X importtime -c "import cira_db"`` shows where the import
+time goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import uuid4
+
+from bench_common import Context, Section, Table, fmt_ratio, library_sql, timed
+
+__all__ = ["run_coldstart"]
+
+_REPORT = """
+import json, resource
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime}))
+"""
+
+LIBRARY = (
+    """
+import os
+from cira_db import Database, JobRepository
+db = Database.from_env()
+db.open()
+assert JobRepository(db).find(os.environ["BENCH_JOB_ID"], client_id="cold-start") is None
+"""
+    + _REPORT
+)
+
+RAW = (
+    """
+import os
+import psycopg
+from psycopg_pool import ConnectionPool
+pool = ConnectionPool(
+    os.environ["BENCH_URL"], min_size=0, max_size=1, open=False,
+    kwargs={"autocommit": True, "prepare_threshold": None},
+    check=ConnectionPool.check_connection,
+)
+pool.open()
+with pool.connection() as conn:
+    row = conn.execute(
+        os.environ["BENCH_SQL"], {"id": os.environ["BENCH_JOB_ID"], "client_id": "cold-start"}
+    ).fetchone()
+assert row is None
+"""
+    + _REPORT
+)
+
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)\s*$")
+_PACKAGES = ("cira_db", "psycopg", "psycopg_pool", "pydantic", "pydantic_settings", "boto3")
+
+
+@dataclass(frozen=True)
+class Start:
+    """One cold process: its CPU time and its wall time, in seconds."""
+
+    cpu: float
+    wall: float
+
+
+def _env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRA_DB_")}
+    env |= {
+        "CIRA_DB_URL": url,
+        "BENCH_URL": url,
+        "BENCH_SQL": library_sql("jobs.sql", "get_job"),
+        "BENCH_JOB_ID": str(uuid4()),
+        "AWS_LAMBDA_FUNCTION_NAME": "cira-bench",
+        "PYTHONDONTWRITEBYTECODE": "",
+    }
+    return env
+
+
+def _start(script: str, env: dict[str, str]) -> Start:
+    output: list[str] = []
+
+    def run() -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        output.append(done.stdout)
+
+    wall = timed(run)
+    return Start(cpu=float(json.loads(output[0])["cpu"]), wall=wall)
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+def import_times(module: str, env: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """``-X importtime`` of one import: module -> (self µs, cumulative µs)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found: dict[str, tuple[int, int]] = {}
+    for line in done.stderr.splitlines():
+        match = _IMPORT_LINE.match(line)
+        if match:
+            found[match.group(4)] = (int(match.group(1)), int(match.group(2)))
+    return found
+
+
+def _starts_table(library: list[Start], raw: list[Start]) -> Table:
+    table = Table(
+        ["cold process", "CPU time, median", "wall time, median", "wall time, min"],
+        title=f"{len(library)} fresh processes each, alternating",
+    )
+    for name, starts in (("cira_db", library), ("psycopg + psycopg_pool by hand", raw)):
+        table.add(
+            name,
+            _ms(_median([s.cpu for s in starts])),
+            _ms(_median([s.wall for s in starts])),
+            _ms(min(s.wall for s in starts)),
+        )
+    return table
+
+
+def _imports_tables(times: dict[str, tuple[int, int]]) -> list[Table]:
+    packages = Table(
+        ["package", "cumulative import time"], title="`import cira_db`: the packages it loads"
+    )
+    for name in _PACKAGES:
+        found = times.get(name)
+        packages.add(f"`{name}`", _ms(found[1] / 1e6) if found else "not imported")
+    top = Table(
+        ["module", "self", "cumulative"],
+        title="`import cira_db`: the 15 modules with the most self time (`-X importtime`)",
+    )
+    for name, (own, total) in sorted(times.items(), key=lambda kv: -kv[1][0])[:15]:
+        top.add(f"`{name}`", f"{own / 1000:,.1f} ms", f"{total / 1000:,.1f} ms")
+    return [packages, top]
+
+
+def run_coldstart(ctx: Context) -> Section:
+    """Alternate library and raw cold processes; then break the import down."""
+    section = Section("coldstart", "6. Cold start of a Lambda function")
+    runs = 5 if ctx.quick else 21
+    env = _env(ctx.url)
+    library: list[Start] = []
+    raw: list[Start] = []
+    ctx.log(f"cold start: {runs} fresh processes each, library and raw alternating")
+    _start(LIBRARY, env)  # warm the OS file cache: not counted
+    _start(RAW, env)
+    for _ in range(runs):
+        library.append(_start(LIBRARY, env))
+        raw.append(_start(RAW, env))
+    cpu_ratio = _median([s.cpu for s in library]) / _median([s.cpu for s in raw])
+    wall_ratio = _median([s.wall for s in library]) / _median([s.wall for s in raw])
+    section.intro = [
+        "A fresh process per sample, as a new execution environment: import, settings from "
+        "the environment (`AWS_LAMBDA_FUNCTION_NAME` set), open the pool, first repository "
+        "call (`jobs.find`, one connection made), against psycopg + psycopg_pool doing the "
+        "same by hand with the same statement. CPU time is the process's own user + system "
+        "time, interpreter start-up included; wall time is the parent's, spawn to exit. "
+        "Target: at most 1.15\u00d7 raw."
+    ]
+    section.tables = [_starts_table(library, raw)]
+    times = import_times("cira_db", env)
+    raw_times = import_times("psycopg_pool", env)
+    section.tables += _imports_tables(times)
+    cira, pool = times.get("cira_db", (0, 0))[1], raw_times.get("psycopg_pool", (0, 0))[1]
+    section.notes = [
+        f"`import cira_db` {_ms(cira / 1e6)} cumulative against `import psycopg_pool` "
+        f"(which imports psycopg) {_ms(pool / 1e6)}, one `-X importtime` run each.",
+        "boto3 is not imported: it is loaded only when a secret or an IAM token is needed.",
+    ]
+    section.headlines = [
+        f"Cold start (fresh process: import, settings, pool, first call): "
+        f"{_ms(_median([s.cpu for s in library]))} CPU against "
+        f"{_ms(_median([s.cpu for s in raw]))} for psycopg + psycopg_pool by hand "
+        f"({fmt_ratio(cpu_ratio)}; wall {fmt_ratio(wall_ratio)}; target at most 1.15\u00d7)."
+    ]
+    return section
