@@ -6,10 +6,9 @@ From the bottom up:
 1. settings and SQL loading: settings, the connection plan, credentials, input
    validation, cursors, the SQL loader, the error seam and retries;
 2. the database: `Database` and `AsyncDatabase`;
-3. repositories and migrations;
+3. repositories and migrations (and ``cira_db.aio``, the asyncio repositories' facade);
 4. adapters: the CLI, AWS, the pytest plugin, and the tools built on them
-   (doctor, demo, seeder), plus the package's own facades ``cira_db`` and
-   ``cira_db.aio``.
+   (doctor, demo, seeder), plus the package's own facade ``cira_db``.
 
 A module may import modules of its own layer or of layers below it, never above.
 Every import counts: module level, inside functions (lazy imports) and under
@@ -64,7 +63,6 @@ LAYERS: dict[str, int] = {
     "cira_db.aio": 3,
     # 4: adapters
     "cira_db": 4,
-    "cira_db.aio": 4,  # the asyncio facade
     "cira_db.__main__": 4,
     "cira_db._cli": 4,
     "cira_db._doctor": 4,
