@@ -11,6 +11,7 @@ echo "== examples: ruff and mypy --strict"
 "$bin/ruff" format --check examples
 "$bin/mypy" --strict examples/lambda/app/app.py
 "$bin/mypy" --strict examples/worker/worker.py
+"$bin/mypy" --strict examples/fastapi/app.py
 (cd examples/downstream && MYPYPATH=src "$bin/mypy" --strict src tests)
 
 echo "== examples/downstream: its own tests, with pytest_plugins = [\"cira_db.testing\"]"

@@ -5,8 +5,8 @@ From the bottom up:
 0. errors and models: the exceptions, the dataclasses, the version, data folders;
 1. settings and SQL loading: settings, the connection plan, credentials, input
    validation, cursors, the SQL loader, the error seam and retries;
-2. the database: `Database`;
-3. repositories and migrations;
+2. the database: `Database` and `AsyncDatabase`;
+3. repositories and migrations (and ``cira_db.aio``, the asyncio repositories' facade);
 4. adapters: the CLI, AWS, the pytest plugin, and the tools built on them
    (doctor, demo, seeder), plus the package's own facade ``cira_db``.
 
@@ -53,7 +53,7 @@ LAYERS: dict[str, int] = {
     "cira_db._cursor": 1,
     "cira_db._errors_map": 1,
     "cira_db._retry": 1,
-    # 2: the database
+    # 2: the database (sync, and its asyncio twin)
     "cira_db._database": 2,
     "cira_db._aio_database": 2,
     # 3: repositories and migrations

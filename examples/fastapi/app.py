@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -26,7 +25,6 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from cira_db import Job
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
 from cira_db.errors import (
     CiraDbError,
@@ -44,14 +42,6 @@ class NewJob(BaseModel):
 
     pdf_url: str
     job_id: UUID | None = None  # send one to make a retried request safe
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    """A job as JSON-ready values (ids and times as strings)."""
-    return {
-        key: (str(value) if value is not None and not isinstance(value, int | str) else value)
-        for key, value in asdict(job).items()
-    }
 
 
 _STATUS = {ValidationError: 422, NotFoundError: 404, ConflictError: 409}
@@ -90,7 +80,7 @@ def create_app(database: AsyncDatabase | None = None) -> FastAPI:
         job = await repository(request).create(
             client_id=client_id, pdf_url=body.pdf_url, job_id=body.job_id
         )
-        return job_json(job)
+        return job.to_json_dict()
 
     @app.get("/jobs")
     async def list_jobs(
@@ -103,11 +93,15 @@ def create_app(database: AsyncDatabase | None = None) -> FastAPI:
         page = await repository(request).list(
             client_id=client_id, status=status, limit=limit, cursor=cursor
         )
-        return {"items": [job_json(job) for job in page.items], "next_cursor": page.next_cursor}
+        return {
+            "items": [job.to_json_dict() for job in page.items],
+            "next_cursor": page.next_cursor,
+        }
 
     @app.get("/jobs/{job_id}")
     async def get_job(job_id: str, client_id: ClientId, request: Request) -> dict[str, Any]:
-        return job_json(await repository(request).get(job_id, client_id=client_id))
+        job = await repository(request).get(job_id, client_id=client_id)
+        return job.to_json_dict()
 
     return app
 
