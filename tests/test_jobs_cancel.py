@@ -265,6 +265,11 @@ def test_report_progress_refusals(jobs: JobRepository, cira_db: Database) -> Non
     with pytest.raises(InvalidTransitionError, match="on attempt 1, not 2"):
         jobs.report_progress(claimed.id, progress={"page": 1}, attempt=2)
     assert _row(cira_db, claimed.id)[5] is None
+    # Finished on this very claim: the attempt matches, the status does not.
+    jobs.complete(claimed.id, extracted_data={}, confidence_score=1, tokens_used=1, attempt=1)
+    with pytest.raises(InvalidTransitionError, match="it is completed, not processing"):
+        jobs.report_progress(claimed.id, progress={"page": 9}, attempt=1)
+    assert _row(cira_db, claimed.id)[5] is None
 
 
 def test_report_progress_of_a_cancel_requested_job_ends_it(jobs: JobRepository) -> None:

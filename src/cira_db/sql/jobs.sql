@@ -290,7 +290,7 @@ WITH target AS (
            error_message, attempts, lease_expires_at,
            priority, run_after, progress, cancel_requested_at
     FROM jobs
-    WHERE id = %(id)s AND client_id = %(client_id)s
+    WHERE jobs.id = %(id)s AND jobs.client_id = %(client_id)s
 ), cancelled AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.status = 'queued'
@@ -323,7 +323,7 @@ WITH target AS (
     SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
-), moved AS (
+), reported AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL
                       THEN 'processing' ELSE 'cancelled' END::job_status,
@@ -337,8 +337,8 @@ WITH target AS (
               error_message, attempts, lease_expires_at,
               priority, run_after, progress, cancel_requested_at
 )
-SELECT target.status::text AS outcome, target.attempts AS current_attempts, moved.*
-FROM target LEFT JOIN moved ON true
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, reported.*
+FROM target LEFT JOIN reported ON true
 
 -- name: queue_stats
 -- Queue health of every client, one row. Counts by status read all of jobs
