@@ -150,9 +150,14 @@ def test_extend_lease_of_a_cancel_requested_job_ends_it(
     assert job.status is JobStatus.CANCELLED
     assert job.lease_expires_at is None
     assert job.completed_at is None
-    # Ended: a second heartbeat is an ordinary refusal, not another cancel.
-    with pytest.raises(InvalidTransitionError, match="it is cancelled, not processing") as info:
+    # Ended: a second heartbeat (or a repeat after a lost reply) hears the same.
+    with pytest.raises(JobCancelledError, match="it is cancelled; stop working on it"):
         jobs.extend_lease(claimed.id, lease=LEASE, attempt=claimed.attempts)
+    with pytest.raises(JobCancelledError):
+        jobs.report_progress(claimed.id, progress={}, attempt=claimed.attempts)
+    # The other worker calls are ordinary refusals: there is nothing left to finish.
+    with pytest.raises(InvalidTransitionError, match="it is cancelled, not processing") as info:
+        jobs.fail(claimed.id, error_message="x", attempt=claimed.attempts)
     assert not isinstance(info.value, JobCancelledError)
 
 
@@ -210,12 +215,16 @@ def test_a_cancelled_job_is_final(jobs: JobRepository, cira_db: Database) -> Non
     with pytest.raises(InvalidTransitionError, match="it is cancelled, not failed"):
         jobs.retry(job.id)
     for call in (
-        lambda: jobs.extend_lease(job.id, lease=LEASE),
         lambda: jobs.complete(job.id, extracted_data={}, confidence_score=1, tokens_used=1),
         lambda: jobs.fail(job.id, error_message="x"),
-        lambda: jobs.report_progress(job.id, progress={}, attempt=1),
     ):
         with pytest.raises(InvalidTransitionError, match="it is cancelled, not processing"):
+            call()
+    for call in (
+        lambda: jobs.extend_lease(job.id, lease=LEASE),
+        lambda: jobs.report_progress(job.id, progress={}, attempt=1),
+    ):
+        with pytest.raises(JobCancelledError, match="it is cancelled"):
             call()
     assert _row(cira_db, job.id) == before
 
@@ -459,3 +468,45 @@ def test_queue_stats_is_frozen() -> None:
     with pytest.raises(AttributeError):
         stats.scheduled = 1  # type: ignore[misc]
     assert not hasattr(stats, "__dict__")
+
+
+def _plan(db: Database, name: str, params: dict[str, Any]) -> str:
+    from cira_db._sql import query
+
+    with db.connection() as conn:
+        rows = conn.execute("EXPLAIN (COSTS OFF) " + query("jobs.sql", name).sql, params)
+        return "\n".join(row[0] for row in rows.fetchall())
+
+
+def test_queue_stats_plans_on_a_realistic_table(cira_db: Database) -> None:
+    # 50,000 jobs of 100 clients: 1% queued (a third scheduled), 0.5% processing, the rest ended.
+    with cira_db.connection() as conn:
+        conn.execute(
+            """
+            INSERT INTO jobs (id, client_id, status, pdf_url, created_at, completed_at,
+                              error_message, attempts, lease_expires_at, run_after)
+            SELECT gen_random_uuid(), 'client-' || (abs(hashtext(g::text)) % 100),
+                   s.status::job_status, 'https://e.com/x.pdf', now() - g * interval '1 second',
+                   CASE WHEN s.status = 'completed' THEN now() END,
+                   CASE WHEN s.status = 'failed' THEN 'x' END,
+                   CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END,
+                   CASE WHEN s.status = 'processing' THEN now() + interval '5 minutes' END,
+                   CASE WHEN s.status = 'queued' AND g % 3 = 0 THEN now() + interval '1 hour' END
+            FROM generate_series(1, 50000) AS g,
+            LATERAL (SELECT CASE WHEN g % 100 = 0 THEN 'queued'
+                                 WHEN g % 200 = 1 THEN 'processing'
+                                 WHEN g % 50 = 7 THEN 'failed'
+                                 WHEN g % 50 = 9 THEN 'cancelled'
+                                 ELSE 'completed' END AS status) AS s
+            """
+        )
+        conn.execute("VACUUM ANALYZE jobs")
+    one = _plan(cira_db, "queue_stats_for_client", {"client_id": "client-7"})
+    assert "Seq Scan" not in one, one
+    assert "idx_jobs_client_status_created" in one, one
+    every = _plan(cira_db, "queue_stats", {})
+    # Only the counts by status read the whole table (documented); the queued and
+    # the expired-lease figures read their partial indexes.
+    assert every.count("Seq Scan") <= 1, every
+    assert "Seq Scan on jobs queued" not in every, every
+    assert "Seq Scan on jobs held" not in every, every

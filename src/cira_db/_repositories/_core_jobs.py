@@ -293,9 +293,7 @@ class JobLogic:
         reply: Outcome[Job] | None = yield Call.one(
             _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
         )
-        return _unless_cancelled(
-            _moved(reply, key, "extend the lease of", JobStatus.PROCESSING, claim)
-        )
+        return _heard(reply, key, "extend the lease of", claim)
 
     def complete(
         self,
@@ -367,9 +365,7 @@ class JobLogic:
         reply: Outcome[Job] | None = yield Call.one(
             _REPORT_PROGRESS, params, job_outcome_row, "report progress", idempotent=True
         )
-        return _unless_cancelled(
-            _moved(reply, key, "report the progress of", JobStatus.PROCESSING, claim)
-        )
+        return _heard(reply, key, "report the progress of", claim)
 
     def cancel(self, job_id: UUID | str, *, client_id: str) -> Logic[Job]:
         """Cancel a queued job, or ask for a processing one to be cancelled."""
@@ -463,8 +459,21 @@ class JobLogic:
                 return deleted
 
 
-def _unless_cancelled(job: Job) -> Job:
-    """The job a worker's move returned, or `JobCancelledError` if the move ended it cancelled."""
+def _heard(reply: Outcome[Job] | None, job_id: UUID, action: str, attempt: int | None) -> Job:
+    """A heartbeat's or progress report's job, or the error the worker must hear.
+
+    `JobCancelledError` when this statement ended the job cancelled (a cancel
+    was asked for), and also when it was cancelled already, unless the
+    worker's claim is gone (an older ``attempt``: that is the ordinary
+    refusal). A repeat after a lost reply then says the same as the first try.
+    """
+    if reply is not None and reply.row is None and reply.outcome == JobStatus.CANCELLED.value:
+        current = reply.current_attempts
+        if attempt is None or current is None or current <= attempt:
+            raise JobCancelledError(
+                f"cannot {action} job {job_id}: it is cancelled; stop working on it"
+            )
+    job = _moved(reply, job_id, action, JobStatus.PROCESSING, attempt)
     if job.status is JobStatus.CANCELLED:
         raise JobCancelledError(
             f"job {job.id} was cancelled (a cancel was asked for at "
