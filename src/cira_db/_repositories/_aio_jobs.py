@@ -174,8 +174,8 @@ class AsyncJobRepository:
         ``completed_at = now()``, lease cleared) and the result row is
         inserted with the same ``now()``. ``confidence_score`` is rounded
         half-even to 2 places (0.935 -> 0.94). A job that is queued,
-        completed or failed raises `InvalidTransitionError`, and nothing
-        changes; a missing job raises `NotFoundError`. With ``attempt`` (the
+        completed, failed or cancelled raises `InvalidTransitionError`, and
+        nothing changes; a missing job raises `NotFoundError`. With ``attempt`` (the
         ``attempts`` of the worker's claim, ``attempt=claimed.attempts``) a
         job claimed again since that claim is refused the same way, so a
         worker whose lease ran out never writes over another worker's claim.
