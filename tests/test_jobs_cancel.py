@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,14 +51,14 @@ def _row(db: Database, job_id: uuid.UUID) -> tuple[Any, ...]:
             (job_id,),
         ).fetchone()
     assert row is not None
-    return row
+    return tuple(row)
 
 
 # -- the status and the error -----------------------------------------------------------------
 
 
 def test_cancelled_is_a_status_and_job_cancelled_is_an_invalid_transition() -> None:
-    assert JobStatus.CANCELLED == "cancelled"
+    assert JobStatus("cancelled") is JobStatus.CANCELLED
     assert issubclass(JobCancelledError, InvalidTransitionError)
     assert JobCancelledError().args[0].startswith("The job was cancelled")
 
@@ -172,10 +173,11 @@ def test_a_stale_worker_is_refused_before_the_cancel_is_seen(
     assert current.attempts == 2
     jobs.cancel(stale.id, client_id=A)
     before = _row(cira_db, stale.id)
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: jobs.extend_lease(stale.id, lease=LEASE, attempt=stale.attempts),
         lambda: jobs.report_progress(stale.id, progress={"page": 1}, attempt=stale.attempts),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(InvalidTransitionError, match=r"claimed again \(attempt 2\)") as info:
             call()
         assert not isinstance(info.value, JobCancelledError)
