@@ -512,3 +512,68 @@ def test_queue_stats_plans_on_a_realistic_table(cira_db: Database) -> None:
     assert every.count("Seq Scan") <= 1, every
     assert "Seq Scan on jobs queued" not in every, every
     assert "Seq Scan on jobs held" not in every, every
+
+
+# -- races: a cancel that meets a claim in flight ------------------------------------------------
+
+
+@pytest.mark.parametrize("claim_commits", [True, False], ids=["claim-commits", "claim-rolls-back"])
+def test_a_cancel_waits_for_a_claim_in_flight_and_acts_on_its_outcome(
+    cira_db: Database, claim_commits: bool
+) -> None:
+    import threading
+
+    import psycopg
+
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url=URL)
+    outcome: dict[str, Any] = {}
+    with cira_db.connect_direct() as holder:
+        with holder.transaction():
+            claimed = JobRepository(holder).claim_next(lease=LEASE, client_id=A)
+            assert claimed is not None
+            assert claimed.id == job.id
+            worker = threading.Thread(
+                target=lambda: outcome.setdefault("job", jobs.cancel(job.id, client_id=A))
+            )
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive()  # the cancel waits for the claim's row lock
+            if not claim_commits:
+                raise psycopg.Rollback
+        worker.join(10)
+        assert not worker.is_alive()
+    cancelled: Job = outcome["job"]
+    if claim_commits:
+        # The claim won: the cancel saw the job processing and asked its worker.
+        assert cancelled.status is JobStatus.PROCESSING
+        assert cancelled.cancel_requested_at is not None
+        assert cancelled.attempts == 1
+    else:
+        # The claim never happened: the cancel saw the job queued and ended it.
+        assert cancelled.status is JobStatus.CANCELLED
+        assert cancelled.attempts == 0
+    assert jobs.get(job.id, client_id=A) == cancelled
+
+
+def test_two_cancels_at_once_both_return_the_cancelled_job(cira_db: Database) -> None:
+    import threading
+
+    jobs = JobRepository(cira_db)
+    job = jobs.create(client_id=A, pdf_url=URL)
+    outcome: dict[str, Any] = {}
+    with cira_db.connect_direct() as holder:
+        with holder.transaction():
+            first = JobRepository(holder).cancel(job.id, client_id=A)
+            worker = threading.Thread(
+                target=lambda: outcome.setdefault("job", jobs.cancel(job.id, client_id=A))
+            )
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive()  # waits for the first cancel's row lock
+        # The second statement's snapshot saw the job queued, its update found it
+        # cancelled: it reads again and returns the job as the first cancel left it.
+        worker.join(10)
+        assert not worker.is_alive()
+    assert first.status is JobStatus.CANCELLED
+    assert outcome["job"] == first
