@@ -99,6 +99,7 @@ def test_other_queued_jobs_of_the_client_are_left_alone(
         JobStatus.PROCESSING: 1,
         JobStatus.COMPLETED: 1,
         JobStatus.FAILED: 1,
+        JobStatus.CANCELLED: 0,
     }
     untouched = jobs.list(client_id=A, status=JobStatus.QUEUED, limit=1000).items
     assert all(job.attempts == 0 and job.lease_expires_at is None for job in untouched)
@@ -140,3 +141,11 @@ def test_the_factorys_repositories(cira_db_factory: CiraDbFactory) -> None:
     job = cira_db_factory.job()
     assert cira_db_factory.jobs.get(job.id, client_id=A) == job
     assert cira_db_factory.results.find_for_job(job.id, client_id=A) is None
+
+
+def test_a_cancelled_job(cira_db_factory: CiraDbFactory, cira_db: Database) -> None:
+    job = cira_db_factory.job(status=JobStatus.CANCELLED, client_id="client-c")
+    assert job.status is JobStatus.CANCELLED
+    assert (job.attempts, job.lease_expires_at, job.completed_at) == (0, None, None)
+    stored = JobRepository(cira_db).get(job.id, client_id="client-c")
+    assert stored == job

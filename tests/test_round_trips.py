@@ -26,7 +26,13 @@ from psycopg import pq
 import cira_db
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._sql import load_queries
-from cira_db.errors import CiraDbError, ConflictError, InvalidTransitionError, NotFoundError
+from cira_db.errors import (
+    CiraDbError,
+    ConflictError,
+    InvalidTransitionError,
+    JobCancelledError,
+    NotFoundError,
+)
 
 A = "client-a"
 LEASE = timedelta(minutes=5)
@@ -179,6 +185,22 @@ def test_every_single_job_call_is_one_round_trip(conn: psycopg.Connection[Any]) 
         ("fail refused", lambda: jobs.fail(queued(), error_message="x"), InvalidTransitionError),
         ("retry", lambda: jobs.retry(fixed), None),
         ("retry refused", lambda: jobs.retry(queued()), InvalidTransitionError),
+        (
+            "report_progress",
+            lambda: jobs.report_progress(state["batch"][1].id, progress={"p": 1}, attempt=1),
+            None,
+        ),
+        ("cancel processing", lambda: jobs.cancel(state["batch"][1].id, client_id=A), None),
+        (
+            "report_progress cancelled",
+            lambda: jobs.report_progress(state["batch"][1].id, progress={"p": 2}, attempt=1),
+            JobCancelledError,
+        ),
+        ("cancel queued", lambda: jobs.cancel(queued(), client_id=A), None),
+        ("cancel again", lambda: jobs.cancel(queued(), client_id=A), None),
+        ("cancel refused", lambda: jobs.cancel(job(), client_id=A), InvalidTransitionError),
+        ("queue_stats", lambda: jobs.queue_stats(), None),
+        ("queue_stats of a client", lambda: jobs.queue_stats(client_id=A), None),
         ("release_expired", lambda: jobs.release_expired(), None),
         ("get_for_job", lambda: results.get_for_job(job(), client_id=A), None),
         (

@@ -6,13 +6,13 @@ import copy
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 from uuid import UUID
 
-__all__ = ["Job", "JobResult", "JobStatus", "Page", "Usage"]
+__all__ = ["Job", "JobResult", "JobStatus", "Page", "QueueStats", "Usage"]
 
 T = TypeVar("T")
 
@@ -24,6 +24,7 @@ class JobStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 STATUS_BY_LABEL: Final[Mapping[str, JobStatus]] = MappingProxyType(
@@ -135,6 +136,31 @@ class Usage:
     jobs: int
     tokens_used: int
     mean_confidence: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The health of the queue (of one client, or of all), read in one statement.
+
+    ``by_status``: how many jobs are in each status, every `JobStatus`
+    present. ``oldest_due_age``: how long the queued job that has waited
+    longest for a worker has been waiting since it became due (its
+    ``run_after``, or its creation when it has none); None when no queued job
+    is due. ``oldest_queued_age``: the age (since creation) of the oldest
+    queued job, due or scheduled; None when nothing is queued. ``scheduled``:
+    queued jobs whose ``run_after`` is still in the future. ``expired_leases``:
+    processing jobs whose lease ran out (`release_expired` has not taken them
+    back yet). ``measured_at``: the database's ``now()`` the figures are of.
+    ``client_id`` is the client they cover, None for every client.
+    """
+
+    client_id: str | None
+    by_status: dict[JobStatus, int]
+    oldest_due_age: timedelta | None
+    oldest_queued_age: timedelta | None
+    scheduled: int
+    expired_leases: int
+    measured_at: datetime
 
 
 def _iso(value: datetime | None) -> str | None:

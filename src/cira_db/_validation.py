@@ -64,6 +64,7 @@ PDF_URL_MAX: Final = 2048
 LIMIT_MAX: Final = 1000
 CREATE_MANY_MAX: Final = 100_000
 ERROR_MESSAGE_MAX: Final = 10_000
+PROGRESS_MAX_BYTES: Final = 4096
 EXTRACTED_DATA_MAX_DEPTH: Final = 100
 """How deeply dicts and lists may nest in ``extracted_data`` (the top dict is level 1)."""
 EXTRACTED_DATA_MAX_BYTES: Final = 64 * 1024 * 1024
@@ -464,6 +465,27 @@ def _utf8_size_above(text: str, limit: int) -> bool:
     if len(text) * 4 <= limit:  # and at most four
         return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def check_progress(value: object, field: str = "progress") -> str:
+    """A small JSON object (a worker's progress report); returns its JSON text.
+
+    The rules of `check_extracted_data` (a dict of JSON values that reads
+    back unchanged), and at most `PROGRESS_MAX_BYTES` (4096) bytes of UTF-8
+    as PostgreSQL writes the jsonb out (``", "`` and ``": "`` between items),
+    the size the ``jobs_progress_small_object`` CHECK measures.
+    """
+    text = check_extracted_data(value, field)
+    # Measured as jsonb::text spaces it; numbers PostgreSQL writes longer than
+    # Python does (1e300) are left to the CHECK, which names this field too.
+    spaced = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if _utf8_size_above(spaced, PROGRESS_MAX_BYTES):
+        raise ValidationError(
+            field,
+            f"must be at most {PROGRESS_MAX_BYTES} bytes as JSON text (UTF-8, as jsonb "
+            "writes it out); keep progress small: counters, a stage, a message",
+        )
+    return text
 
 
 def check_error_message(value: object, field: str = "error_message") -> str:

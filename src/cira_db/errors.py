@@ -11,6 +11,7 @@ The tree::
     ├── ValidationError (also a ValueError)    bad input, field named, nothing written
     ├── NotFoundError                          missing, or another client's row
     ├── InvalidTransitionError                 illegal status move, nothing changed
+    │   └── JobCancelledError                  a cancel was asked for: stop working on it
     ├── ConflictError                          same id, different content
     ├── DatabaseUnavailableError               transient failure that survived retries
     ├── DatabaseError                          any other database failure
@@ -29,6 +30,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidTransitionError",
+    "JobCancelledError",
     "MigrationError",
     "NotFoundError",
     "ValidationError",
@@ -63,6 +65,17 @@ class NotFoundError(CiraDbError):
 
 class InvalidTransitionError(CiraDbError):
     """The job is not in a state that allows this move; nothing was changed."""
+
+
+class JobCancelledError(InvalidTransitionError):
+    """The job was cancelled: its worker should stop working on it.
+
+    Raised by `extend_lease` and `report_progress` on a processing job whose
+    cancel was asked for (`jobs.cancel`): the same statement ended the job
+    ``cancelled`` (lease cleared), so nothing else of the worker's claim is
+    left to do. An `InvalidTransitionError`, so code that treats "my claim is
+    gone" one way keeps working.
+    """
 
 
 class ConflictError(CiraDbError):

@@ -62,6 +62,7 @@ _CHECK_FIELDS: Final = {
     "jobs_attempts_non_negative": "attempts",
     "job_results_confidence_range": "confidence_score",
     "job_results_tokens_non_negative": "tokens_used",
+    "jobs_progress_small_object": "progress",
 }
 
 

@@ -18,10 +18,10 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
-from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page
+from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page, QueueStats
 from cira_db._repositories._base import (
     Call,
     Logic,
@@ -46,6 +46,7 @@ from cira_db._validation import (
     check_pdf_url,
     check_pdf_urls,
     check_positive_int,
+    check_progress,
     check_status,
     check_tokens_used,
 )
@@ -54,6 +55,7 @@ from cira_db.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     InvalidTransitionError,
+    JobCancelledError,
     NotFoundError,
     ValidationError,
 )
@@ -76,11 +78,18 @@ _RETRY_JOB: Final = query("jobs.sql", "retry_job")
 _RELEASE_EXPIRED_JOBS: Final = query("jobs.sql", "release_expired_jobs")
 _COUNT_JOBS_BY_STATUS: Final = query("jobs.sql", "count_jobs_by_status")
 _DELETE_FINISHED_JOBS: Final = query("jobs.sql", "delete_finished_jobs")
+_CANCEL_JOB: Final = query("jobs.sql", "cancel_job")
+_REPORT_PROGRESS: Final = query("jobs.sql", "report_progress")
+_QUEUE_STATS: Final = query("jobs.sql", "queue_stats")
+_QUEUE_STATS_FOR_CLIENT: Final = query("jobs.sql", "queue_stats_for_client")
 
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
 # row nor the other one (statement snapshot); running it again resolves it.
 _CREATE_TRIES: Final = 3
+# A cancel whose target changed between the statement's snapshot and its row
+# lock (claimed, or cancelled by another call) is run again on the new state.
+_CANCEL_TRIES: Final = 3
 
 
 def _not_found(job_id: UUID) -> NotFoundError:
@@ -284,7 +293,7 @@ class JobLogic:
         reply: Outcome[Job] | None = yield Call.one(
             _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
         )
-        return _moved(reply, key, "extend the lease of", JobStatus.PROCESSING, claim)
+        return _heard(reply, key, "extend the lease of", claim)
 
     def complete(
         self,
@@ -335,6 +344,49 @@ class JobLogic:
         )
         return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
 
+    def report_progress(
+        self,
+        job_id: UUID | str,
+        *,
+        progress: dict[str, Any],
+        attempt: int,
+        client_id: str | None,
+    ) -> Logic[Job]:
+        """Store a processing job's progress document; refused unless on ``attempt``."""
+        key = check_job_id(job_id)
+        claim = check_positive_int(attempt, "attempt")
+        params = {
+            "id": key,
+            "progress": check_progress(progress),
+            "client_id": check_optional_client_id(client_id),
+            "attempt": claim,
+        }
+        # Repeating it is harmless: the same document again, or the same refusal.
+        reply: Outcome[Job] | None = yield Call.one(
+            _REPORT_PROGRESS, params, job_outcome_row, "report progress", idempotent=True
+        )
+        return _heard(reply, key, "report the progress of", claim)
+
+    def cancel(self, job_id: UUID | str, *, client_id: str) -> Logic[Job]:
+        """Cancel a queued job, or ask for a processing one to be cancelled."""
+        key = check_job_id(job_id)
+        params = {"id": key, "client_id": check_client_id(client_id)}
+        for _ in range(_CANCEL_TRIES):
+            # Idempotent: a repeat finds the job cancelled (or its cancel asked for).
+            reply: Outcome[Job] | None = yield Call.one(
+                _CANCEL_JOB, params, job_outcome_row, "cancel a job", idempotent=True
+            )
+            if reply is None:
+                raise _not_found(key)
+            if reply.row is not None:
+                return reply.row
+            if reply.outcome in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
+                raise InvalidTransitionError(
+                    f"cannot cancel job {key}: it is {reply.outcome} already; nothing was changed"
+                )
+            # Queued or processing when read, something else once locked: read again.
+        raise DatabaseError(f"cancel a job: job {key} kept changing concurrently; try again")
+
     def retry(self, job_id: UUID | str, *, client_id: str | None) -> Logic[Job]:
         """Put a failed job back in the queue."""
         key = check_job_id(job_id)
@@ -354,6 +406,34 @@ class JobLogic:
             _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
         )
         return jobs
+
+    def queue_stats(self, *, client_id: str | None) -> Logic[QueueStats]:
+        """The queue's health (of one client, or of all) in one statement."""
+        client = check_optional_client_id(client_id)
+        row: dict[str, Any] | None
+        if client is None:
+            row = yield Call.one(_QUEUE_STATS, {}, dict_row, "read queue stats", idempotent=True)
+        else:
+            row = yield Call.one(
+                _QUEUE_STATS_FOR_CLIENT,
+                {"client_id": client},
+                dict_row,
+                "read queue stats",
+                idempotent=True,
+            )
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        by_status = dict.fromkeys(JobStatus, 0)
+        for label, jobs in row["by_status"].items():
+            by_status[STATUS_BY_LABEL[label]] = jobs
+        return QueueStats(
+            client_id=client,
+            by_status=by_status,
+            oldest_due_age=row["oldest_due_age"],
+            oldest_queued_age=row["oldest_queued_age"],
+            scheduled=row["scheduled"],
+            expired_leases=row["expired_leases"],
+            measured_at=row["measured_at"],
+        )
 
     # -- retention ------------------------------------------------------------------
 
@@ -377,6 +457,29 @@ class JobLogic:
             deleted += count
             if count < size:
                 return deleted
+
+
+def _heard(reply: Outcome[Job] | None, job_id: UUID, action: str, attempt: int | None) -> Job:
+    """A heartbeat's or progress report's job, or the error the worker must hear.
+
+    `JobCancelledError` when this statement ended the job cancelled (a cancel
+    was asked for), and also when it was cancelled already, unless the
+    worker's claim is gone (an older ``attempt``: that is the ordinary
+    refusal). A repeat after a lost reply then says the same as the first try.
+    """
+    if reply is not None and reply.row is None and reply.outcome == JobStatus.CANCELLED.value:
+        current = reply.current_attempts
+        if attempt is None or current is None or current <= attempt:
+            raise JobCancelledError(
+                f"cannot {action} job {job_id}: it is cancelled; stop working on it"
+            )
+    job = _moved(reply, job_id, action, JobStatus.PROCESSING, attempt)
+    if job.status is JobStatus.CANCELLED:
+        raise JobCancelledError(
+            f"job {job.id} was cancelled (a cancel was asked for at "
+            f"{job.cancel_requested_at}); stop working on it: it is now cancelled"
+        )
+    return job
 
 
 def _moved(

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from cira_db._models import Job, JobResult, JobStatus, Page
+from cira_db._models import Job, JobResult, JobStatus, Page, QueueStats
 from cira_db._repositories._base import Executor, Runner
 from cira_db._repositories._core_jobs import JobLogic
 
@@ -151,7 +151,9 @@ class JobRepository:
         `InvalidTransitionError` if it is not processing, for example because
         its lease already expired and `release_expired` put it back, or, with
         ``attempt`` (the ``attempts`` of the worker's claim), if it was
-        claimed again since; nothing changes then.
+        claimed again since; nothing changes then. If a cancel was asked for
+        (`cancel`), the same statement ends the job cancelled (lease cleared)
+        and `JobCancelledError` is raised: stop working on it.
         """
         return self._run.drive(
             self._logic.extend_lease(job_id, lease=lease, client_id=client_id, attempt=attempt)
@@ -173,11 +175,14 @@ class JobRepository:
         ``completed_at = now()``, lease cleared) and the result row is
         inserted with the same ``now()``. ``confidence_score`` is rounded
         half-even to 2 places (0.935 -> 0.94). A job that is queued,
-        completed or failed raises `InvalidTransitionError`, and nothing
-        changes; a missing job raises `NotFoundError`. With ``attempt`` (the
+        completed, failed or cancelled raises `InvalidTransitionError`, and
+        nothing changes; a missing job raises `NotFoundError`. With ``attempt`` (the
         ``attempts`` of the worker's claim, ``attempt=claimed.attempts``) a
         job claimed again since that claim is refused the same way, so a
         worker whose lease ran out never writes over another worker's claim.
+        A job whose cancel was asked for (`cancel`) still completes: the work
+        is done and paid for, so its result is kept (``cancel_requested_at``
+        stays set, a record that the cancel came too late).
         """
         return self._run.drive(
             self._logic.complete(
@@ -204,7 +209,9 @@ class JobRepository:
         a worker whose lease expired must not fail the job another worker
         may be about to claim), so that raises `InvalidTransitionError`. With
         ``attempt`` (the ``attempts`` of the worker's claim) a job claimed
-        again since that claim is refused the same way.
+        again since that claim is refused the same way. A job whose cancel was
+        asked for (`cancel`) ends cancelled instead of failed (with
+        ``error_message`` kept); the returned job says so.
         """
         return self._run.drive(
             self._logic.fail(
@@ -212,8 +219,52 @@ class JobRepository:
             )
         )
 
+    def report_progress(
+        self,
+        job_id: UUID | str,
+        *,
+        progress: dict[str, Any],
+        attempt: int,
+        client_id: str | None = None,
+    ) -> Job:
+        """Store a small JSON ``progress`` object on a processing job; returns the job.
+
+        Visible as `Job.progress` on `get` and `list` (each report replaces the
+        last). ``progress`` is a dict of JSON values of at most 4096 bytes as
+        JSON text (`ValidationError` naming ``progress`` otherwise, before any
+        SQL). ``attempt`` (the ``attempts`` of the worker's claim) is required:
+        a worker whose claim is gone is refused with `InvalidTransitionError`,
+        as a job that is not processing is; `NotFoundError` if the job does
+        not exist (or is another client's). If a cancel was asked for
+        (`cancel`), the same statement ends the job cancelled (the report is
+        not stored) and `JobCancelledError` is raised: stop working on it.
+        """
+        return self._run.drive(
+            self._logic.report_progress(
+                job_id, progress=progress, attempt=attempt, client_id=client_id
+            )
+        )
+
+    def cancel(self, job_id: UUID | str, *, client_id: str) -> Job:
+        """Cancel the client's job; returns it as it is now. Safe to repeat.
+
+        A queued job becomes cancelled at once (never claimed). A processing
+        job stays processing with ``cancel_requested_at`` set: its worker
+        learns it on its next `extend_lease` or `report_progress`
+        (`JobCancelledError`, and the job ends cancelled); a `fail` ends it
+        cancelled too, while a `complete` still completes it (the work is
+        done). A job already cancelled, or whose cancel was already asked
+        for, is returned unchanged. A completed or failed job raises
+        `InvalidTransitionError`; another client's job `NotFoundError`.
+        One statement.
+        """
+        return self._run.drive(self._logic.cancel(job_id, client_id=client_id))
+
     def retry(self, job_id: UUID | str, *, client_id: str | None = None) -> Job:
-        """Put a failed job back in the queue (error cleared, attempts kept)."""
+        """Put a failed job back in the queue (error cleared, attempts kept).
+
+        Only a failed job: a cancelled one is final (`InvalidTransitionError`).
+        """
         return self._run.drive(self._logic.retry(job_id, client_id=client_id))
 
     def release_expired(self, *, max_attempts: int = 3, limit: int = 1000) -> builtins.list[Job]:
@@ -233,10 +284,22 @@ class JobRepository:
         """
         return self._run.drive(self._logic.release_expired(max_attempts=max_attempts, limit=limit))
 
+    def queue_stats(self, *, client_id: str | None = None) -> QueueStats:
+        """The health of the queue of ``client_id`` (or of every client), one statement.
+
+        Jobs per status (every status present), the age of the queued job
+        that has waited longest since it became due and of the oldest queued
+        job, how many queued jobs are scheduled for later and how many
+        leases have expired: see `QueueStats`. Per client it reads that
+        client's index entries only; for every client the counts by status
+        read the whole table (docs/jobs.md).
+        """
+        return self._run.drive(self._logic.queue_stats(client_id=client_id))
+
     # -- retention ------------------------------------------------------------------
 
     def delete_finished_before(self, cutoff: datetime, *, batch_size: int = 1000) -> int:
-        """Delete completed and failed jobs created before ``cutoff``, with their results.
+        """Delete completed, failed and cancelled jobs created before ``cutoff``, with results.
 
         Works in batches of ``batch_size`` (1..10,000) rows, one statement
         (and, on a `Database`, one transaction) each, so locks stay short and

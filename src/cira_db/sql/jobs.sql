@@ -130,13 +130,18 @@ SELECT * FROM claimed ORDER BY created_at, id
 
 -- name: extend_lease
 -- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
+-- A job whose cancel was asked for ends cancelled instead (lease cleared): the
+-- returned row says so and the caller raises JobCancelledError.
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), moved AS (
     UPDATE jobs
-    SET lease_expires_at = now() + %(lease)s::interval
+    SET status = CASE WHEN jobs.cancel_requested_at IS NULL
+                      THEN 'processing' ELSE 'cancelled' END::job_status,
+        lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
+                                THEN now() + %(lease)s::interval END
     WHERE id = (SELECT id FROM target) AND status = 'processing'
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -173,13 +178,16 @@ FROM target LEFT JOIN result ON true
 
 -- name: fail_job
 -- A processing job failed (on the claim `attempt`, if given): record why, drop its lease.
+-- A job whose cancel was asked for ends cancelled (the error is kept), never failed.
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), failed AS (
     UPDATE jobs
-    SET status = 'failed', error_message = %(error_message)s, lease_expires_at = NULL
+    SET status = CASE WHEN jobs.cancel_requested_at IS NULL
+                      THEN 'failed' ELSE 'cancelled' END::job_status,
+        error_message = %(error_message)s, lease_expires_at = NULL
     WHERE id = (SELECT id FROM target) AND status = 'processing'
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -191,13 +199,15 @@ FROM target LEFT JOIN failed ON true
 
 -- name: retry_job
 -- Put a failed job back in the queue; its error is cleared, attempts kept.
+-- Cancelled jobs are final: only a failed job moves.
 WITH target AS (
     SELECT id, status
     FROM jobs
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), queued AS (
     UPDATE jobs
-    SET status = 'queued', error_message = NULL, lease_expires_at = NULL
+    SET status = 'queued', error_message = NULL, lease_expires_at = NULL,
+        cancel_requested_at = NULL
     WHERE id = (SELECT id FROM target) AND status = 'failed'
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
@@ -245,13 +255,13 @@ WHERE client_id = %(client_id)s
 GROUP BY status
 
 -- name: delete_finished_jobs
--- Retention: delete one batch of completed or failed jobs created before
--- %(cutoff)s (their results go with them: ON DELETE CASCADE). Uses
--- idx_jobs_finished_created; rows another session holds are skipped.
+-- Retention: delete one batch of completed, failed or cancelled jobs created
+-- before %(cutoff)s (their results go with them: ON DELETE CASCADE). Uses
+-- idx_jobs_ended_created; rows another session holds are skipped.
 WITH doomed AS MATERIALIZED (
     SELECT id
     FROM jobs
-    WHERE status IN ('completed', 'failed') AND created_at < %(cutoff)s
+    WHERE status IN ('completed', 'failed', 'cancelled') AND created_at < %(cutoff)s
     ORDER BY created_at
     LIMIT %(batch_size)s
     FOR UPDATE SKIP LOCKED
@@ -265,3 +275,106 @@ WHERE jobs.id = doomed.id
 COPY jobs (id, client_id, status, pdf_url, created_at, updated_at, completed_at,
            error_message, attempts, lease_expires_at)
 FROM STDIN
+
+-- == cancel ==
+
+-- name: cancel_job
+-- Cancel one job of one client: queued -> cancelled at once (lease cleared,
+-- completed_at stays NULL); processing -> stays processing with
+-- cancel_requested_at = now() (its worker learns it on its next heartbeat or
+-- progress report). A job already cancelled, or whose cancel was already
+-- asked for, comes back as it is (nothing written). Completed and failed jobs
+-- are refused (outcome = their status, no columns).
+WITH target AS (
+    SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+           error_message, attempts, lease_expires_at,
+           priority, run_after, progress, cancel_requested_at
+    FROM jobs
+    WHERE jobs.id = %(id)s AND jobs.client_id = %(client_id)s
+), cancelled AS (
+    UPDATE jobs
+    SET status = CASE WHEN jobs.status = 'queued'
+                      THEN 'cancelled' ELSE jobs.status END::job_status,
+        lease_expires_at = CASE WHEN jobs.status = 'queued'
+                                THEN NULL ELSE jobs.lease_expires_at END,
+        cancel_requested_at = CASE WHEN jobs.status = 'processing'
+                                   THEN now() ELSE NULL END
+    WHERE id = (SELECT id FROM target)
+      AND (jobs.status = 'queued'
+           OR (jobs.status = 'processing' AND jobs.cancel_requested_at IS NULL))
+    RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
+), settled AS (
+    SELECT * FROM cancelled
+    UNION ALL
+    SELECT * FROM target
+    WHERE (target.status = 'cancelled' OR target.cancel_requested_at IS NOT NULL)
+      AND NOT EXISTS (SELECT 1 FROM cancelled)
+)
+SELECT target.status::text AS outcome, settled.*
+FROM target LEFT JOIN settled ON true
+
+-- name: report_progress
+-- Store a processing job's progress document (of the claim `attempt`). A job
+-- whose cancel was asked for ends cancelled instead (lease cleared, progress
+-- left as it was): the returned row says so and the caller raises JobCancelledError.
+WITH target AS (
+    SELECT id, status, attempts
+    FROM jobs
+    WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
+), reported AS (
+    UPDATE jobs
+    SET status = CASE WHEN jobs.cancel_requested_at IS NULL
+                      THEN 'processing' ELSE 'cancelled' END::job_status,
+        progress = CASE WHEN jobs.cancel_requested_at IS NULL
+                        THEN %(progress)s::jsonb ELSE jobs.progress END,
+        lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
+                                THEN jobs.lease_expires_at END
+    WHERE id = (SELECT id FROM target) AND status = 'processing'
+      AND attempts = %(attempt)s::integer
+    RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
+)
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, reported.*
+FROM target LEFT JOIN reported ON true
+
+-- name: queue_stats
+-- Queue health of every client, one row. Counts by status read all of jobs
+-- (an index-only scan of idx_jobs_client_status_created, or a sequential
+-- scan); the queued figures read only the queued rows (idx_jobs_queue), the
+-- expired leases only the processing rows (idx_jobs_lease_expiry).
+SELECT now() AS measured_at,
+       (SELECT coalesce(json_object_agg(status, jobs), '{}')
+        FROM (SELECT status::text AS status, count(*) AS jobs
+              FROM jobs GROUP BY status) AS counted) AS by_status,
+       now() - min(coalesce(queued.run_after, queued.created_at))
+           FILTER (WHERE coalesce(queued.run_after, queued.created_at) <= now())
+           AS oldest_due_age,
+       now() - min(queued.created_at) AS oldest_queued_age,
+       count(*) FILTER (WHERE queued.run_after > now()) AS scheduled,
+       (SELECT count(*) FROM jobs AS held
+        WHERE held.status = 'processing' AND held.lease_expires_at < now()) AS expired_leases
+FROM jobs AS queued
+WHERE queued.status = 'queued'
+
+-- name: queue_stats_for_client
+-- As queue_stats, for one client: index scans of idx_jobs_client_status_created
+-- (counts, index-only), idx_jobs_claim_client (queued) and again
+-- idx_jobs_client_status_created (processing).
+SELECT now() AS measured_at,
+       (SELECT coalesce(json_object_agg(status, jobs), '{}')
+        FROM (SELECT status::text AS status, count(*) AS jobs
+              FROM jobs WHERE client_id = %(client_id)s GROUP BY status) AS counted)
+           AS by_status,
+       now() - min(coalesce(queued.run_after, queued.created_at))
+           FILTER (WHERE coalesce(queued.run_after, queued.created_at) <= now())
+           AS oldest_due_age,
+       now() - min(queued.created_at) AS oldest_queued_age,
+       count(*) FILTER (WHERE queued.run_after > now()) AS scheduled,
+       (SELECT count(*) FROM jobs AS held
+        WHERE held.client_id = %(client_id)s
+          AND held.status = 'processing' AND held.lease_expires_at < now()) AS expired_leases
+FROM jobs AS queued
+WHERE queued.client_id = %(client_id)s AND queued.status = 'queued'

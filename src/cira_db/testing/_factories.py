@@ -79,7 +79,8 @@ class CiraDbFactory:
         queued: created. processing: created and claimed (``attempts`` 1, a
         lease of ``lease``). completed: claimed, then completed with the
         given result (see `completed_job`). failed: claimed, then failed with
-        ``error_message``. Other queued jobs of the same client are left as
+        ``error_message``. cancelled: created, then cancelled (never claimed:
+        ``attempts`` 0). Other queued jobs of the same client are left as
         they are: the claim takes exactly the new job. A bad ``status`` is a
         `ValidationError` (field ``status``), before anything is written.
         """
@@ -97,6 +98,8 @@ class CiraDbFactory:
         job = self._create(client_id, pdf_url)
         if wanted is JobStatus.QUEUED:
             return job
+        if wanted is JobStatus.CANCELLED:
+            return self._jobs.cancel(job.id, client_id=client_id)
         claimed = self._claim(job, lease)
         if wanted is JobStatus.PROCESSING:
             return claimed
