@@ -288,6 +288,7 @@ def test_list_filters_by_status(jobs: JobRepository) -> None:
     pages = _all_pages(jobs, client_id=A, status=JobStatus.PROCESSING, limit=3)
     listed = [job.id for page in pages for job in page.items]
     assert listed == [job.id for job in reversed(claimed)]
+    jobs.create(client_id=B, pdf_url=_url(9))  # another client's queued job, the newest
     queued = jobs.list(client_id=A, status="queued")
     assert [job.id for job in queued.items] == [made[5].id, made[4].id]
 

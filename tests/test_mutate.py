@@ -8,6 +8,7 @@ here at once, naming the guard.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -108,3 +109,28 @@ def test_docs_testing_lists_every_guard() -> None:
     text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
     section = text[text.index("## For contributors: the mutation check") :]
     assert [guard.name for guard in GUARDS if f"`{guard.name}`" not in section] == []
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _named_queries(text: str) -> dict[str, str]:
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize(
+    "guard", [g for g in GUARDS if g.file.endswith(".sql")], ids=lambda guard: guard.name
+)
+def test_a_sql_mutant_still_binds_every_parameter(guard: Any, tmp_path: Path) -> None:
+    """A mutant that drops a query's only use of a parameter fails the library's own
+    parameter check (a TypeError) before any SQL runs, so its test would "catch" it
+    without ever running the weakened statement. Keep the placeholder in the
+    replacement (``AND (%(client_id)s::text IS NULL OR TRUE)``)."""
+    src = mutate.copy_package(tmp_path)
+    target = src / "cira_db" / guard.file
+    before = _named_queries(target.read_text(encoding="utf-8"))
+    mutate.mutate(guard, src / "cira_db")
+    after = _named_queries(target.read_text(encoding="utf-8"))
+    for name, sql in before.items():
+        assert set(_PLACEHOLDER.findall(after[name])) == set(_PLACEHOLDER.findall(sql)), name
