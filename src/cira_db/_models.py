@@ -24,6 +24,7 @@ class JobStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 STATUS_BY_LABEL: Final[Mapping[str, JobStatus]] = MappingProxyType(
