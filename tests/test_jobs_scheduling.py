@@ -183,10 +183,12 @@ def test_a_fair_batch_is_filled_when_the_turns_run_out(jobs: JobRepository) -> N
 
 
 def test_a_fair_claim_takes_only_queued_jobs(jobs: JobRepository) -> None:
-    made = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
-    jobs.claim_batch(3, lease=LEASE, client_id=A)
-    assert jobs.claim_batch(10, lease=LEASE, fair=True) == []
-    jobs.fail(made[0].id, error_message="bad scan")
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(4)])
+    first = jobs.claim_batch(3, lease=LEASE, client_id=A)
+    jobs.fail(first[0].id, error_message="bad scan")
+    # A has one queued job beside a failed and two processing ones
+    claimed = jobs.claim_batch(10, lease=LEASE, fair=True)
+    assert [job.id for job in claimed] == [made[3].id]
     assert jobs.claim_batch(10, lease=LEASE, fair=True) == []
 
 
@@ -255,23 +257,38 @@ def _waits_or_ends(db: Database, other: threading.Thread) -> None:
         time.sleep(0.02)
 
 
+def _fair_claims_while_one_is_held(db: Database, limit: int) -> tuple[list[Job], list[Job]]:
+    """A fair claim in an open transaction, and one in a thread meanwhile: both batches."""
+    jobs = JobRepository(db)
+    out: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: out.append(jobs.claim_batch(limit, lease=LEASE, fair=True))
+    )
+    with db.transaction() as conn:
+        mine = JobRepository(conn).claim_batch(limit, lease=LEASE, fair=True)
+        thread.start()
+        _waits_or_ends(db, thread)
+    thread.join(timeout=30)
+    assert out, "the second fair claim did not return"
+    return mine, out[0]
+
+
 def test_a_fair_claim_in_flight_is_skipped_not_repeated(cira_db: Database) -> None:
     jobs = JobRepository(cira_db)
     a1, a2 = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)])
     b1, b2 = jobs.create_many(client_id=B, pdf_urls=[_url(3), _url(4)])
-    out: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: out.append(jobs.claim_batch(2, lease=LEASE, fair=True))
-    )
-    with cira_db.transaction() as conn:
-        mine = JobRepository(conn).claim_batch(2, lease=LEASE, fair=True)
-        thread.start()
-        _waits_or_ends(cira_db, thread)
-    thread.join(timeout=30)
+    mine, theirs = _fair_claims_while_one_is_held(cira_db, 2)
     assert {job.id for job in mine} == {a1.id, b1.id}
-    assert out, "the second fair claim did not return"
-    theirs = out[0]
     assert {job.id for job in theirs} == {a2.id, b2.id}, "it waited or took a held job"
+
+
+def test_a_fair_fill_in_flight_is_skipped_not_repeated(cira_db: Database) -> None:
+    """The second claim's turns find one job; its fill must skip the held ones."""
+    made = JobRepository(cira_db).create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
+    mine, theirs = _fair_claims_while_one_is_held(cira_db, 2)
+    assert [job.id for job in mine] == [made[0].id, made[1].id]
+    assert [job.id for job in theirs] == [made[2].id], "it waited or took a held job"
+    assert [job.attempts for job in (*mine, *theirs)] == [1, 1, 1]
 
 
 # -- fail(retry_in=) -----------------------------------------------------------------------
