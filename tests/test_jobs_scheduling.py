@@ -173,6 +173,18 @@ def test_a_fair_batch_gives_every_client_a_turn(jobs: JobRepository) -> None:
     assert [job.client_id for job in again[:11]] == [job.client_id for job in again[11:]]
 
 
+def test_a_client_left_out_of_a_short_fair_batch_goes_first_in_the_next(
+    jobs: JobRepository,
+) -> None:
+    _crowd(jobs, big=100, small=10)  # 11 clients; K's jobs are the newest
+    first = jobs.claim_batch(10, lease=LEASE, fair=True)
+    assert len({job.client_id for job in first}) == 10
+    (left_out,) = {A, *OTHERS} - {job.client_id for job in first}
+    second = jobs.claim_batch(10, lease=LEASE, fair=True)
+    assert second[0].client_id == left_out  # no job in progress: first in the turn
+    assert {job.client_id for job in first + second} == {A, *OTHERS}
+
+
 def test_a_fair_batch_is_filled_when_the_turns_run_out(jobs: JobRepository) -> None:
     jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(30)])
     lone = jobs.create(client_id=B, pdf_url=_url(99))

@@ -167,8 +167,10 @@ class JobRepository:
         ``client_id``) the batch takes turns between the clients that have
         due jobs: each gets its next job in claim order before any gets a
         second, so a client with 100,000 queued jobs does not hold back one
-        with 10; a batch that the turns do not fill is filled in plain claim
-        order. The fair batch comes back in turn order.
+        with 10. Within a turn, clients with fewer jobs in progress go
+        first, so a client a short batch left out goes first in the next. A
+        batch that the turns do not fill is filled in plain claim order. The
+        fair batch comes back in turn order.
         """
         return self._run.drive(
             self._logic.claim_batch(limit, lease=lease, client_id=client_id, fair=fair)

@@ -294,13 +294,16 @@ FROM STDIN
 -- name: claim_jobs_fair
 -- As claim_jobs, taking turns between clients: every client with queued jobs
 -- whose time has come gets its best job (by claim order) before any gets a
--- second, and so on, up to %(limit)s. One statement:
+-- second, and so on, up to %(limit)s. Within a turn, clients with fewer jobs
+-- in progress go first (counted up to 100), so a batch smaller than the number
+-- of waiting clients serves next time those it left out. One statement:
 --   clients: the clients that have queued jobs, by a skip scan of
 --            idx_jobs_claim_client (one index probe per client);
---   heads:   each client's next ceil(limit / clients) jobs in claim order,
---            locked FOR UPDATE SKIP LOCKED (one index range per client);
+--   heads:   each client's jobs in progress (idx_jobs_client_status_created)
+--            and its next ceil(limit / clients) jobs in claim order, locked
+--            FOR UPDATE SKIP LOCKED (one index range per client);
 --   fair:    those ranked by turn (the client's 1st, 2nd, ... job), then by
---            claim order, the first %(limit)s;
+--            jobs in progress, then by claim order, the first %(limit)s;
 --   rest:    when the clients had fewer jobs than their share, the batch is
 --            filled in plain claim order (idx_jobs_claim), locked the same way.
 -- Returned in that order (turns first).
@@ -313,8 +316,14 @@ WITH RECURSIVE clients AS (
     FROM clients
     WHERE clients.client_id IS NOT NULL
 ), heads AS MATERIALIZED (
-    SELECT head.id, head.client_id, head.priority, head.due
+    SELECT head.id, head.client_id, head.priority, head.due, busy.in_flight
     FROM clients
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS in_flight
+        FROM (SELECT 1 FROM jobs AS p
+              WHERE p.client_id = clients.client_id AND p.status = 'processing'
+              LIMIT 100) AS capped
+    ) AS busy
     CROSS JOIN LATERAL (
         SELECT j.id, j.client_id, j.priority, coalesce(j.run_after, j.created_at) AS due
         FROM jobs AS j
@@ -327,12 +336,12 @@ WITH RECURSIVE clients AS (
     ) AS head
     WHERE clients.client_id IS NOT NULL
 ), fair AS MATERIALIZED (
-    SELECT id, row_number() OVER (ORDER BY turn, priority DESC, due, id) AS rank
-    FROM (SELECT id, priority, due,
+    SELECT id, row_number() OVER (ORDER BY turn, in_flight, priority DESC, due, id) AS rank
+    FROM (SELECT id, priority, due, in_flight,
                  row_number() OVER (PARTITION BY client_id ORDER BY priority DESC, due, id)
                      AS turn
           FROM heads) AS turns
-    ORDER BY turn, priority DESC, due, id
+    ORDER BY turn, in_flight, priority DESC, due, id
     LIMIT %(limit)s
 ), rest AS MATERIALIZED (
     SELECT id, priority, coalesce(run_after, created_at) AS due
