@@ -297,15 +297,17 @@ FROM STDIN
 -- second, and so on, up to %(limit)s. Within a turn, clients with fewer jobs
 -- in progress go first (counted up to 100), so a batch smaller than the number
 -- of waiting clients serves next time those it left out. One statement:
---   clients: the clients that have queued jobs, by a skip scan of
---            idx_jobs_claim_client (one index probe per client);
---   heads:   each client's jobs in progress (idx_jobs_client_status_created)
---            and its next ceil(limit / clients) jobs in claim order, locked
---            FOR UPDATE SKIP LOCKED (one index range per client);
---   fair:    those ranked by turn (the client's 1st, 2nd, ... job), then by
---            jobs in progress, then by claim order, the first %(limit)s;
---   rest:    when the clients had fewer jobs than their share, the batch is
---            filled in plain claim order (idx_jobs_claim), locked the same way.
+--   clients:    the clients that have queued jobs, by a skip scan of
+--               idx_jobs_claim_client (one index probe per client);
+--   candidates: each client's jobs in progress (idx_jobs_client_status_created)
+--               and its next ceil(limit / clients) due jobs in claim order
+--               (idx_jobs_claim_client), read without locking;
+--   fair:       the candidates ranked by turn (the client's 1st, 2nd, ... job),
+--               jobs in progress, then claim order, locked one by one in that
+--               order FOR UPDATE SKIP LOCKED (status checked again on the
+--               locked row) until %(limit)s are held: only those are locked;
+--   rest:       a batch the turns did not fill is filled in plain claim order
+--               (idx_jobs_claim), locked the same way.
 -- Returned in that order (turns first).
 WITH RECURSIVE clients AS (
     (SELECT client_id FROM jobs WHERE status = 'queued' ORDER BY client_id LIMIT 1)
@@ -315,8 +317,10 @@ WITH RECURSIVE clients AS (
             ORDER BY j.client_id LIMIT 1)
     FROM clients
     WHERE clients.client_id IS NOT NULL
-), heads AS MATERIALIZED (
-    SELECT head.id, head.client_id, head.priority, head.due, busy.in_flight
+), candidates AS MATERIALIZED (
+    SELECT head.id, head.priority, head.due, busy.in_flight,
+           row_number() OVER (PARTITION BY clients.client_id
+                              ORDER BY head.priority DESC, head.due, head.id) AS turn
     FROM clients
     CROSS JOIN LATERAL (
         SELECT count(*) AS in_flight
@@ -325,37 +329,40 @@ WITH RECURSIVE clients AS (
               LIMIT 100) AS capped
     ) AS busy
     CROSS JOIN LATERAL (
-        SELECT j.id, j.client_id, j.priority, coalesce(j.run_after, j.created_at) AS due
+        SELECT j.id, j.priority, coalesce(j.run_after, j.created_at) AS due
         FROM jobs AS j
         WHERE j.client_id = clients.client_id AND j.status = 'queued'
           AND coalesce(j.run_after, j.created_at) <= now()
         ORDER BY j.priority DESC, coalesce(j.run_after, j.created_at), j.id
         LIMIT (SELECT ceil(%(limit)s::numeric / count(*))::integer
                FROM clients AS c WHERE c.client_id IS NOT NULL)
-        FOR UPDATE SKIP LOCKED
     ) AS head
     WHERE clients.client_id IS NOT NULL
 ), fair AS MATERIALIZED (
-    SELECT id, row_number() OVER (ORDER BY turn, in_flight, priority DESC, due, id) AS rank
-    FROM (SELECT id, priority, due, in_flight,
-                 row_number() OVER (PARTITION BY client_id ORDER BY priority DESC, due, id)
-                     AS turn
-          FROM heads) AS turns
-    ORDER BY turn, in_flight, priority DESC, due, id
+    SELECT locked.id, ranked.turn, ranked.in_flight, ranked.priority, ranked.due
+    FROM (SELECT * FROM candidates
+          ORDER BY turn, in_flight, priority DESC, due, id) AS ranked
+    CROSS JOIN LATERAL (
+        SELECT j.id
+        FROM jobs AS j
+        WHERE j.id = ranked.id AND j.status = 'queued'
+        FOR UPDATE SKIP LOCKED
+    ) AS locked
+    ORDER BY ranked.turn, ranked.in_flight, ranked.priority DESC, ranked.due, ranked.id
     LIMIT %(limit)s
 ), rest AS MATERIALIZED (
     SELECT id, priority, coalesce(run_after, created_at) AS due
     FROM jobs
     WHERE status = 'queued'
       AND coalesce(run_after, created_at) <= now()
-      AND id NOT IN (SELECT id FROM heads)
+      AND id NOT IN (SELECT id FROM fair)
     ORDER BY priority DESC, coalesce(run_after, created_at), id
     LIMIT greatest(%(limit)s - (SELECT count(*) FROM fair), 0)
     FOR UPDATE SKIP LOCKED
 ), picked AS (
-    SELECT id, rank FROM fair
+    SELECT id, 0 AS part, turn, in_flight, priority, due FROM fair
     UNION ALL
-    SELECT id, %(limit)s + row_number() OVER (ORDER BY priority DESC, due, id) FROM rest
+    SELECT id, 1, 0, 0, priority, due FROM rest
 ), claimed AS (
     UPDATE jobs
     SET status = 'processing',
@@ -363,7 +370,7 @@ WITH RECURSIVE clients AS (
         lease_expires_at = now() + %(lease)s::interval
     FROM picked
     WHERE jobs.id = picked.id
-    RETURNING picked.rank,
+    RETURNING picked.part, picked.turn, picked.in_flight, picked.due,
               jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
               jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
               jobs.lease_expires_at,
@@ -372,7 +379,7 @@ WITH RECURSIVE clients AS (
 SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
        error_message, attempts, lease_expires_at,
        priority, run_after, progress, cancel_requested_at
-FROM claimed ORDER BY rank
+FROM claimed ORDER BY part, turn, in_flight, priority DESC, due, id
 
 -- name: fail_job_retry
 -- A processing job failed (on the claim `attempt`, if given) and is to be
