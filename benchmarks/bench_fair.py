@@ -182,10 +182,10 @@ def run_fair(ctx: Context) -> Section:
         "parameters, run in a transaction that is rolled back.",
     ]
     section.notes.append(
-        "A fair claim reads one index probe per client that has queued jobs (the skip scan "
-        "over `idx_jobs_claim_client`) and locks each client's next ceil(limit / clients) "
-        "jobs, so its cost grows with the number of clients waiting, not with the queue's "
-        "length."
+        "A fair claim reads a few index probes per client that has queued jobs (the skip "
+        "scan over `idx_jobs_claim_client`, the client's jobs in progress, its next "
+        "ceil(limit / clients) due jobs) and locks only the jobs it takes, so its cost grows "
+        "with the number of clients waiting, not with the queue's length."
     )
     details = ["<details><summary>Claim plans (text, last run, costs off)</summary>", ""]
     for query, result in zip(queries, results, strict=True):
