@@ -914,3 +914,130 @@ def test_nesting_is_limited_the_same_on_every_python() -> None:
         assert check_extracted_data(build(EXTRACTED_DATA_MAX_DEPTH)).startswith('{"x":')
         too_deep = build(EXTRACTED_DATA_MAX_DEPTH + 1)
         assert _field(partial(check_extracted_data, too_deep)) == "extracted_data"
+
+
+# -- s3:// object URIs in pdf_url ------------------------------------------------------------
+
+_BUCKET_CHAR = st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789.-")
+_ALNUM = st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _s3_bucket_ok(bucket: str) -> bool:
+    """S3's general purpose bucket naming rules, written out plainly (the test's oracle)."""
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+    return (
+        3 <= len(bucket) <= 63
+        and set(bucket) <= allowed
+        and bucket[0].isalnum()
+        and bucket[-1].isalnum()
+        and ".." not in bucket
+        and not _looks_like_ipv4(bucket)
+        and not bucket.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+        and not bucket.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+    )
+
+
+def _looks_like_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and 1 <= len(p) <= 3 for p in parts)
+
+
+@st.composite
+def _buckets(draw: st.DrawFn) -> str:
+    middle = draw(st.text(_BUCKET_CHAR, min_size=1, max_size=61))
+    return draw(_ALNUM) + middle + draw(_ALNUM)
+
+
+_KEYS = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=200).filter(
+    lambda key: len(key.encode("utf-8")) <= 1024
+)
+
+
+@given(bucket=st.one_of(_buckets(), st.text(max_size=70)), key=_KEYS)
+@settings(max_examples=400)
+def test_s3_uris_follow_the_bucket_naming_rules(bucket: str, key: str) -> None:
+    uri = f"s3://{bucket}/{key}"
+    if "/" in bucket or len(uri) > 2048:
+        return  # a slash ends the bucket: another bucket and key
+    if _s3_bucket_ok(bucket):
+        assert check_pdf_url(uri) == uri  # stored exactly as given
+    else:
+        with pytest.raises(ValidationError, match="bucket") as info:
+            check_pdf_url(uri)
+        assert info.value.field == "pdf_url"
+
+
+@given(key=st.text(min_size=1, max_size=1100))
+@settings(max_examples=300)
+def test_s3_keys_are_non_empty_utf8_without_control_characters(key: str) -> None:
+    uri = f"s3://invoices-2025/{key}"
+    size = len(key.encode("utf-8", "surrogatepass"))
+    controls = any(unicodedata.category(c) == "Cc" for c in key)
+    surrogates = any(unicodedata.category(c) == "Cs" for c in key)
+    if size <= 1024 and not controls and not surrogates:
+        assert check_pdf_url(uri) == uri
+    else:
+        with pytest.raises(ValidationError):
+            check_pdf_url(uri)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "s3://invoices-2025/acme/2025/06/inv-001.pdf",
+        "s3://my.bucket.name/a",
+        "s3://abc/a b (copy).pdf",  # S3 keys may hold spaces and brackets
+        "s3://abc/dir/",
+        "s3://abc//leading-slash",
+        "s3://abc/é/文書.pdf",
+        "s3://0ab/x",
+        "s3://abc/" + "k" * 1024,
+    ],
+)
+def test_good_s3_uris(value: str) -> None:
+    assert check_pdf_url(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("s3://ab/x.pdf", "3 to 63"),
+        ("s3://" + "a" * 64 + "/x.pdf", "3 to 63"),
+        ("s3://My-Bucket/x.pdf", "lowercase"),
+        ("s3://my_bucket/x.pdf", "lowercase"),
+        ("s3://-bucket/x.pdf", "start and end"),
+        ("s3://bucket-/x.pdf", "start and end"),
+        ("s3://bucket./x.pdf", "start and end"),
+        ("s3://my..bucket/x.pdf", "two dots"),
+        ("s3://192.168.5.4/x.pdf", "IP address"),
+        ("s3://xn--bucket/x.pdf", "reserves"),
+        ("s3://sthree-bucket/x.pdf", "reserves"),
+        ("s3://amzn-s3-demo-bucket/x.pdf", "reserves"),
+        ("s3://bucket-s3alias/x.pdf", "reserves"),
+        ("s3://bucket--ol-s3/x.pdf", "reserves"),
+        ("s3://bucket.mrap/x.pdf", "reserves"),
+        ("s3://bucket--x-s3/x.pdf", "reserves"),
+        ("s3://bucket--table-s3/x.pdf", "reserves"),
+        ("s3://bucket", "key"),
+        ("s3://bucket/", "key"),
+        ("s3:///x.pdf", "3 to 63"),
+        ("s3://abc/" + "é" * 513, "1024 bytes"),
+        ("s3://abc/a\nb.pdf", "control"),
+        ("s3://abc/a\x7fb.pdf", "control"),
+        ("s3://abc/a\x00b.pdf", "control"),
+        ("S3://abc/x.pdf", "s3://"),
+        ("s3:/abc/x.pdf", "s3://"),
+    ],
+)
+def test_bad_s3_uris(value: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason) as info:
+        check_pdf_url(value)
+    assert info.value.field == "pdf_url"
+
+
+def test_an_s3_uri_is_stored_and_claimed_like_a_url(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    made = jobs.create(client_id=A, pdf_url="s3://invoices-2025/acme/inv-001.pdf")
+    many = jobs.create_many(client_id=A, pdf_urls=["s3://invoices-2025/a.pdf", URL])
+    assert made.pdf_url == "s3://invoices-2025/acme/inv-001.pdf"
+    assert [job.pdf_url for job in many] == ["s3://invoices-2025/a.pdf", URL]

@@ -34,17 +34,22 @@ from cira_db.errors import ValidationError
 __all__ = [
     "CLIENT_ID_MAX",
     "CREATE_MANY_MAX",
+    "DELAY_MAX",
     "ERROR_MESSAGE_MAX",
     "EXTRACTED_DATA_MAX_BYTES",
     "EXTRACTED_DATA_MAX_DEPTH",
     "LEASE_MAX",
     "LIMIT_MAX",
     "PDF_URL_MAX",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "check_aware_datetime",
+    "check_backoff",
     "check_client_id",
     "check_confidence_score",
     "check_error_message",
     "check_extracted_data",
+    "check_flag",
     "check_job_id",
     "check_job_status",
     "check_lease",
@@ -54,6 +59,10 @@ __all__ = [
     "check_pdf_url",
     "check_pdf_urls",
     "check_positive_int",
+    "check_priority",
+    "check_retry_in",
+    "check_run_after",
+    "check_s3_uri",
     "check_status",
     "check_time_range",
     "check_tokens_used",
@@ -75,6 +84,12 @@ seconds to send, and longer than a Lambda may wait, before the server
 refuses or stores it.
 """
 LEASE_MAX: Final = timedelta(days=7)
+PRIORITY_MIN: Final = -100
+PRIORITY_MAX: Final = 100
+"""The range of ``priority`` (the column's CHECK); higher is claimed first, 0 by default."""
+DELAY_MAX: Final = timedelta(days=365)
+"""The longest delay ``run_after`` (as a timedelta), ``retry_in`` and backoffs accept."""
+S3_KEY_MAX_BYTES: Final = 1024
 INT4_MAX: Final = 2**31 - 1
 
 _CONFIDENCE_STEP: Final = Decimal("0.01")
@@ -88,6 +103,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Whitespace or control characters anywhere: a URL must have them percent-encoded.
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _URL_PREFIX = re.compile(r"^https?://", re.IGNORECASE)
+_S3_PREFIX: Final = "s3://"
+# S3 bucket names (general purpose buckets): lowercase letters, digits, dots and
+# hyphens, starting and ending with a letter or digit; length checked apart.
+_S3_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
+_S3_IP_LIKE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+_S3_RESERVED_PREFIXES: Final = ("xn--", "sthree-", "amzn-s3-demo-")
+_S3_RESERVED_SUFFIXES: Final = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 # A JSON \u0000 escape (an odd number of backslashes before "u0000"): jsonb rejects it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -189,7 +211,10 @@ def check_optional_client_id(value: object, field: str = "client_id") -> str | N
 
 
 def check_pdf_url(value: object, field: str = "pdf_url") -> str:
-    """An absolute http(s) URL of at most 2048 characters, stored exactly as given.
+    """An absolute http(s) URL or an ``s3://bucket/key`` URI, at most 2048 characters.
+
+    Stored exactly as given. An ``s3://`` URI (see `check_s3_uri`) names an
+    object by bucket and key, as S3 pipelines store them. An http(s) URL:
 
     It must start with ``http://`` or ``https://``, have a valid host (and
     port), contain no whitespace, control characters or backslashes
@@ -206,8 +231,12 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
     if len(value) > PDF_URL_MAX:
         raise ValidationError(field, f"must be at most {PDF_URL_MAX} characters")
     _check_unicode(value, field)
+    if value.startswith(_S3_PREFIX):
+        return check_s3_uri(value, field)
     if not _URL_PREFIX.match(value):
-        raise ValidationError(field, "must be an absolute URL starting with http:// or https://")
+        raise ValidationError(
+            field, "must be an absolute URL starting with http:// or https://, or an s3:// URI"
+        )
     if _URL_FORBIDDEN.search(value):
         raise ValidationError(field, "must not contain whitespace or control characters")
     if "\\" in value:
@@ -239,6 +268,46 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
             "(no percent-escapes or numeric shorthand; IDNA deviations such as ß in "
             "their xn-- form)",
         )
+    return value
+
+
+def check_s3_uri(value: str, field: str = "pdf_url") -> str:
+    """An ``s3://bucket/key`` object URI, by S3's naming rules; returned as given.
+
+    The bucket: 3 to 63 characters, lowercase letters, digits, dots and
+    hyphens, starting and ending with a letter or digit, no two dots in a
+    row, not shaped like an IP address (``192.168.5.4``), not starting with
+    ``xn--``, ``sthree-`` or ``amzn-s3-demo-`` and not ending with
+    ``-s3alias``, ``--ol-s3``, ``.mrap``, ``--x-s3`` or ``--table-s3``. The
+    key (everything after the first ``/`` that ends the bucket): not empty,
+    at most 1024 bytes in UTF-8, no control characters. The scheme is the
+    lowercase ``s3://``; no region, user or port.
+    """
+    if not value.startswith(_S3_PREFIX):
+        raise ValidationError(field, "an S3 object URI starts with s3://")
+    bucket, slash, key = value[len(_S3_PREFIX) :].partition("/")
+    if not slash:
+        raise ValidationError(field, "an s3:// URI needs a key after the bucket (s3://bucket/key)")
+    if not 3 <= len(bucket) <= 63:
+        raise ValidationError(field, "the S3 bucket name must be 3 to 63 characters")
+    if not _S3_BUCKET.fullmatch(bucket):
+        raise ValidationError(
+            field,
+            "the S3 bucket name may hold only lowercase letters, digits, dots and hyphens, "
+            "and must start and end with a letter or digit",
+        )
+    if ".." in bucket:
+        raise ValidationError(field, "the S3 bucket name must not hold two dots in a row")
+    if _S3_IP_LIKE.fullmatch(bucket):
+        raise ValidationError(field, "the S3 bucket name must not be shaped like an IP address")
+    if bucket.startswith(_S3_RESERVED_PREFIXES) or bucket.endswith(_S3_RESERVED_SUFFIXES):
+        raise ValidationError(field, "the S3 bucket name uses a prefix or suffix S3 reserves")
+    if not key:
+        raise ValidationError(field, "an s3:// URI needs a key after the bucket (s3://bucket/key)")
+    if len(key.encode("utf-8")) > S3_KEY_MAX_BYTES:
+        raise ValidationError(field, f"the S3 key must be at most {S3_KEY_MAX_BYTES} bytes (UTF-8)")
+    if _CONTROL.search(key):
+        raise ValidationError(field, "the S3 key must not contain control characters")
     return value
 
 
@@ -332,6 +401,68 @@ def check_lease(value: object, field: str = "lease") -> timedelta:
         raise ValidationError(field, "must be longer than zero")
     if value > LEASE_MAX:
         raise ValidationError(field, "must be at most 7 days")
+    return value
+
+
+def check_priority(value: object, field: str = "priority") -> int:
+    """A priority from -100 to 100 (higher is claimed first); None means 0. Bools are refused."""
+    if value is None:
+        return 0
+    if not _is_int(value):
+        raise ValidationError(field, f"must be an int, not {_type_name(value)}")
+    assert isinstance(value, int)  # narrowed by _is_int, for the type checker
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValidationError(field, f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+    return value
+
+
+def _check_delay(value: object, field: str, *, zero: bool) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise ValidationError(field, f"must be a datetime.timedelta, not {_type_name(value)}")
+    if value < _ZERO_DURATION or (value == _ZERO_DURATION and not zero):
+        raise ValidationError(
+            field, "must be zero or longer" if zero else "must be longer than zero"
+        )
+    if value > DELAY_MAX:
+        raise ValidationError(field, "must be at most 365 days")
+    return value
+
+
+def check_run_after(
+    value: object, field: str = "run_after"
+) -> tuple[datetime | None, timedelta | None]:
+    """When a job may first be claimed: ``(at, in)``, at most one of them set.
+
+    None: at once (``(None, None)``). A timezone-aware `datetime`: not before
+    then (a past time is allowed and counts as waiting since then). A
+    `timedelta` from 0 to 365 days: not before the server's ``now()`` plus it
+    (the database's clock, not this machine's).
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, timedelta):
+        return None, _check_delay(value, field, zero=True)
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            field, f"must be a datetime, a datetime.timedelta or None, not {_type_name(value)}"
+        )
+    return check_aware_datetime(value, field), None
+
+
+def check_retry_in(value: object, field: str = "retry_in") -> timedelta | None:
+    """None (fail for good), or a `timedelta` from 0 to 365 days: retry no earlier than that."""
+    return None if value is None else _check_delay(value, field, zero=True)
+
+
+def check_backoff(value: object, field: str = "backoff") -> timedelta | None:
+    """None (no backoff), or a `timedelta` longer than zero and at most 365 days."""
+    return None if value is None else _check_delay(value, field, zero=False)
+
+
+def check_flag(value: object, field: str) -> bool:
+    """A bool (not an int or a truthy value: ``fair=1`` is refused)."""
+    if not isinstance(value, bool):
+        raise ValidationError(field, f"must be True or False, not {_type_name(value)}")
     return value
 
 

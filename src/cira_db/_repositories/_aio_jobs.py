@@ -52,18 +52,38 @@ class AsyncJobRepository:
     # -- creating ---------------------------------------------------------------
 
     async def create(
-        self, *, client_id: str, pdf_url: str, job_id: UUID | str | None = None
+        self,
+        *,
+        client_id: str,
+        pdf_url: str,
+        job_id: UUID | str | None = None,
+        run_after: datetime | timedelta | None = None,
+        priority: int | None = None,
     ) -> Job:
         """Queue one PDF for ``client_id``; returns the new job (status queued).
 
         ``job_id`` makes the call idempotent: a retried request with the same
         id and the same client and URL returns the job stored the first time
-        (one row, whatever state it is in now); the same id with a different
-        client or URL raises `ConflictError`. Without it a new time-ordered
-        id (UUIDv7) is generated.
+        (one row, whatever state it is in now, whatever ``run_after`` and
+        ``priority`` the retry passes: they are not compared); the same id
+        with a different client or URL raises `ConflictError`. Without it a
+        new time-ordered id (UUIDv7) is generated.
+
+        ``run_after`` schedules the job: no claim takes it before then. A
+        timezone-aware `datetime`, or a `timedelta` (0 to 365 days) added to
+        the database server's ``now()`` (not this machine's clock); None: at
+        once. ``priority`` (-100 to 100, default 0): claims take higher
+        priorities first, then the job that has waited longest (since its
+        ``run_after``, or its creation when it has none).
         """
         return await self._run.drive(
-            self._logic.create(client_id=client_id, pdf_url=pdf_url, job_id=job_id)
+            self._logic.create(
+                client_id=client_id,
+                pdf_url=pdf_url,
+                job_id=job_id,
+                run_after=run_after,
+                priority=priority,
+            )
         )
 
     async def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> builtins.list[Job]:
@@ -115,25 +135,40 @@ class AsyncJobRepository:
     # -- the worker's side ---------------------------------------------------------
 
     async def claim_next(self, *, lease: timedelta, client_id: str | None = None) -> Job | None:
-        """Claim the oldest queued job (of ``client_id``, or of any client).
+        """Claim the next queued job that is due (of ``client_id``, or of any client).
 
+        Claim order: higher ``priority`` first, then the job that has waited
+        longest (``run_after``, or ``created_at`` when it has none), then the
+        id; a job whose ``run_after`` is still in the future is never taken.
         The job moves to processing with ``attempts + 1`` and a lease until
-        ``now() + lease``; None when the queue is empty. ``FOR UPDATE SKIP
+        ``now() + lease``; None when no job is due. ``FOR UPDATE SKIP
         LOCKED``: concurrent workers never claim the same job and never wait
         for each other.
         """
         return await self._run.drive(self._logic.claim_next(lease=lease, client_id=client_id))
 
     async def claim_batch(
-        self, limit: int, *, lease: timedelta, client_id: str | None = None
+        self,
+        limit: int,
+        *,
+        lease: timedelta,
+        client_id: str | None = None,
+        fair: bool = False,
     ) -> builtins.list[Job]:
-        """Claim up to ``limit`` (1..1000) of the oldest queued jobs, oldest first.
+        """Claim up to ``limit`` (1..1000) queued jobs that are due, in claim order.
 
         Like `claim_next`, in one statement; fewer (or none) when the queue
-        holds fewer unlocked jobs.
+        holds fewer unlocked due jobs. With ``fair=True`` (not with
+        ``client_id``) the batch takes turns between the clients that have
+        due jobs: each gets its next job in claim order before any gets a
+        second, so a client with 100,000 queued jobs does not hold back one
+        with 10. Within a turn, clients with fewer jobs in progress go
+        first, so a client a short batch left out goes first in the next. A
+        batch that the turns do not fill is filled in plain claim order. The
+        fair batch comes back in turn order.
         """
         return await self._run.drive(
-            self._logic.claim_batch(limit, lease=lease, client_id=client_id)
+            self._logic.claim_batch(limit, lease=lease, client_id=client_id, fair=fair)
         )
 
     async def extend_lease(
@@ -201,6 +236,7 @@ class AsyncJobRepository:
         error_message: str,
         client_id: str | None = None,
         attempt: int | None = None,
+        retry_in: timedelta | None = None,
     ) -> Job:
         """Mark a processing job failed with ``error_message``; its lease is dropped.
 
@@ -211,10 +247,21 @@ class AsyncJobRepository:
         again since that claim is refused the same way. A job whose cancel was
         asked for (`cancel`) ends cancelled instead of failed (with
         ``error_message`` kept); the returned job says so.
+
+        With ``retry_in`` (a `timedelta`, 0 to 365 days) the job goes back to
+        the queue instead, not to be claimed before the server's ``now() +
+        retry_in``; ``error_message`` is kept as the last error and
+        ``attempts`` is kept (compare it with your own limit before asking
+        for another try). A job whose cancel was requested ends cancelled
+        instead of going back to the queue.
         """
         return await self._run.drive(
             self._logic.fail(
-                job_id, error_message=error_message, client_id=client_id, attempt=attempt
+                job_id,
+                error_message=error_message,
+                client_id=client_id,
+                attempt=attempt,
+                retry_in=retry_in,
             )
         )
 
@@ -267,15 +314,27 @@ class AsyncJobRepository:
         return await self._run.drive(self._logic.retry(job_id, client_id=client_id))
 
     async def release_expired(
-        self, *, max_attempts: int = 3, limit: int = 1000
+        self,
+        *,
+        max_attempts: int = 3,
+        limit: int = 1000,
+        backoff: timedelta | None = None,
+        backoff_max: timedelta = timedelta(hours=1),
     ) -> builtins.list[Job]:
         """Take back jobs whose worker's lease ran out; returns them as changed.
 
         An expired job that has been claimed fewer than ``max_attempts``
-        times goes back to the queue (keeping its place: oldest first); one
-        claimed ``max_attempts`` times or more fails with an error message.
-        At most ``limit`` (1..1000) jobs per call, one statement: call again
-        while it returns ``limit`` jobs.
+        times goes back to the queue; one claimed ``max_attempts`` times or
+        more fails for good, its error message saying so (and keeping the
+        last error a worker reported, if any); one whose cancel was
+        requested ends cancelled. At most ``limit`` (1..1000) jobs per call,
+        one statement: call again while it returns ``limit`` jobs.
+
+        ``backoff`` (None by default: today's behaviour, the job is claimable
+        at once in its old place) delays the next try: ``run_after = now() +
+        min(backoff_max, backoff * 2 ** (attempts - 1))``, so 30 s, 60 s,
+        120 s, ... for ``backoff=timedelta(seconds=30)``, never more than
+        ``backoff_max`` (1 hour by default).
 
         Never repeated on a transient failure: if the reply was lost after
         the statement committed, a repeat would find nothing left to release
@@ -284,7 +343,9 @@ class AsyncJobRepository:
         normally does), and read the jobs to see what the lost try did.
         """
         return await self._run.drive(
-            self._logic.release_expired(max_attempts=max_attempts, limit=limit)
+            self._logic.release_expired(
+                max_attempts=max_attempts, limit=limit, backoff=backoff, backoff_max=backoff_max
+            )
         )
 
     async def queue_stats(self, *, client_id: str | None = None) -> QueueStats:

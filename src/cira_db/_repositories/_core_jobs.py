@@ -34,10 +34,12 @@ from cira_db._repositories._ids import uuid7, uuid7_batch
 from cira_db._sql import query
 from cira_db._validation import (
     check_aware_datetime,
+    check_backoff,
     check_client_id,
     check_confidence_score,
     check_error_message,
     check_extracted_data,
+    check_flag,
     check_job_id,
     check_lease,
     check_limit,
@@ -46,7 +48,10 @@ from cira_db._validation import (
     check_pdf_url,
     check_pdf_urls,
     check_positive_int,
+    check_priority,
     check_progress,
+    check_retry_in,
+    check_run_after,
     check_status,
     check_tokens_used,
 )
@@ -71,6 +76,8 @@ _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
 _CLAIM_JOBS: Final = query("jobs.sql", "claim_jobs")
 _CLAIM_JOBS_FOR_CLIENT: Final = query("jobs.sql", "claim_jobs_for_client")
+_CLAIM_JOBS_FAIR: Final = query("jobs.sql", "claim_jobs_fair")
+_FAIL_JOB_RETRY: Final = query("jobs.sql", "fail_job_retry")
 _EXTEND_LEASE: Final = query("jobs.sql", "extend_lease")
 _COMPLETE_JOB: Final = query("jobs.sql", "complete_job")
 _FAIL_JOB: Final = query("jobs.sql", "fail_job")
@@ -143,12 +150,29 @@ class JobLogic:
 
     # -- creating ---------------------------------------------------------------
 
-    def create(self, *, client_id: str, pdf_url: str, job_id: UUID | str | None) -> Logic[Job]:
+    def create(
+        self,
+        *,
+        client_id: str,
+        pdf_url: str,
+        job_id: UUID | str | None,
+        run_after: datetime | timedelta | None = None,
+        priority: int | None = None,
+    ) -> Logic[Job]:
         """Insert one job by id; the same id, client and URL again returns the stored job."""
         client = check_client_id(client_id)
         url = check_pdf_url(pdf_url)
+        run_at, run_in = check_run_after(run_after)
+        rank = check_priority(priority)
         new_id = uuid7() if job_id is None else check_job_id(job_id)
-        params = {"id": new_id, "client_id": client, "pdf_url": url}
+        params = {
+            "id": new_id,
+            "client_id": client,
+            "pdf_url": url,
+            "priority": rank,
+            "run_at": run_at,
+            "run_in": run_in,
+        }
         for _ in range(_CREATE_TRIES):
             # The id is fixed before the first try, so repeating the insert is
             # harmless: a try whose reply was lost makes the next one "existing".
@@ -249,20 +273,27 @@ class JobLogic:
     # -- the worker's side ---------------------------------------------------------
 
     def claim_next(self, *, lease: timedelta, client_id: str | None) -> Logic[Job | None]:
-        """Claim the oldest queued job, or None."""
+        """Claim the next due queued job (priority, then the longest waiting), or None."""
         jobs = yield from self.claim_batch(1, lease=lease, client_id=client_id)
         return jobs[0] if jobs else None
 
     def claim_batch(
-        self, limit: int, *, lease: timedelta, client_id: str | None
+        self, limit: int, *, lease: timedelta, client_id: str | None, fair: bool = False
     ) -> Logic[builtins.list[Job]]:
-        """Claim up to ``limit`` of the oldest queued jobs in one statement."""
+        """Claim up to ``limit`` due queued jobs in one statement (by turns between clients)."""
         params: dict[str, Any] = {
             "limit": check_limit(limit),
             "lease": check_lease(lease),
         }
         client = check_optional_client_id(client_id)
         jobs: builtins.list[Job]
+        if check_flag(fair, "fair"):
+            if client is not None:
+                raise ValidationError(
+                    "fair", "shares between clients: it cannot be combined with client_id"
+                )
+            jobs = yield Call.all(_CLAIM_JOBS_FAIR, params, job_row, "claim jobs", idempotent=False)
+            return jobs
         if client is None:
             # Claims are never repeated: a lost reply may hide a claim that happened.
             jobs = yield Call.all(_CLAIM_JOBS, params, job_row, "claim jobs", idempotent=False)
@@ -329,18 +360,24 @@ class JobLogic:
         error_message: str,
         client_id: str | None,
         attempt: int | None,
+        retry_in: timedelta | None = None,
     ) -> Logic[Job]:
-        """Fail a processing job with ``error_message``."""
+        """Fail a processing job with ``error_message``; with ``retry_in``, queue it again."""
         key = check_job_id(job_id)
         claim = check_optional_attempt(attempt)
-        params = {
+        params: dict[str, Any] = {
             "id": key,
             "error_message": check_error_message(error_message),
             "client_id": check_optional_client_id(client_id),
             "attempt": claim,
         }
+        delay = check_retry_in(retry_in)
+        statement = _FAIL_JOB
+        if delay is not None:
+            params["retry_in"] = delay
+            statement = _FAIL_JOB_RETRY
         reply: Outcome[Job] | None = yield Call.one(
-            _FAIL_JOB, params, job_outcome_row, "fail a job", idempotent=False
+            statement, params, job_outcome_row, "fail a job", idempotent=False
         )
         return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
 
@@ -396,12 +433,23 @@ class JobLogic:
         )
         return _moved(reply, key, "retry", JobStatus.FAILED, None)
 
-    def release_expired(self, *, max_attempts: int, limit: int) -> Logic[builtins.list[Job]]:
-        """Requeue or fail jobs whose lease ran out, one statement, never repeated."""
+    def release_expired(
+        self,
+        *,
+        max_attempts: int,
+        limit: int,
+        backoff: timedelta | None = None,
+        backoff_max: timedelta = timedelta(hours=1),
+    ) -> Logic[builtins.list[Job]]:
+        """Requeue (with a backoff), cancel or fail jobs whose lease ran out, never repeated."""
         params = {
             "max_attempts": check_positive_int(max_attempts, "max_attempts"),
             "limit": check_limit(limit),
+            "backoff": check_backoff(backoff),
+            "backoff_max": check_backoff(backoff_max, "backoff_max"),
         }
+        if params["backoff_max"] is None:
+            raise ValidationError("backoff_max", "must be a datetime.timedelta, not NoneType")
         jobs: builtins.list[Job] = yield Call.all(
             _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
         )

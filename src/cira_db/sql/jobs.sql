@@ -13,10 +13,14 @@
 
 -- name: insert_job
 -- Create one job; with an id that exists already, report whether the stored
--- job has the same content ('existing') or not ('conflict', no columns).
+-- job has the same content ('existing') or not ('conflict', no columns). The
+-- content is the client and the URL: a schedule or priority is not compared
+-- (a retried request gets the job stored the first time). The schedule is
+-- %(run_at)s, or now() + %(run_in)s on the server's clock, or NULL (at once).
 WITH inserted AS (
-    INSERT INTO jobs (id, client_id, pdf_url)
-    VALUES (%(id)s, %(client_id)s, %(pdf_url)s)
+    INSERT INTO jobs (id, client_id, pdf_url, priority, run_after)
+    VALUES (%(id)s, %(client_id)s, %(pdf_url)s, %(priority)s,
+            coalesce(%(run_at)s::timestamptz, now() + %(run_in)s::interval))
     ON CONFLICT (id) DO NOTHING
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
@@ -81,14 +85,18 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: claim_jobs
--- Claim up to %(limit)s of the oldest queued jobs of any client: queued ->
--- processing, attempts + 1, lease until now() + %(lease)s. Rows that another
--- worker holds locked are skipped. Uses the partial index idx_jobs_queue.
+-- Claim up to %(limit)s queued jobs of any client whose time has come
+-- (run_after, or created_at when it has none, not in the future): queued ->
+-- processing, attempts + 1, lease until now() + %(lease)s. Higher priority
+-- first, then the job that has waited longest, then the id. Rows that
+-- another worker holds locked are skipped. Reads the partial index
+-- idx_jobs_claim in its order.
 WITH picked AS MATERIALIZED (
     SELECT id
     FROM jobs
     WHERE status = 'queued'
-    ORDER BY created_at, id
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -103,15 +111,16 @@ WITH picked AS MATERIALIZED (
               jobs.lease_expires_at,
               jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
-SELECT * FROM claimed ORDER BY created_at, id
+SELECT * FROM claimed ORDER BY priority DESC, coalesce(run_after, created_at), id
 
 -- name: claim_jobs_for_client
--- As claim_jobs, for one client's queue. Uses idx_jobs_client_status_created.
+-- As claim_jobs, for one client's queue. Reads idx_jobs_claim_client.
 WITH picked AS MATERIALIZED (
     SELECT id
     FROM jobs
     WHERE client_id = %(client_id)s AND status = 'queued'
-    ORDER BY created_at, id
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -126,7 +135,7 @@ WITH picked AS MATERIALIZED (
               jobs.lease_expires_at,
               jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
-SELECT * FROM claimed ORDER BY created_at, id
+SELECT * FROM claimed ORDER BY priority DESC, coalesce(run_after, created_at), id
 
 -- name: extend_lease
 -- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
@@ -217,8 +226,12 @@ SELECT target.status::text AS outcome, queued.*
 FROM target LEFT JOIN queued ON true
 
 -- name: release_expired_jobs
--- Processing jobs whose lease ran out go back to the queue, or fail once
--- they have been claimed %(max_attempts)s times. At most %(limit)s per call,
+-- Processing jobs whose lease ran out: a job with a pending cancel request
+-- ends cancelled; one claimed %(max_attempts)s times or more fails for good
+-- (error_message says so and keeps the last error reported, if any); any
+-- other goes back to the queue, at once in its old place when %(backoff)s is
+-- NULL, else not before now() + least(%(backoff_max)s, %(backoff)s *
+-- 2^(attempts - 1)) (the exponent capped at 20). At most %(limit)s per call,
 -- oldest lease first; rows another session holds are skipped. Uses
 -- idx_jobs_lease_expiry.
 WITH expired AS MATERIALIZED (
@@ -230,12 +243,22 @@ WITH expired AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), released AS (
     UPDATE jobs
-    SET status = CASE WHEN jobs.attempts >= %(max_attempts)s
-                      THEN 'failed' ELSE 'queued' END::job_status,
-        error_message = CASE WHEN jobs.attempts >= %(max_attempts)s
+    SET status = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN jobs.attempts >= %(max_attempts)s THEN 'failed'
+                      ELSE 'queued' END::job_status,
+        error_message = CASE WHEN jobs.cancel_requested_at IS NULL
+                              AND jobs.attempts >= %(max_attempts)s
                              THEN format('lease expired on attempt %%s of %%s; gave up',
                                          jobs.attempts, %(max_attempts)s)
+                                  || coalesce(' (last error: ' || jobs.error_message || ')', '')
                              ELSE jobs.error_message END,
+        run_after = CASE WHEN jobs.cancel_requested_at IS NULL
+                          AND jobs.attempts < %(max_attempts)s
+                          AND %(backoff)s::interval IS NOT NULL
+                         THEN now() + least(%(backoff_max)s::interval,
+                                            %(backoff)s::interval
+                                            * power(2, least(greatest(jobs.attempts - 1, 0), 20)))
+                         ELSE jobs.run_after END,
         lease_expires_at = NULL
     FROM expired
     WHERE jobs.id = expired.id
@@ -378,3 +401,121 @@ SELECT now() AS measured_at,
           AND held.status = 'processing' AND held.lease_expires_at < now()) AS expired_leases
 FROM jobs AS queued
 WHERE queued.client_id = %(client_id)s AND queued.status = 'queued'
+
+-- == sched ==
+
+-- name: claim_jobs_fair
+-- As claim_jobs, taking turns between clients: every client with queued jobs
+-- whose time has come gets its best job (by claim order) before any gets a
+-- second, and so on, up to %(limit)s. Within a turn, clients with fewer jobs
+-- in progress go first (counted up to 100), so a batch smaller than the number
+-- of waiting clients serves next time those it left out. One statement:
+--   clients:    the clients that have queued jobs, by a skip scan of
+--               idx_jobs_claim_client (one index probe per client);
+--   candidates: each client's jobs in progress (idx_jobs_client_status_created)
+--               and its next ceil(limit / clients) due jobs in claim order
+--               (idx_jobs_claim_client), read without locking;
+--   fair:       the candidates ranked by turn (the client's 1st, 2nd, ... job),
+--               jobs in progress, then claim order, locked one by one in that
+--               order FOR UPDATE SKIP LOCKED (status checked again on the
+--               locked row) until %(limit)s are held: only those are locked;
+--   rest:       a batch the turns did not fill is filled in plain claim order
+--               (idx_jobs_claim), locked the same way.
+-- Returned in that order (turns first).
+WITH RECURSIVE clients AS (
+    (SELECT client_id FROM jobs WHERE status = 'queued' ORDER BY client_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.client_id FROM jobs AS j
+            WHERE j.status = 'queued' AND j.client_id > clients.client_id
+            ORDER BY j.client_id LIMIT 1)
+    FROM clients
+    WHERE clients.client_id IS NOT NULL
+), candidates AS MATERIALIZED (
+    SELECT head.id, head.priority, head.due, busy.in_flight,
+           row_number() OVER (PARTITION BY clients.client_id
+                              ORDER BY head.priority DESC, head.due, head.id) AS turn
+    FROM clients
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS in_flight
+        FROM (SELECT 1 FROM jobs AS p
+              WHERE p.client_id = clients.client_id AND p.status = 'processing'
+              LIMIT 100) AS capped
+    ) AS busy
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, coalesce(j.run_after, j.created_at) AS due
+        FROM jobs AS j
+        WHERE j.client_id = clients.client_id AND j.status = 'queued'
+          AND coalesce(j.run_after, j.created_at) <= now()
+        ORDER BY j.priority DESC, coalesce(j.run_after, j.created_at), j.id
+        LIMIT (SELECT ceil(%(limit)s::numeric / count(*))::integer
+               FROM clients AS c WHERE c.client_id IS NOT NULL)
+    ) AS head
+    WHERE clients.client_id IS NOT NULL
+), fair AS MATERIALIZED (
+    SELECT locked.id, ranked.turn, ranked.in_flight, ranked.priority, ranked.due
+    FROM (SELECT * FROM candidates
+          ORDER BY turn, in_flight, priority DESC, due, id) AS ranked
+    CROSS JOIN LATERAL (
+        SELECT j.id
+        FROM jobs AS j
+        WHERE j.id = ranked.id AND j.status = 'queued'
+        FOR UPDATE SKIP LOCKED
+    ) AS locked
+    ORDER BY ranked.turn, ranked.in_flight, ranked.priority DESC, ranked.due, ranked.id
+    LIMIT %(limit)s
+), rest AS MATERIALIZED (
+    SELECT id, priority, coalesce(run_after, created_at) AS due
+    FROM jobs
+    WHERE status = 'queued'
+      AND coalesce(run_after, created_at) <= now()
+      AND id NOT IN (SELECT id FROM fair)
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
+    LIMIT greatest(%(limit)s - (SELECT count(*) FROM fair), 0)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, 0 AS part, turn, in_flight, priority, due FROM fair
+    UNION ALL
+    SELECT id, 1, 0, 0, priority, due FROM rest
+), claimed AS (
+    UPDATE jobs
+    SET status = 'processing',
+        attempts = jobs.attempts + 1,
+        lease_expires_at = now() + %(lease)s::interval
+    FROM picked
+    WHERE jobs.id = picked.id
+    RETURNING picked.part, picked.turn, picked.in_flight, picked.due,
+              jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
+              jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
+)
+SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
+FROM claimed ORDER BY part, turn, in_flight, priority DESC, due, id
+
+-- name: fail_job_retry
+-- A processing job failed (on the claim `attempt`, if given) and is to be
+-- tried again later: back to the queue, not claimed before now() +
+-- %(retry_in)s, the error kept, the lease dropped, attempts kept. A job whose
+-- cancel was requested ends cancelled instead (never re-queued), error kept.
+WITH target AS (
+    SELECT id, status, attempts
+    FROM jobs
+    WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
+), requeued AS (
+    UPDATE jobs
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN 'queued'
+                      ELSE 'cancelled' END::job_status,
+        run_after = CASE WHEN cancel_requested_at IS NULL
+                         THEN now() + %(retry_in)s::interval ELSE run_after END,
+        error_message = %(error_message)s,
+        lease_expires_at = NULL
+    WHERE id = (SELECT id FROM target) AND status = 'processing'
+      AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
+    RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
+)
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, requeued.*
+FROM target LEFT JOIN requeued ON true

@@ -1,0 +1,203 @@
+"""Benchmark 9: fair share between clients, and the claims on a large scheduled queue.
+
+Part one: client A has 100,000 queued jobs (10,000 in a quick run), the
+oldest, and clients B..K have 10 each. Workers claim in batches of 10 until
+every client has had a job: oldest-first (`claim_batch`) against
+`claim_batch(fair=True)`; how many calls and jobs that took.
+
+Part two: ``jobs`` is filled with 1,000,000 rows (100,000 quick) the way
+benchmark 4 does (1,000 clients of uneven size, the newest 1% queued); the
+queued jobs then get mixed priorities (-1, 0, 1) and a fifth of them a
+``run_after`` an hour ahead. The plain claim, one client's claim and the fair
+claim run under ``EXPLAIN (ANALYZE, BUFFERS)`` in a rolled-back transaction;
+the report gives the median execution time, the index access nodes and the
+plans.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from bench_common import Context, Section, Table, connect_raw, fmt_int, fmt_ms, library_sql
+from bench_plans import PlanResult, Query, _explain, _seed
+from cira_db import Database, JobRepository
+
+__all__ = ["run_fair"]
+
+LEASE = timedelta(minutes=15)
+BIG, OTHERS = "client-a", [f"client-{letter}" for letter in "bcdefghijk"]
+BATCH = 10
+CHUNK = 50_000
+
+SCHEDULE_MIX = """
+UPDATE jobs
+SET priority = (get_byte(uuid_send(id), 15) % 3) - 1,
+    run_after = CASE WHEN get_byte(uuid_send(id), 14) % 5 = 0
+                     THEN now() + interval '1 hour' END
+WHERE status = 'queued'
+"""
+MIX_SUMMARY = """
+SELECT count(*) FILTER (WHERE status = 'queued'),
+       count(*) FILTER (WHERE status = 'queued' AND run_after > now()),
+       count(DISTINCT client_id) FILTER (WHERE status = 'queued'),
+       count(*)
+FROM jobs
+"""
+
+
+def _crowd(url: str, big: int) -> None:
+    """Client A's ``big`` jobs first (the oldest), then 10 for each of B..K."""
+    with Database(url) as db:
+        jobs = JobRepository(db)
+        for start in range(0, big, CHUNK):
+            count = min(CHUNK, big - start)
+            urls = [f"s3://bench-fair/{BIG}/{n}.pdf" for n in range(start, start + count)]
+            jobs.create_many(client_id=BIG, pdf_urls=urls)
+        for client in OTHERS:
+            jobs.create_many(
+                client_id=client, pdf_urls=[f"s3://bench-fair/{client}/{n}.pdf" for n in range(10)]
+            )
+
+
+def _until_everyone_served(url: str, *, fair: bool) -> tuple[int, int, float]:
+    """Claim batches until each of the 11 clients got a job: (calls, jobs, seconds)."""
+    served: set[str] = set()
+    calls = jobs_claimed = 0
+    with Database(url) as db:
+        jobs = JobRepository(db)
+        start = time.perf_counter()
+        while len(served) < 1 + len(OTHERS):
+            batch = jobs.claim_batch(BATCH, lease=LEASE, fair=fair)
+            if not batch:
+                break
+            calls += 1
+            jobs_claimed += len(batch)
+            served.update(job.client_id for job in batch)
+        seconds = time.perf_counter() - start
+    return calls, jobs_claimed, seconds
+
+
+def _fairness(ctx: Context, big: int) -> Table:
+    table = Table(
+        ["claim", "claim calls", "jobs claimed", "seconds"],
+        title=f"Claims (batches of {BATCH}) until every client had one job: client A "
+        f"{fmt_int(big)} queued (the oldest), clients B..K 10 each",
+    )
+    for fair in (False, True):
+        with connect_raw(ctx.url, prepare_threshold=None) as conn:
+            conn.execute("TRUNCATE job_results, jobs")
+        ctx.log(f"fair: {fmt_int(big)} + 100 jobs, claiming {'fair' if fair else 'oldest-first'}")
+        _crowd(ctx.url, big)
+        calls, claimed, seconds = _until_everyone_served(ctx.url, fair=fair)
+        label = "`claim_batch(10, fair=True)`" if fair else "`claim_batch(10)` (oldest first)"
+        table.add(label, fmt_int(calls), fmt_int(claimed), f"{seconds:.2f}")
+    return table
+
+
+def _scheduled_queue(conn: psycopg.Connection[Any], total: int) -> tuple[int, int, int, str]:
+    """The large table with mixed priorities and some future schedules; its summary."""
+    _seed(conn, total, 1000)
+    conn.execute(SCHEDULE_MIX)
+    conn.execute("VACUUM (ANALYZE) jobs")
+    row = conn.execute(MIX_SUMMARY).fetchone()
+    assert row is not None
+    typical = conn.execute(
+        "SELECT client_id FROM jobs WHERE status = 'queued' GROUP BY client_id "
+        "ORDER BY count(*) DESC, client_id LIMIT 1"
+    ).fetchone()
+    assert typical is not None
+    return int(row[0]), int(row[1]), int(row[2]), str(typical[0])
+
+
+def _claim_queries(client: str) -> list[Query]:
+    claim = library_sql("jobs.sql", "claim_jobs")
+    fair = library_sql("jobs.sql", "claim_jobs_fair")
+    return [
+        Query("`claim_next` (`claim_jobs`, limit 1)", claim, {"limit": 1, "lease": LEASE}, True),
+        Query("`claim_batch(10)` (`claim_jobs`)", claim, {"limit": 10, "lease": LEASE}, True),
+        Query(
+            f"`claim_batch(10, client_id=...)`, busiest queue ({client})",
+            library_sql("jobs.sql", "claim_jobs_for_client"),
+            {"limit": 10, "lease": LEASE, "client_id": client},
+            True,
+        ),
+        Query(
+            "`claim_batch(10, fair=True)` (`claim_jobs_fair`)",
+            fair,
+            {"limit": 10, "lease": LEASE},
+            True,
+        ),
+        Query("`claim_batch(100, fair=True)`", fair, {"limit": 100, "lease": LEASE}, True),
+    ]
+
+
+def _plans_table(queries: list[Query], results: list[PlanResult], runs: int, total: int) -> Table:
+    table = Table(
+        ["statement", "median ms", "planning ms", "index used", "rows filtered out", "buffers"],
+        title=f"EXPLAIN (ANALYZE, BUFFERS) on {fmt_int(total)} jobs: median of {runs} runs "
+        "(after one warm-up run), each rolled back",
+    )
+    for query, result in zip(queries, results, strict=True):
+        table.add(
+            query.label,
+            fmt_ms(result.median_ms),
+            fmt_ms(statistics.median(result.planning)),
+            ", ".join(result.access) or "(none)",
+            fmt_int(result.removed),
+            fmt_int(result.buffers),
+        )
+    return table
+
+
+def run_fair(ctx: Context) -> Section:
+    big = 10_000 if ctx.quick else 100_000
+    total = 100_000 if ctx.quick else 1_000_000
+    runs = 5 if ctx.quick else 15
+    section = Section("fair", "9. Fair share and the claim at scale")
+    fairness = _fairness(ctx, big)
+    with connect_raw(ctx.url, prepare_threshold=None) as conn:
+        conn.execute("TRUNCATE job_results, jobs")
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        ctx.log(f"fair: seeding {fmt_int(total)} jobs, then schedules and priorities")
+        queued, later, clients, busiest = _scheduled_queue(conn, total)
+        queries = _claim_queries(busiest)
+        results = []
+        for query in queries:
+            ctx.log(f"fair: EXPLAIN {query.label.replace('`', '')}")
+            results.append(_explain(conn, query, runs))
+        conn.execute("TRUNCATE job_results, jobs")
+    section.tables = [fairness, _plans_table(queries, results, runs, total)]
+    section.intro = [
+        f"Part one: client A has {fmt_int(big)} queued jobs, created before the 10 of each of "
+        "clients B..K; workers claim batches of 10 until every client has had one, oldest-first "
+        "against fair. Part two: the table of benchmark 4 refilled with "
+        f"{fmt_int(total)} jobs; the {fmt_int(queued)} queued ones (of {fmt_int(clients)} "
+        f"clients) get priorities -1, 0 and 1, and {fmt_int(later)} of them a `run_after` "
+        "an hour ahead (not due). Each claim statement is the packaged SQL with bound "
+        "parameters, run in a transaction that is rolled back.",
+    ]
+    section.notes.append(
+        "A fair claim reads a few index probes per client that has queued jobs (the skip "
+        "scan over `idx_jobs_claim_client`, the client's jobs in progress, its next "
+        "ceil(limit / clients) due jobs) and locks only the jobs it takes, so its cost grows "
+        "with the number of clients waiting, not with the queue's length."
+    )
+    details = ["<details><summary>Claim plans (text, last run, costs off)</summary>", ""]
+    for query, result in zip(queries, results, strict=True):
+        details += [f"{query.label}:", "", "```", result.text, "```", ""]
+    section.extra_markdown = [*details, "</details>", ""]
+    plain, fair10 = results[0], results[3]
+    oldest_calls, fair_calls = fairness.rows[0][1], fairness.rows[1][1]
+    section.headlines = [
+        f"Every one of 11 clients served after {oldest_calls} claim calls oldest-first "
+        f"against {fair_calls} fair (A: {fmt_int(big)} queued, B..K: 10 each).",
+        f"At {fmt_int(total)} jobs: claim_next {fmt_ms(plain.median_ms)} ms "
+        f"({', '.join(plain.access)}); a fair batch of 10 over {fmt_int(clients)} waiting "
+        f"clients {fmt_ms(fair10.median_ms)} ms.",
+    ]
+    return section
