@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from cira_db._aws_auth import is_auth_failure
 from cira_db._database import _CONNECT, _FAIL_FAST_POLL, Database, Mapper, _ConnectState, _fresh
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._observe import PoolStats, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
 from cira_db._retry import async_call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
@@ -390,5 +391,19 @@ class AsyncDatabase:
                 return await work(conn)
 
         return await async_call_with_retries(
-            self._config._retry, operation, once, idempotent=idempotent, mapper=mapper
+            self._config._retry,
+            operation,
+            once,
+            idempotent=idempotent,
+            mapper=mapper,
+            sleep=self._pause,
         )
+
+    async def _pause(self, seconds: float) -> None:
+        """The pause before a retry, counted for `stats`."""
+        self._config._counters.retries += 1
+        await asyncio.sleep(seconds)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool and the retry counter, like `Database.stats` (no await)."""
+        return pool_stats(self._pool, self.settings, self._config._counters.retries)

@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._observe import Counters, PoolStats, pool_stats
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
@@ -110,6 +111,7 @@ class Database:
         # time, not monotonic: it must also count the time a Lambda environment spent
         # frozen, which is when the proxy drops idle clients.
         self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+        self._counters = Counters()
         self._retry = RetryPolicy(
             attempts=settings.retry_attempts,
             backoff=settings.retry_backoff,
@@ -458,7 +460,23 @@ class Database:
             with self._borrow() as conn:
                 return work(conn)
 
-        return call_with_retries(self._retry, operation, once, idempotent=idempotent, mapper=mapper)
+        return call_with_retries(
+            self._retry, operation, once, idempotent=idempotent, mapper=mapper, sleep=self._pause
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """The pause before a retry, counted for `stats`."""
+        self._counters.retries += 1
+        time.sleep(seconds)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool and the retry counter (see docs/observability.md).
+
+        Built on psycopg_pool's own counters (``get_stats()``, counted since
+        `open`); costs no round trip. A closed or pool-less database reports
+        ``open=False`` and zero sizes.
+        """
+        return pool_stats(self._pool, self._settings, self._counters.retries)
 
 
 def _fresh(failure: BaseException) -> CiraDbError:
