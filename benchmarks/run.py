@@ -13,7 +13,8 @@ The database is dropped and the embedded server stopped at the end.
 4. index plans on 1,000,000 jobs, the library's indexes against the story's;
 6. the locks migrations 0003 and 0004 take on 1,000,000 jobs, and for how long;
 7. the asyncio face against raw psycopg async on the same pool;
-8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool.
+8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool;
+9. what observing a call costs: logs off and on, with and without an OpenTelemetry SDK.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -40,6 +41,7 @@ from bench_common import Context, Section, connect_raw
 from bench_ids import run_ids
 from bench_latency import run_latency
 from bench_migration import run_migration
+from bench_observe import run_observe
 from bench_plans import run_plans
 from bench_queue import run_queue
 from bench_report import (
@@ -64,9 +66,20 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "migration": ("6. Migrations 0003 and 0004 on a large table", run_migration),
     "async": ("7. The asyncio face", run_async),
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
+    "observe": ("9. Observability overhead", run_observe),
 }
 # report order
-ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration", "async", "coldstart")
+ORDER = (
+    "latency",
+    "queue",
+    "bulk",
+    "plans",
+    "ids",
+    "migration",
+    "async",
+    "coldstart",
+    "observe",
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

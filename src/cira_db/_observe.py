@@ -22,9 +22,11 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
 
 import psycopg
 
@@ -64,13 +66,16 @@ _DEBUG: Final = logging.DEBUG
 # failure of the system: WARNING when it may pass, ERROR when it will not.
 _ANSWERS: Final = (ValidationError, NotFoundError, InvalidTransitionError, ConflictError)
 
-# The observation of the call running in this thread/task, for the retry loop.
-_current: ContextVar[Observation | None] = ContextVar("cira_db_observation", default=None)
+# The observation of the call in progress, for the retry loop to count on: per
+# thread for the sync face (a thread runs one call at a time; a thread-local is
+# far cheaper than a context variable), per task for the asyncio face.
+_thread = threading.local()
+_task: ContextVar[Observation | None] = ContextVar("cira_db_observation", default=None)
 
 
 def note_retry() -> None:
     """Count one retry against the repository call in progress, if any."""
-    observation = _current.get()
+    observation = getattr(_thread, "current", None) or _task.get()
     if observation is not None:
         observation.retries += 1
 
@@ -92,7 +97,8 @@ def _tracer() -> Any:
     tracer = _Otel.tracer
     if tracer is not None or _Otel.missing:
         return tracer
-    if _Otel.trace is None:
+    trace = _Otel.trace
+    if trace is None:
         try:
             from opentelemetry import context, trace
             from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
@@ -101,7 +107,13 @@ def _tracer() -> Any:
             return None
         _Otel.trace, _Otel.context = trace, context
         _Otel.proxy = (ProxyTracerProvider, NoOpTracerProvider)
-    provider = _Otel.trace.get_tracer_provider()
+        trace.get_tracer_provider()  # sets one named by OTEL_PYTHON_TRACER_PROVIDER, if any
+    # The API keeps the provider set by set_tracer_provider() in this global: reading
+    # it is the cheap way to see that none is set yet (the public getter reads
+    # os.environ on every call). Without it, ask the public getter.
+    if getattr(trace, "_TRACER_PROVIDER", True) is None:
+        return None
+    provider = trace.get_tracer_provider()
     if isinstance(provider, _Otel.proxy):
         return None  # no SDK (yet): spans would be dropped, so make none
     from cira_db._version import __version__
@@ -187,10 +199,10 @@ class Observation:
     """What one repository call did: opened at its first `Call`, finished once."""
 
     __slots__ = (
-        "client_id",
-        "job_id",
         "method",
         "operation",
+        "outer",
+        "params",
         "retries",
         "rows",
         "slow_ms",
@@ -198,22 +210,24 @@ class Observation:
         "started",
         "statements",
         "token",
-        "var_token",
     )
 
-    def __init__(self, method: str, slow_ms: int) -> None:
+    def __init__(self, method: str, slow_ms: int, *, task: bool = False) -> None:
         self.started = time.perf_counter()
         self.method = method
         self.slow_ms = slow_ms
         self.operation: str | None = None
-        self.client_id: Any = None
-        self.job_id: Any = None
+        self.params: Mapping[str, Any] = {}
         self.rows = 0
         self.statements = 0
         self.retries = 0
         self.span: Any = None
         self.token: Any = None
-        self.var_token = _current.set(self)
+        if task:
+            self.outer: Any = _task.set(self)
+        else:
+            self.outer = getattr(_thread, "current", None)
+            _thread.current = self
 
     def begin(self, call: Call[Any], executor: Any, server: Any) -> Any:
         """Note a `Call` about to run; returns the server cache (``server_of``) if it was used."""
@@ -221,9 +235,7 @@ class Observation:
         if self.operation is not None:
             return server
         self.operation = call.operation
-        params = call.params
-        self.client_id = params.get("client_id")
-        self.job_id = params.get("job_id", params.get("id"))
+        self.params = call.params
         tracer = _tracer()
         if tracer is not None:
             if server is None:
@@ -264,7 +276,11 @@ class Observation:
 
     def finish(self, exc: BaseException | None) -> None:
         """Log (and end the span of) the call, with what reached the caller."""
-        _current.reset(self.var_token)
+        outer = self.outer
+        if isinstance(outer, Observation) or outer is None:
+            _thread.current = outer
+        else:
+            _task.reset(outer)
         elapsed_ms = (time.perf_counter() - self.started) * 1000
         span = self.span
         if span is not None:
@@ -319,10 +335,13 @@ def observation_fields(
         "retries": observation.retries,
         "outcome": "ok" if exc is None else "error",
     }
-    if observation.client_id is not None:
-        fields["client_id"] = str(observation.client_id)
-    if isinstance(observation.job_id, (str, int)) or hasattr(observation.job_id, "hex"):
-        fields["job_id"] = str(observation.job_id)
+    params = observation.params
+    client_id = params.get("client_id")
+    if client_id is not None:
+        fields["client_id"] = str(client_id)
+    job_id = params.get("job_id", params.get("id"))
+    if isinstance(job_id, (str, UUID)):  # one job (not a list of ids)
+        fields["job_id"] = str(job_id)
     if exc is not None:
         fields["error"] = type(exc).__name__
         fields["error_type"] = _error_type(exc)

@@ -62,7 +62,7 @@ class AsyncRunner:
         value: Any = None
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
-        observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms)
+        observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms, task=True)
         try:
             while True:
                 try:
