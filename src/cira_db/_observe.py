@@ -97,15 +97,17 @@ def _tracer() -> Any:
     tracer = _Otel.tracer
     if tracer is not None or _Otel.missing:
         return tracer
-    trace = _Otel.trace
+    trace: Any = _Otel.trace
     if trace is None:
         try:
-            from opentelemetry import context, trace
+            from opentelemetry import context
+            from opentelemetry import trace as api
             from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
         except ImportError:
             _Otel.missing = True
             return None
-        _Otel.trace, _Otel.context = trace, context
+        trace = _Otel.trace = api
+        _Otel.context = context
         _Otel.proxy = (ProxyTracerProvider, NoOpTracerProvider)
         trace.get_tracer_provider()  # sets one named by OTEL_PYTHON_TRACER_PROVIDER, if any
     # The API keeps the provider set by set_tracer_provider() in this global: reading
