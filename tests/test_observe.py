@@ -14,6 +14,7 @@ from opentelemetry import context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 
 from _faces import LoopThread
 from cira_db import Database, JobRepository, JobResultRepository, PoolStats
@@ -320,3 +321,26 @@ def test_stats_snapshot_of_the_pool(cira_db: Database, aio_loop: LoopThread) -> 
     assert astats.requests >= 1
     closed = Database(settings=cira_db.settings).stats()
     assert (closed.open, closed.size, closed.retries) == (False, 0, 0)
+
+
+def test_pool_events_are_logged_without_the_password(
+    cira_db: Database, logs: pytest.LogCaptureFixture, aio_loop: LoopThread
+) -> None:
+    settings = cira_db.settings.model_copy(update={"password": SecretStr("pw-sekrit")})
+    with Database(settings=settings) as db:
+        assert db._connect_kwargs()["password"] == "pw-sekrit"  # the password is in use
+        JobRepository(db).find(uuid.uuid4(), client_id="acme")
+
+    async def async_open() -> None:
+        async with AsyncDatabase(settings=settings):
+            pass
+
+    aio_loop.run(async_open())
+    events = [getattr(r, FIELD)["event"] for r in logs.records if r.name == "cira_db.pool"]
+    assert events.count("pool_opened") == 2
+    assert events.count("pool_closed") == 2
+    assert "connected" in events
+    opened = [r for r in logs.records if getattr(r, FIELD, {}).get("event") == "pool_opened"]
+    assert {getattr(r, FIELD)["pool"] for r in opened} == {"cira_db", "cira_db.aio"}
+    assert all(r.levelno == logging.INFO for r in opened)
+    assert "pw-sekrit" not in "\n".join(dump(r) for r in logs.records)

@@ -46,8 +46,11 @@ __all__ = [
     "Counters",
     "Observation",
     "PoolStats",
+    "connect_failure_fields",
     "note_retry",
     "observation_fields",
+    "pool_event",
+    "pool_log",
     "pool_stats",
     "query_summary",
     "server_of",
@@ -509,3 +512,23 @@ def pool_stats(pool: Any, settings: Any, retries: int) -> PoolStats:
         connections_lost=raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
         retries=retries,
     )
+
+
+# -- connection events ----------------------------------------------------------------
+
+pool_log: Final = logging.getLogger("cira_db.pool")
+
+
+def pool_event(level: int, message: str, fields: dict[str, Any], *args: object) -> None:
+    """Log a connection event on ``cira_db.pool`` with its fields under ``extra["cira_db"]``."""
+    if pool_log.isEnabledFor(level):
+        pool_log.log(level, message, *args, extra={FIELD: fields})
+
+
+def connect_failure_fields(exc: BaseException) -> dict[str, Any]:
+    """The fields of a failed connection attempt: its type and SQLSTATE, never its text."""
+    fields: dict[str, Any] = {"event": "connect_failed", "error": type(exc).__name__}
+    sqlstate = _sqlstate(exc)
+    if sqlstate:
+        fields["sqlstate"] = sqlstate
+    return fields
