@@ -20,7 +20,12 @@ from _faces import LoopThread
 from cira_db import Database, JobRepository, JobResultRepository, PoolStats
 from cira_db._observe import FIELD, _Otel, query_summary
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
-from cira_db.errors import DatabaseUnavailableError, NotFoundError, ValidationError
+from cira_db.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    ValidationError,
+)
 from cira_db.migrations import Migrator
 
 SIGNED = "https://bucket.s3.amazonaws.com/in/doc.pdf?X-Amz-Signature=deadbeefsecret&X-Amz-Security-Token=tok123"
@@ -34,7 +39,8 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("cira_db")]
+    """cira_db's records about calls (not the pool's own life: it grows in the background)."""
+    return [r for r in caplog.records if r.name.startswith("cira_db") and r.name != "cira_db.pool"]
 
 
 def dump(record: logging.LogRecord) -> str:
@@ -344,3 +350,28 @@ def test_pool_events_are_logged_without_the_password(
     assert {getattr(r, FIELD)["pool"] for r in opened} == {"cira_db", "cira_db.aio"}
     assert all(r.levelno == logging.INFO for r in opened)
     assert "pw-sekrit" not in "\n".join(dump(r) for r in logs.records)
+
+
+def test_a_configuration_error_is_one_error_record(
+    cira_db: Database, logs: pytest.LogCaptureFixture
+) -> None:
+    closed = Database(settings=cira_db.settings)  # never opened
+    with pytest.raises(ConfigurationError):
+        JobRepository(closed).find(uuid.uuid4(), client_id="acme")
+    (record,) = ours(logs)
+    assert record.levelno == logging.ERROR
+    assert getattr(record, FIELD)["error"] == "ConfigurationError"
+
+
+def test_calls_on_a_callers_connection_are_observed(
+    cira_db: Database, logs: pytest.LogCaptureFixture, spans: InMemorySpanExporter
+) -> None:
+    with cira_db.transaction() as conn:
+        JobRepository(conn).create(client_id="acme", pdf_url="https://example.com/a.pdf")
+        JobRepository(conn).count_by_status(client_id="acme")
+    assert [c["method"] for c in calls(logs)] == ["create", "count_by_status"]
+    assert calls(logs)[0]["rows"] == 1
+    create, count = spans.get_finished_spans()
+    assert create.name == "INSERT jobs"
+    assert count.name == "SELECT jobs"
+    assert dict(create.attributes or {})["server.port"] > 0

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from uuid import UUID
 
 import psycopg
@@ -37,9 +37,6 @@ from cira_db.errors import (
     NotFoundError,
     ValidationError,
 )
-
-if TYPE_CHECKING:
-    from cira_db._repositories._base import Call
 
 __all__ = [
     "FIELD",
@@ -153,7 +150,7 @@ def query_summary(sql: str) -> tuple[str, str | None]:
 _summaries: dict[str, tuple[str, str | None]] = {}
 
 
-def _summary(call: Call[Any]) -> tuple[str, str | None]:
+def _summary(call: Any) -> tuple[str, str | None]:
     name = call.query.name
     found = _summaries.get(name)
     if found is None:
@@ -193,10 +190,12 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def _level(exc: BaseException | None, *, slow: bool) -> int:
-    if exc is None or isinstance(exc, _ANSWERS):
+    # A cancellation (asyncio.CancelledError, KeyboardInterrupt) is the caller's
+    # decision, not a failure: like a success.
+    if exc is None or isinstance(exc, _ANSWERS) or not isinstance(exc, Exception):
         return logging.WARNING if slow else _DEBUG
-    if isinstance(exc, DatabaseUnavailableError) or not isinstance(exc, Exception):
-        return logging.WARNING  # may pass (or a cancellation: WARNING only if slow)
+    if isinstance(exc, DatabaseUnavailableError):
+        return logging.WARNING  # may pass
     return logging.ERROR
 
 
@@ -234,8 +233,8 @@ class Observation:
             self.outer = getattr(_thread, "current", None)
             _thread.current = self
 
-    def begin(self, call: Call[Any], executor: Any, server: Any) -> Any:
-        """Note a `Call` about to run; returns the server cache (``server_of``) if it was used."""
+    def begin(self, call: Any, executor: Any, server: Any) -> Any:
+        """Note a repository `Call` about to run; returns ``server`` (found if needed)."""
         self.statements += 1
         if self.operation is not None:
             return server
