@@ -374,4 +374,6 @@ def test_calls_on_a_callers_connection_are_observed(
     create, count = spans.get_finished_spans()
     assert create.name == "INSERT jobs"
     assert count.name == "SELECT jobs"
-    assert dict(create.attributes or {})["server.port"] > 0
+    port = dict(create.attributes or {})["server.port"]
+    assert isinstance(port, int)
+    assert port > 0
