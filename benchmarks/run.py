@@ -15,6 +15,7 @@ The database is dropped and the embedded server stopped at the end.
 7. the asyncio face against raw psycopg async on the same pool;
 8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool;
 9. fair share between clients, and the claims on 1,000,000 scheduled, prioritised jobs.
+10. what observing a call costs: logs off and on, with and without an OpenTelemetry SDK.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -42,6 +43,7 @@ from bench_fair import run_fair
 from bench_ids import run_ids
 from bench_latency import run_latency
 from bench_migration import run_migration
+from bench_observe import run_observe
 from bench_plans import run_plans
 from bench_queue import run_queue
 from bench_report import (
@@ -67,9 +69,21 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "async": ("7. The asyncio face", run_async),
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
     "fair": ("9. Fair share and the claim at scale", run_fair),
+    "observe": ("10. Observability overhead", run_observe),
 }
 # report order
-ORDER = ("latency", "queue", "bulk", "plans", "ids", "migration", "async", "coldstart", "fair")
+ORDER = (
+    "latency",
+    "queue",
+    "bulk",
+    "plans",
+    "ids",
+    "migration",
+    "async",
+    "coldstart",
+    "fair",
+    "observe",
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "cira_db._cursor": 1,
     "cira_db._errors_map": 1,
     "cira_db._retry": 1,
+    "cira_db._observe": 1,
     # 2: the database (sync, and its asyncio twin)
     "cira_db._database": 2,
     "cira_db._aio_database": 2,

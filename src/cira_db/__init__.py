@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cira_db._database import Database
 from cira_db._models import Job, JobResult, JobStatus, Page, QueueStats, Usage
+from cira_db._observe import PoolStats
 from cira_db._repositories import JobRepository, JobResultRepository
 from cira_db._settings import DatabaseSettings
 from cira_db._version import __version__
@@ -23,6 +24,7 @@ __all__ = [
     "JobResultRepository",
     "JobStatus",
     "Page",
+    "PoolStats",
     "QueueStats",
     "Usage",
     "__version__",

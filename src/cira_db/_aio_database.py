@@ -17,6 +17,7 @@ and a connection that broke during use makes the pool check its idle ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,8 +30,17 @@ import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
 from cira_db._aws_auth import is_auth_failure
-from cira_db._database import _CONNECT, _FAIL_FAST_POLL, Database, Mapper, _ConnectState, _fresh
+from cira_db._database import (
+    _CONNECT,
+    _FAIL_FAST_POLL,
+    Database,
+    Mapper,
+    _ConnectState,
+    _fresh,
+    _opened,
+)
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._observe import PoolStats, pool_event, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
 from cira_db._retry import async_call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
@@ -167,12 +177,15 @@ class AsyncDatabase:
                 raise
             self._state = state
             self._pool = pool
+        _opened(settings, "cira_db.aio", min_size, max_size)
 
     async def close(self) -> None:
         """Close the pool; calling it twice is harmless."""
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close(timeout=0 if running_in_lambda() else 2.0)
+            fields = {"event": "pool_closed", "pool": "cira_db.aio"}
+            pool_event(logging.INFO, "pool closed", fields)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -390,5 +403,19 @@ class AsyncDatabase:
                 return await work(conn)
 
         return await async_call_with_retries(
-            self._config._retry, operation, once, idempotent=idempotent, mapper=mapper
+            self._config._retry,
+            operation,
+            once,
+            idempotent=idempotent,
+            mapper=mapper,
+            sleep=self._pause,
         )
+
+    async def _pause(self, seconds: float) -> None:
+        """The pause before a retry, counted for `stats`."""
+        self._config._counters.retries += 1
+        await asyncio.sleep(seconds)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool and the retry counter, like `Database.stats` (no await)."""
+        return pool_stats(self._pool, self.settings, self._config._counters.retries)

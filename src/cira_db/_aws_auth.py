@@ -130,7 +130,44 @@ def iam_token(*, host: str, port: int, user: str, region: str | None, client: An
     """
     if client is None:
         client = _client("rds", region)
-    token = client.generate_db_auth_token(
-        DBHostname=host, Port=port, DBUsername=user, Region=_region(region)
-    )
+    with _botocore_quiet():
+        token = client.generate_db_auth_token(
+            DBHostname=host, Port=port, DBUsername=user, Region=_region(region)
+        )
     return str(token)
+
+
+class _QuietThread(logging.Filter):
+    """Drops botocore's records made by a thread while it is signing a token.
+
+    At DEBUG, botocore.auth logs the canonical request (with the session
+    token), the string to sign and the signature: together, a usable
+    password. Other threads, and botocore's records outside the signing, are
+    left alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "signing", False)
+
+
+_QUIET = _QuietThread()
+
+
+class _botocore_quiet:  # noqa: N801 - a context manager
+    """While signing: every existing ``botocore`` logger drops this thread's records."""
+
+    def __enter__(self) -> None:
+        manager = logging.Logger.manager
+        for name in list(manager.loggerDict):
+            if name == "botocore" or name.startswith("botocore."):
+                logger = logging.getLogger(name)
+                if _QUIET not in logger.filters:
+                    logger.addFilter(_QUIET)
+        _QUIET.local.signing = True
+
+    def __exit__(self, *_: object) -> None:
+        _QUIET.local.signing = False

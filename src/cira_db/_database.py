@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -16,6 +17,14 @@ from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._observe import (
+    Counters,
+    PoolStats,
+    connect_failure_fields,
+    pool_event,
+    pool_log,
+    pool_stats,
+)
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
 from cira_db._settings import DatabaseSettings, running_in_lambda
@@ -49,10 +58,15 @@ class _ConnectState:
 
     def failed(self, exc: BaseException) -> None:
         self.error = exc
+        # DEBUG: psycopg_pool logs the failure itself (WARNING, logger psycopg.pool), and
+        # a call that fails because of it is logged once by cira_db.calls.
+        fields = connect_failure_fields(exc)
+        pool_event(logging.DEBUG, "connection attempt failed (%s)", fields, fields["error"])
 
     def succeeded(self) -> None:
         self.error = None
         self.connected = True
+        pool_event(logging.DEBUG, "new connection", {"event": "connected"})
 
     @property
     def permanent(self) -> BaseException | None:
@@ -110,6 +124,7 @@ class Database:
         # time, not monotonic: it must also count the time a Lambda environment spent
         # frozen, which is when the proxy drops idle clients.
         self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+        self._counters = Counters()
         self._retry = RetryPolicy(
             attempts=settings.retry_attempts,
             backoff=settings.retry_backoff,
@@ -198,6 +213,7 @@ class Database:
                 raise
             self._state = state
             self._pool = pool
+        _opened(self._settings, "cira_db", min_size, max_size)
 
     def close(self) -> None:
         """Close the pool without waiting for anything; calling it twice is harmless."""
@@ -206,6 +222,7 @@ class Database:
         if pool is not None:
             # In Lambda nothing may wait; elsewhere give the pool's threads a moment.
             pool.close(timeout=0 if running_in_lambda() else 2.0)
+            pool_event(logging.INFO, "pool closed", {"event": "pool_closed", "pool": "cira_db"})
 
     def __enter__(self) -> Self:
         self.open()
@@ -458,7 +475,33 @@ class Database:
             with self._borrow() as conn:
                 return work(conn)
 
-        return call_with_retries(self._retry, operation, once, idempotent=idempotent, mapper=mapper)
+        return call_with_retries(
+            self._retry, operation, once, idempotent=idempotent, mapper=mapper, sleep=self._pause
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """The pause before a retry, counted for `stats`."""
+        self._counters.retries += 1
+        time.sleep(seconds)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool and the retry counter (see docs/observability.md).
+
+        Built on psycopg_pool's own counters (``get_stats()``, counted since
+        `open`); costs no round trip. A closed or pool-less database reports
+        ``open=False`` and zero sizes.
+        """
+        return pool_stats(self._pool, self._settings, self._counters.retries)
+
+
+def _opened(settings: DatabaseSettings, name: str, min_size: int, max_size: int) -> None:
+    """Log a pool's opening (INFO, ``cira_db.pool``): where to, and how big; no secret."""
+    if not pool_log.isEnabledFor(logging.INFO):
+        return
+    target = plan_connection(settings).describe()
+    fields: dict[str, Any] = {"event": "pool_opened", "pool": name, "target": target}
+    fields |= {"min_size": min_size, "max_size": max_size}
+    pool_event(logging.INFO, "pool opened: %s", fields, target)
 
 
 def _fresh(failure: BaseException) -> CiraDbError:

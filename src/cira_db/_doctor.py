@@ -209,13 +209,21 @@ def _latency(conn: Any, samples: int) -> Finding:
 def _pool(db: Database) -> Finding:
     s = db.settings
     low, high = s.pool_sizes()
-    return Finding(
-        "pool",
-        True,
+    configured = (
         f"min {low}, max {high}, wait {s.pool_timeout:g} s, max_lifetime "
         f"{s.pool_max_lifetime:g} s, max_idle {s.pool_max_idle:g} s, "
-        f"retries {s.retry_attempts - 1}",
+        f"retries {s.retry_attempts - 1}"
     )
+    if db.is_open:
+        return Finding("pool", True, f"{configured}; now: {db.stats().describe()}")
+    try:  # open a pool as the application would, check one connection out
+        with Database(settings=s) as pooled:
+            with pooled.connection():
+                pass
+            stats = pooled.stats()
+    except CiraDbError as exc:
+        return Finding("pool", False, f"{configured}; opening a pool failed: {exc}")
+    return Finding("pool", True, f"{configured}; after one checkout: {stats.describe()}")
 
 
 def _migrations(db: Database, conn: Any) -> Finding:

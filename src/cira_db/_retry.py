@@ -19,6 +19,7 @@ from typing import TypeVar
 import psycopg
 
 from cira_db._errors_map import is_transient, translate
+from cira_db._observe import FIELD, note_retry
 from cira_db.errors import CiraDbError
 
 __all__ = ["RetryPolicy", "async_call_with_retries", "call_with_retries", "next_pause"]
@@ -47,20 +48,35 @@ def next_pause(
     """The retry decision, shared by the sync and the asyncio loop.
 
     Seconds to wait before repeating after ``exc`` ended try ``attempt`` of
-    ``tries`` (the retry is logged), or None when the work must not be
+    ``tries`` (the retry is logged at INFO and counted), or None when the work must not be
     repeated: out of tries, or a failure that is not transient.
     """
     if attempt >= tries or not is_transient(exc):
         return None
     pause = policy.delay(attempt)
-    _log.warning(
-        "%s: transient failure (%s), retry %d of %d in %.0f ms",
-        operation,
-        type(exc).__name__,
-        attempt,
-        tries - 1,
-        pause * 1000,
-    )
+    note_retry()
+    # INFO, not WARNING: the call may still succeed. A failure that reaches the
+    # caller is logged once, by the repository driver (cira_db.calls).
+    if _log.isEnabledFor(logging.INFO):
+        _log.info(
+            "%s: transient failure (%s), retry %d of %d in %.0f ms",
+            operation,
+            type(exc).__name__,
+            attempt,
+            tries - 1,
+            pause * 1000,
+            extra={
+                FIELD: {
+                    "operation": operation,
+                    "attempt": attempt,
+                    "retry": attempt,
+                    "retries_max": tries - 1,
+                    "pause_ms": round(pause * 1000, 1),
+                    "error": type(exc).__name__,
+                    "sqlstate": exc.sqlstate,
+                }
+            },
+        )
     return pause
 
 

@@ -135,6 +135,13 @@ class DatabaseSettings(BaseModel):
     retry_backoff: float = Field(default=0.05, ge=0, description="First backoff, seconds.")
     retry_backoff_max: float = Field(default=2.0, ge=0, description="Backoff cap, seconds.")
 
+    slow_call_ms: int = Field(
+        default=1000,
+        ge=0,
+        description="A repository call slower than this many milliseconds is logged at "
+        "WARNING (logger cira_db.calls); 0 turns the warning off.",
+    )
+
     via_proxy: bool | None = Field(
         default=None,
         description="A transaction pooler (RDS Proxy, pgbouncer) sits in between; None: detect.",

@@ -34,6 +34,7 @@ from cira_db._migrations._history import (
 from cira_db._migrations._queries import run_query, scalar
 from cira_db._migrations._split import split_statements
 from cira_db._migrations._story import check_story_schema
+from cira_db._observe import FIELD, step_span
 from cira_db.errors import MigrationError, ValidationError
 
 __all__ = ["LOCK_KEY", "Migrator"]
@@ -269,7 +270,20 @@ class Migrator:
             "statement_timeout": settings.migration_statement_timeout,
         }
         started = time.monotonic()
-        _log.info("running %s", step.filename)
+        _log.info("running %s", step.filename, extra={FIELD: {"migration": step.filename}})
+        with step_span(step.filename, conn):
+            self._run_step(conn, step, timeouts, started)
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        _log.info(
+            "finished %s in %.0f ms",
+            step.filename,
+            elapsed_ms,
+            extra={FIELD: {"migration": step.filename, "duration_ms": elapsed_ms}},
+        )
+
+    def _run_step(
+        self, conn: psycopg.Connection[Any], step: _Step, timeouts: dict[str, str], started: float
+    ) -> None:
         if step.transactional:
             with wrap_errors(step.filename, mapper=_rolled_back), conn.transaction():
                 run_query(conn, "set_local_timeouts", **timeouts)
@@ -281,7 +295,6 @@ class Migrator:
                 for statement in split_statements(step.sql):
                     conn.execute(_as_literal(statement))
                 self._record(conn, step, int((time.monotonic() - started) * 1000))
-        _log.info("finished %s in %.0f ms", step.filename, (time.monotonic() - started) * 1000)
 
     # -- connection and lock --------------------------------------------------------
 

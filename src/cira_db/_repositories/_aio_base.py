@@ -16,7 +16,8 @@ import psycopg
 
 from cira_db._aio_database import AsyncConnection, AsyncDatabase
 from cira_db._errors_map import wrap_errors
-from cira_db._repositories._base import Call, Logic, map_error
+from cira_db._observe import Observation
+from cira_db._repositories._base import Call, Logic, map_error, slow_call_ms
 from cira_db.errors import CiraDbError
 
 __all__ = ["AsyncExecutor", "AsyncRunner"]
@@ -31,9 +32,11 @@ T = TypeVar("T")
 class AsyncRunner:
     """Runs `Call` requests on an `AsyncDatabase` or on a caller's async connection."""
 
-    __slots__ = ("_connection", "_database")
+    __slots__ = ("_connection", "_database", "_server", "_slow_ms")
 
     def __init__(self, executor: AsyncExecutor) -> None:
+        self._server: Any = None  # (host, port) for spans, found on first use
+        self._slow_ms = slow_call_ms(executor)
         if isinstance(executor, AsyncDatabase):
             self._database: AsyncDatabase | None = executor
             self._connection: AsyncConnection | None = None
@@ -58,17 +61,28 @@ class AsyncRunner:
         """Run a repository method's logic to its end, awaiting each `Call` (see `Runner.drive`)."""
         value: Any = None
         error: CiraDbError | None = None
-        while True:
-            try:
-                call = logic.send(value) if error is None else logic.throw(error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            value, error = None, None
-            try:
-                value = await self.execute(call)
-            except CiraDbError as exc:
-                error = exc
+        # Logged, traced and counted here once for every method (cira_db._observe).
+        observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms, task=True)
+        try:
+            while True:
+                try:
+                    call = logic.send(value) if error is None else logic.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    break
+                self._server = observation.begin(call, self.executor, self._server)
+                value, error = None, None
+                try:
+                    value = await self.execute(call)
+                except CiraDbError as exc:
+                    error = exc
+                else:
+                    observation.got(call.kind, value)
+        except BaseException as exc:
+            observation.finish(exc)
+            raise
+        observation.finish(None)
+        return result
 
     async def execute(self, call: Call[R]) -> R:
         """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""

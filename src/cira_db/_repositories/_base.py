@@ -27,6 +27,8 @@ from psycopg.rows import BaseRowFactory, class_row, kwargs_row
 from cira_db._database import Database
 from cira_db._errors_map import translate, wrap_errors
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, Usage
+from cira_db._observe import Observation
+from cira_db._settings import DatabaseSettings
 from cira_db._sql import Query
 from cira_db.errors import (
     CiraDbError,
@@ -201,12 +203,26 @@ def map_error(exc: psycopg.Error, operation: str) -> CiraDbError:
 # -- running statements -------------------------------------------------------------
 
 
+def slow_call_ms(executor: Any) -> int:
+    """The slow-call threshold for calls on ``executor`` (``CIRA_DB_SLOW_CALL_MS``).
+
+    A caller's connection has no settings: the setting's default applies.
+    """
+    settings = getattr(executor, "settings", None)
+    if isinstance(settings, DatabaseSettings):
+        return settings.slow_call_ms
+    default: int = DatabaseSettings.model_fields["slow_call_ms"].default
+    return default
+
+
 class Runner:
     """Runs named queries on a `Database` or on a caller's connection."""
 
-    __slots__ = ("_connection", "_database")
+    __slots__ = ("_connection", "_database", "_server", "_slow_ms")
 
     def __init__(self, executor: Executor) -> None:
+        self._server: Any = None  # (host, port) for spans, found on first use
+        self._slow_ms = slow_call_ms(executor)
         if isinstance(executor, Database):
             self._database: Database | None = executor
             self._connection: psycopg.Connection[Any] | None = None
@@ -269,17 +285,28 @@ class Runner:
         """
         value: Any = None
         error: CiraDbError | None = None
-        while True:
-            try:
-                call = logic.send(value) if error is None else logic.throw(error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            value, error = None, None
-            try:
-                value = self.execute(call)
-            except CiraDbError as exc:
-                error = exc
+        # Logged, traced and counted here once for every method (cira_db._observe).
+        observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms)
+        try:
+            while True:
+                try:
+                    call = logic.send(value) if error is None else logic.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    break
+                self._server = observation.begin(call, self.executor, self._server)
+                value, error = None, None
+                try:
+                    value = self.execute(call)
+                except CiraDbError as exc:
+                    error = exc
+                else:
+                    observation.got(call.kind, value)
+        except BaseException as exc:
+            observation.finish(exc)
+            raise
+        observation.finish(None)
+        return result
 
     def execute(self, call: Call[R]) -> R:
         """Run one `Call` and return its result (errors mapped, retried per ``idempotent``)."""
