@@ -52,10 +52,7 @@ def _rows(db: Database, sql: Any) -> list[tuple[Any, ...]]:
 
 def test_the_status_mapping_matches_the_database_enum(cira_db: Database) -> None:
     labels = [label for (label,) in _rows(cira_db, "SELECT unnest(enum_range(NULL::job_status))")]
-    # Migration 0003 adds the label 'cancelled' ahead of cancel() (issue 11), which will add
-    # JobStatus.CANCELLED; until then no statement writes it.
-    reserved = ["cancelled"]
-    assert labels == list(STATUS_BY_LABEL) + reserved
+    assert labels == list(STATUS_BY_LABEL)
     assert list(STATUS_BY_LABEL) == [status.value for status in JobStatus]
     assert all(STATUS_BY_LABEL[status.value] is status for status in JobStatus)
 

@@ -478,3 +478,67 @@ def check_error_message(value: object, field: str = "error_message") -> str:
     if "\x00" in value:
         raise ValidationError(field, "must not contain the character U+0000")
     return value
+
+
+# -- batches ----------------------------------------------------------------------------
+
+RETRY_IN_MAX: Final = timedelta(days=30)
+PRIORITY_MIN: Final = -100
+PRIORITY_MAX: Final = 100
+
+
+def check_retry_in(value: object, field: str = "retry_in") -> timedelta | None:
+    """None (fail for good), or a `timedelta` from 0 to 30 days: when to try again."""
+    if value is None:
+        return None
+    if not isinstance(value, timedelta):
+        raise ValidationError(field, f"must be a datetime.timedelta, not {_type_name(value)}")
+    if value < _ZERO_DURATION:
+        raise ValidationError(field, "must not be negative")
+    if value > RETRY_IN_MAX:
+        raise ValidationError(field, "must be at most 30 days")
+    return value
+
+
+def check_run_after(
+    value: object, field: str = "run_after"
+) -> tuple[datetime | None, timedelta | None]:
+    """None (at once), an aware `datetime`, or a `timedelta` from now: (at, in)."""
+    if value is None:
+        return None, None
+    if isinstance(value, datetime):
+        return check_aware_datetime(value, field), None
+    if isinstance(value, timedelta):
+        if value < _ZERO_DURATION:
+            raise ValidationError(field, "must not be negative")
+        return None, value
+    raise ValidationError(
+        field, f"must be a datetime, a timedelta or None, not {_type_name(value)}"
+    )
+
+
+def check_priority(value: object, field: str = "priority") -> int | None:
+    """None (the default, 0), or an int from -100 to 100 (higher is claimed first)."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValidationError(field, f"must be an int, not {_type_name(value)}")
+    assert isinstance(value, int)  # narrowed by _is_int, for the type checker
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValidationError(field, f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+    return value
+
+
+def check_job_ids(value: object, count: int, field: str = "job_ids") -> list[UUID]:
+    """A sequence of ``count`` distinct job ids (each as `check_job_id`)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValidationError(field, f"must be a list of UUIDs, not {_type_name(value)}")
+    if len(value) != count:
+        raise ValidationError(field, f"must hold {count} ids (one per URL), not {len(value)}")
+    ids = [check_job_id(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    seen: dict[UUID, int] = {}
+    for index, job_id in enumerate(ids):
+        first = seen.setdefault(job_id, index)
+        if first != index:
+            raise ValidationError(f"{field}[{index}]", f"repeats {field}[{first}]")
+    return ids
