@@ -58,7 +58,7 @@ def _status(db: Database, job_id: uuid.UUID) -> tuple[str, Any, int]:
             "SELECT status::text, lease_expires_at, attempts FROM jobs WHERE id = %s", (job_id,)
         ).fetchone()
     assert row is not None
-    return row  # type: ignore[return-value]
+    return (row[0], row[1], row[2])
 
 
 def _results(db: Database) -> int:
@@ -244,15 +244,20 @@ def test_fail_many_fails_retries_later_and_cancels(jobs: JobRepository, cira_db:
     )
     assert [o.outcome for o in outcomes] == ["done", "done", "cancelled", "wrong_state"]
     failed, requeued, cancelled = (o.value for o in outcomes[:3])
-    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
     assert failed.error_message == "broken pdf"
-    assert requeued is not None and requeued.status is JobStatus.QUEUED
-    assert requeued.error_message == "throttled" and requeued.attempts == later.attempts
+    assert requeued is not None
+    assert requeued.status is JobStatus.QUEUED
+    assert requeued.error_message == "throttled"
+    assert requeued.attempts == later.attempts
     assert requeued.run_after is not None
     assert requeued.run_after > datetime.now(UTC) + timedelta(minutes=59)
     assert requeued.lease_expires_at is None
-    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
-    assert cancelled.error_message == "stopped" and cancelled.lease_expires_at is None
+    assert cancelled is not None
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.error_message == "stopped"
+    assert cancelled.lease_expires_at is None
     assert _status(cira_db, stale.id)[0] == "processing"
 
 
@@ -289,7 +294,8 @@ def test_extend_leases_moves_every_held_lease_and_reports_the_others(
     assert _status(cira_db, held.id)[1] > before + timedelta(minutes=100)
     status, lease, _ = _status(cira_db, cancel.id)
     assert (status, lease) == ("cancelled", None)
-    assert outcomes[1].value is not None and outcomes[1].value.status is JobStatus.CANCELLED
+    assert outcomes[1].value is not None
+    assert outcomes[1].value.status is JobStatus.CANCELLED
     assert _status(cira_db, stale.id)[1] < before + timedelta(minutes=1)  # the stale claim: unmoved
     # Repeating is harmless: the same outcomes (the cancelled job stays "cancelled").
     again = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
@@ -343,7 +349,8 @@ def test_create_many_with_job_ids_is_safe_to_retry(jobs: JobRepository, cira_db:
     )
     with cira_db.connection() as conn:
         row = conn.execute("SELECT count(*) FROM jobs").fetchone()
-    assert row is not None and row[0] == 4
+    assert row is not None
+    assert row[0] == 4
 
 
 def test_create_many_conflict_names_the_first_clash_and_creates_nothing(
@@ -360,7 +367,8 @@ def test_create_many_conflict_names_the_first_clash_and_creates_nothing(
         )
     with cira_db.connection() as conn:
         row = conn.execute("SELECT count(*) FROM jobs").fetchone()
-    assert row is not None and row[0] == 2
+    assert row is not None
+    assert row[0] == 2
     with pytest.raises(ValidationError) as info:
         jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)], job_ids=[fresh, fresh])
     assert info.value.field == "job_ids[1]"
@@ -377,9 +385,11 @@ def test_create_many_schedules_and_prioritises(jobs: JobRepository) -> None:
     fixed = jobs.create_many(
         client_id=A, pdf_urls=[_url(2)], job_ids=[uuid.uuid4()], run_after=at, priority=-3
     )
-    assert later[0].priority == 5 and later[0].run_after is not None
+    assert later[0].priority == 5
+    assert later[0].run_after is not None
     assert later[0].run_after > datetime.now(UTC) + timedelta(minutes=59)
-    assert fixed[0].run_after == at and fixed[0].priority == -3
+    assert fixed[0].run_after == at
+    assert fixed[0].priority == -3
     with pytest.raises(ValidationError) as info:
         jobs.create_many(client_id=A, pdf_urls=[_url(1)], priority=101)
     assert info.value.field == "priority"
@@ -398,3 +408,113 @@ def test_create_many_ids_mode_builds_no_job(cira_db: Database, monkeypatch: Any)
 
 
 _ = (psycopg, JobResultRepository)
+
+
+# -- the heartbeat helper -------------------------------------------------------------------
+
+
+def _lease(db: Database, job_id: uuid.UUID) -> Any:
+    return _status(db, job_id)[1]
+
+
+def test_heartbeat_thread_moves_leases_drops_done_jobs_and_stops(
+    cira_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = JobRepository(cira_db)
+    first, second, cancel = _claimed(jobs, 3)
+    _request_cancel(cira_db, cancel.id)
+    start = {job.id: _lease(cira_db, job.id) for job in (first, second)}
+    with jobs.heartbeat(
+        [first, second, cancel], lease=LEASE, every=timedelta(milliseconds=100)
+    ) as beat:
+        assert beat.running
+        beat.done(first)
+        deadline = time.monotonic() + 10
+        while (beat.beats < 2 or not beat.cancelled) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.cancelled == {cancel.id}
+        assert beat.held == {second.id}
+    assert not beat.running
+    assert _lease(cira_db, second.id) > start[second.id]  # really moved
+    assert _lease(cira_db, first.id) == start[first.id]  # dropped before the first tick
+    assert _status(cira_db, cancel.id)[0] == "cancelled"
+    beats = beat.beats
+    time.sleep(0.3)
+    assert beat.beats == beats  # stopped with the block
+
+
+def test_heartbeat_survives_a_killed_connection_and_a_closed_pool(
+    app_target: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with app_target.database() as db:
+        jobs = JobRepository(db)
+        claimed = _claimed(jobs, 2)
+        with caplog.at_level("WARNING", logger="cira_db.heartbeat"):
+            with jobs.heartbeat(claimed, lease=LEASE, every=timedelta(milliseconds=100)) as beat:
+                deadline = time.monotonic() + 10
+                while beat.beats < 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                # Kill every other backend of this database: the pool's idle connections die.
+                with psycopg.connect(app_target.migration_url, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                beats = beat.beats
+                while beat.beats <= beats and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the heartbeat carries on (a new connection)
+                db.close()  # now every tick fails
+                failures = beat.failures
+                while beat.failures < failures + 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert beat.running  # the failures did not kill it, nor the work
+                assert beat.held == {job.id for job in claimed}
+            assert not beat.running
+    assert beat.failures >= 2
+    assert any("heartbeat for 2 jobs failed" in r.getMessage() for r in caplog.records)
+
+
+def test_heartbeat_validates_its_arguments(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    with pytest.raises(ValidationError) as info:
+        jobs.heartbeat([], lease=LEASE, every=LEASE)
+    assert info.value.field == "every"
+    with pytest.raises(ValidationError) as info:
+        jobs.heartbeat(["x"], lease=LEASE)  # type: ignore[list-item]
+    assert info.value.field == "claimed[0]"
+
+
+def test_async_heartbeat_task_moves_leases_and_survives_failures(
+    cira_db: Database, aio_db: Any, aio_loop: Any
+) -> None:
+    import asyncio
+
+    from cira_db.aio import AsyncJobRepository
+
+    sync_jobs = JobRepository(cira_db)
+    claimed = _claimed(sync_jobs, 2)
+    _request_cancel(cira_db, claimed[1].id)
+    before = _lease(cira_db, claimed[0].id)
+    jobs = AsyncJobRepository(aio_db)
+
+    async def work() -> Any:
+        async with jobs.heartbeat(claimed, lease=LEASE, every=timedelta(milliseconds=100)) as beat:
+            assert beat.running
+            for _ in range(200):
+                if beat.beats >= 2 and beat.cancelled:
+                    break
+                await asyncio.sleep(0.05)
+            await aio_db.close()  # every further tick fails; the work goes on
+            failures = beat.failures
+            for _ in range(200):
+                if beat.failures >= failures + 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert beat.running
+        assert not beat.running
+        return beat
+
+    beat = aio_loop.run(work())
+    assert beat.cancelled == {claimed[1].id}
+    assert beat.failures >= 2
+    assert _lease(cira_db, claimed[0].id) > before

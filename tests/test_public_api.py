@@ -117,10 +117,11 @@ def test_errors_have_a_default_message() -> None:
     assert str(cira_db.errors.MigrationError("boom")) == "boom"
 
 
-def test_job_status_is_a_str_enum_of_the_four_states() -> None:
+def test_job_status_is_a_str_enum_of_the_five_states() -> None:
     status = cira_db.JobStatus
-    assert [s.name for s in status] == ["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
-    assert [s.value for s in status] == ["queued", "processing", "completed", "failed"]
+    names = ["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+    assert [s.name for s in status] == names
+    assert [s.value for s in status] == [name.lower() for name in names]
     assert status("queued") is status.QUEUED
     assert isinstance(status.QUEUED, str)
     assert json.dumps({"status": status.QUEUED}) == '{"status": "queued"}'

@@ -11,6 +11,7 @@ from __future__ import annotations
 from cira_db._database import Database
 from cira_db._models import Completion, Failure, ItemOutcome, Job, JobResult, JobStatus, Page, Usage
 from cira_db._repositories import JobRepository, JobResultRepository
+from cira_db._repositories._heartbeat import Heartbeat
 from cira_db._settings import DatabaseSettings
 from cira_db._version import __version__
 
@@ -19,6 +20,7 @@ __all__ = [
     "Database",
     "DatabaseSettings",
     "Failure",
+    "Heartbeat",
     "ItemOutcome",
     "Job",
     "JobRepository",

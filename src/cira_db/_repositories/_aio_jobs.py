@@ -17,9 +17,9 @@ from uuid import UUID
 
 from cira_db._models import Completion, Failure, ItemOutcome, Job, JobResult, JobStatus, Page
 from cira_db._repositories import _core_batches as _batches
-from cira_db._repositories._heartbeat import AsyncHeartbeat
 from cira_db._repositories._aio_base import AsyncExecutor, AsyncRunner
 from cira_db._repositories._core_jobs import JobLogic
+from cira_db._repositories._heartbeat import AsyncHeartbeat
 
 __all__ = ["AsyncJobRepository"]
 

@@ -65,14 +65,16 @@ BATCH_MAX: Final = LIMIT_MAX
 _Reply = tuple[int, str | None, int | None, Any]
 
 
-def _batch_row(make: Callable[..., T]) -> BaseRowFactory[tuple[int, str | None, int | None, T]]:
+def _batch_row(
+    make: Callable[..., T],
+) -> BaseRowFactory[tuple[int, str | None, int | None, T | None]]:
     def decode(
         *, n: int, outcome: str | None, current_attempts: int | None, **columns: Any
     ) -> tuple[int, str | None, int | None, T | None]:
         row = None if columns["id"] is None else make(**columns)
         return n, outcome, current_attempts, row
 
-    return kwargs_row(decode)  # type: ignore[return-value]
+    return kwargs_row(decode)
 
 
 def _job(*, status: str, **columns: Any) -> Job:

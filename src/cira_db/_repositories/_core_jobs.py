@@ -39,13 +39,13 @@ from cira_db._validation import (
     check_error_message,
     check_extracted_data,
     check_job_id,
+    check_job_ids,
     check_lease,
     check_limit,
     check_optional_attempt,
     check_optional_client_id,
     check_pdf_url,
     check_pdf_urls,
-    check_job_ids,
     check_positive_int,
     check_priority,
     check_run_after,
@@ -67,7 +67,7 @@ T = TypeVar("T")
 
 _INSERT_JOB: Final = query("jobs.sql", "insert_job")
 _INSERT_JOBS_BY_ID: Final = query("jobs.sql", "insert_jobs_by_id")
-_INSERT_JOBS_SCHEDULED: Final = query("jobs.sql", "insert_jobs_scheduled")
+_INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
 _INSERT_JOBS_COUNT: Final = query("jobs.sql", "insert_jobs_count")
 _GET_JOB: Final = query("jobs.sql", "get_job")
 _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
@@ -210,7 +210,7 @@ class JobLogic:
             yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
             return ids
         jobs: builtins.list[Job] = yield Call.all(
-            _INSERT_JOBS_SCHEDULED, params, job_row, "create jobs", idempotent=False
+            _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
         )
         by_id = {job.id: job for job in jobs}
         return [by_id[new_id] for new_id in ids]

@@ -143,7 +143,7 @@ class Heartbeat(_Beats):
             outcomes = self._jobs.extend_leases(
                 ids, lease=self.lease, attempts=attempts, client_id=self.client_id
             )
-        except Exception as exc:  # noqa: BLE001 - a failed tick must never stop the work
+        except Exception as exc:
             self._failed(exc, len(ids))
             return
         self._learn(outcomes)
@@ -198,7 +198,7 @@ class AsyncHeartbeat(_Beats):
             outcomes = await self._jobs.extend_leases(
                 ids, lease=self.lease, attempts=attempts, client_id=self.client_id
             )
-        except Exception as exc:  # noqa: BLE001 - a failed tick must never stop the work
+        except Exception as exc:
             self._failed(exc, len(ids))
             return
         self._learn(outcomes)

@@ -15,9 +15,9 @@ from uuid import UUID
 
 from cira_db._models import Completion, Failure, ItemOutcome, Job, JobResult, JobStatus, Page
 from cira_db._repositories import _core_batches as _batches
-from cira_db._repositories._heartbeat import Heartbeat
 from cira_db._repositories._base import Executor, Runner
 from cira_db._repositories._core_jobs import JobLogic
+from cira_db._repositories._heartbeat import Heartbeat
 
 __all__ = ["JobRepository"]
 

@@ -35,9 +35,12 @@ WHERE stored.id = %(id)s AND NOT EXISTS (SELECT 1 FROM inserted)
 
 -- name: insert_jobs
 -- Create many jobs of one client in one statement (all or nothing), in the
--- order given; the ids come from the caller.
-INSERT INTO jobs (id, client_id, pdf_url)
-SELECT new.id, %(client_id)s, new.pdf_url
+-- order given; the ids come from the caller. run_after (a time, or now() +
+-- an interval; NULL for both: at once) and priority apply to every job.
+INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
+SELECT new.id, %(client_id)s, new.pdf_url,
+       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
+       coalesce(%(priority)s::smallint, 0)
 FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
 ORDER BY new.n
 RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -475,21 +478,8 @@ SELECT 'existing', stored.n, stored.id, stored.client_id, stored.status, stored.
        stored.priority, stored.run_after, stored.progress, stored.cancel_requested_at
 FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NULL
 
--- name: insert_jobs_scheduled
--- As insert_jobs, with the same run_after and priority for every job
--- (run_after: a time, or now() + an interval; NULL for both: at once).
-INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
-SELECT new.id, %(client_id)s, new.pdf_url,
-       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
-       coalesce(%(priority)s::smallint, 0)
-FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
-ORDER BY new.n
-RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-          error_message, attempts, lease_expires_at,
-          priority, run_after, progress, cancel_requested_at
-
 -- name: insert_jobs_count
--- As insert_jobs_scheduled, returning nothing (returning="ids": the caller has the ids).
+-- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
 SELECT new.id, %(client_id)s, new.pdf_url,
        coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
