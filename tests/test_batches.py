@@ -210,22 +210,30 @@ def test_complete_many_validates_every_item_before_any_sql(
     assert jobs.complete_many([]) == []
 
 
-def test_complete_many_waits_for_a_concurrent_change_and_reports_it(cira_db: Database) -> None:
-    # target locks the rows (FOR UPDATE): an item whose job another transaction is
-    # changing waits, then sees the committed status (not a stale snapshot).
+@pytest.mark.parametrize("call", ["complete_many", "fail_many", "extend_leases"])
+def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database, call: str) -> None:
+    # The batch locks its rows (FOR UPDATE): an item whose job another transaction is
+    # changing waits, then is judged on the committed row, not on a stale snapshot
+    # (which would let it write over a job that is no longer processing).
     jobs = JobRepository(cira_db)
     (job,) = _claimed(jobs, 1)
+    run = {
+        "complete_many": lambda: jobs.complete_many([_done(job)]),
+        "fail_many": lambda: jobs.fail_many([Failure(job.id, "x", job.attempts)]),
+        "extend_leases": lambda: jobs.extend_leases([job.id], lease=LEASE),
+    }[call]
     outcomes: list[Any] = []
     with cira_db.connection() as holder, holder.transaction():
         holder.execute(
             "UPDATE jobs SET status = 'failed', lease_expires_at = NULL WHERE id = %s", (job.id,)
         )
-        worker = threading.Thread(target=lambda: outcomes.extend(jobs.complete_many([_done(job)])))
+        worker = threading.Thread(target=lambda: outcomes.extend(run()))
         worker.start()
         time.sleep(0.5)
         assert worker.is_alive()  # waiting on the row lock
     worker.join(10)
     assert [(o.outcome, o.status) for o in outcomes] == [("wrong_state", JobStatus.FAILED)]
+    assert _status(cira_db, job.id)[:2] == ("failed", None)
 
 
 # -- fail_many ------------------------------------------------------------------------------
@@ -233,6 +241,7 @@ def test_complete_many_waits_for_a_concurrent_change_and_reports_it(cira_db: Dat
 
 def test_fail_many_fails_retries_later_and_cancels(jobs: JobRepository, cira_db: Database) -> None:
     for_good, later, cancel, stale = _claimed(jobs, 4)
+    queued = jobs.create(client_id=A, pdf_url=_url(50))
     _request_cancel(cira_db, cancel.id)
     outcomes = jobs.fail_many(
         [
@@ -240,9 +249,18 @@ def test_fail_many_fails_retries_later_and_cancels(jobs: JobRepository, cira_db:
             Failure(later.id, "throttled", attempt=later.attempts, retry_in=timedelta(hours=1)),
             Failure(cancel.id, "stopped", attempt=cancel.attempts, retry_in=timedelta(1)),
             Failure(stale.id, "late", attempt=stale.attempts + 1),
+            Failure(queued.id, "never claimed"),
         ]
     )
-    assert [o.outcome for o in outcomes] == ["done", "done", "cancelled", "wrong_state"]
+    assert [o.outcome for o in outcomes] == [
+        "done",
+        "done",
+        "cancelled",
+        "wrong_state",
+        "wrong_state",
+    ]
+    assert outcomes[4].status is JobStatus.QUEUED
+    assert jobs.get(queued.id, client_id=A).error_message is None
     failed, requeued, cancelled = (o.value for o in outcomes[:3])
     assert failed is not None
     assert failed.status is JobStatus.FAILED
@@ -285,12 +303,15 @@ def test_extend_leases_moves_every_held_lease_and_reports_the_others(
     jobs: JobRepository, cira_db: Database
 ) -> None:
     held, cancel, stale, theirs_job = *_claimed(jobs, 3), _claimed(jobs, 1, client=B)[0]
+    queued = jobs.create(client_id=A, pdf_url=_url(50))
     _request_cancel(cira_db, cancel.id)
     before = _status(cira_db, held.id)[1]
-    ids = [held.id, cancel.id, stale.id, theirs_job.id]
-    attempts = [held.attempts, cancel.attempts, stale.attempts + 1, theirs_job.attempts]
+    ids = [held.id, cancel.id, stale.id, theirs_job.id, queued.id]
+    attempts = [held.attempts, cancel.attempts, stale.attempts + 1, theirs_job.attempts, None]
     outcomes = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
-    assert [o.outcome for o in outcomes] == ["done", "cancelled", "wrong_state", "not_found"]
+    expected = ["done", "cancelled", "wrong_state", "not_found", "wrong_state"]
+    assert [o.outcome for o in outcomes] == expected
+    assert _status(cira_db, queued.id)[:2] == ("queued", None)
     assert _status(cira_db, held.id)[1] > before + timedelta(minutes=100)
     status, lease, _ = _status(cira_db, cancel.id)
     assert (status, lease) == ("cancelled", None)
@@ -299,7 +320,7 @@ def test_extend_leases_moves_every_held_lease_and_reports_the_others(
     assert _status(cira_db, stale.id)[1] < before + timedelta(minutes=1)  # the stale claim: unmoved
     # Repeating is harmless: the same outcomes (the cancelled job stays "cancelled").
     again = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
-    assert [o.outcome for o in again] == ["done", "cancelled", "wrong_state", "not_found"]
+    assert [o.outcome for o in again] == expected
 
 
 def test_extend_leases_validates_its_arguments(jobs: JobRepository) -> None:

@@ -271,14 +271,14 @@ FROM STDIN
 
 -- == batches ==
 -- The batch calls of a worker (complete_many, fail_many, extend_leases) take
--- one array per field, element i being item i. `target` reads and LOCKS the
--- batch's rows in id order (FOR UPDATE: the current version of each row, and
--- no deadlock between two batches that overlap), `ok` keeps the items whose
--- job is processing on the item's claim, and only those change. Every input
--- item comes back as one row, in input order (`n`), with the job's status
--- before the statement as `outcome` (NULL: not found, or another client's)
--- and its `attempts` as `current_attempts`. With %(atomic)s true, nothing
--- changes unless every item is in `ok`.
+-- one array per field, element i being item i. `to_<move>` reads and LOCKS
+-- the batch's rows in id order (FOR UPDATE: the current version of each row,
+-- and no deadlock between two batches that overlap), `<move>able` keeps the
+-- items whose job is processing on the item's claim, and only those change.
+-- Every input item comes back as one row, in input order (`n`), with the
+-- job's status before the statement as `outcome` (NULL: not found, or
+-- another client's) and its `attempts` as `current_attempts`. With
+-- %(atomic)s true, nothing changes unless every item is `<move>able`.
 
 -- name: complete_jobs
 -- Complete a batch of processing jobs and insert their results, one
@@ -292,21 +292,21 @@ WITH input AS MATERIALIZED (
                 %(tokens_used)s::integer[])
          WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
                                tokens_used, n)
-), target AS MATERIALIZED (
+), to_complete AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
     WHERE jobs.id = ANY (%(ids)s::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
-), ok AS MATERIALIZED (
+), completable AS MATERIALIZED (
     SELECT input.*
-    FROM input JOIN target ON target.id = input.id
-    WHERE target.status = 'processing'
-      AND (input.attempt IS NULL OR target.attempts = input.attempt)
+    FROM input JOIN to_complete ON to_complete.id = input.id
+    WHERE to_complete.status = 'processing'
+      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
 ), go AS (
-    SELECT ok.* FROM ok
-    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM ok) = cardinality(%(ids)s::uuid[])
+    SELECT completable.* FROM completable
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM completable) = cardinality(%(ids)s::uuid[])
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL
@@ -326,8 +326,8 @@ WITH input AS MATERIALIZED (
                                AND job_results.job_id = input.id
 )
 SELECT input.n,
-       CASE WHEN earlier.id IS NOT NULL THEN 'repeated' ELSE target.status::text END AS outcome,
-       target.attempts AS current_attempts,
+       CASE WHEN earlier.id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.attempts AS current_attempts,
        coalesce(result.id, earlier.id) AS id,
        coalesce(result.job_id, earlier.job_id) AS job_id,
        coalesce(result.extracted_data, earlier.extracted_data) AS extracted_data,
@@ -335,7 +335,7 @@ SELECT input.n,
        coalesce(result.tokens_used, earlier.tokens_used) AS tokens_used,
        coalesce(result.created_at, earlier.created_at) AS created_at
 FROM input
-LEFT JOIN target ON target.id = input.id
+LEFT JOIN to_complete ON to_complete.id = input.id
 LEFT JOIN result ON result.job_id = input.id
 LEFT JOIN earlier ON earlier.job_id = input.id
 ORDER BY input.n
@@ -350,21 +350,21 @@ WITH input AS MATERIALIZED (
     FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(error_messages)s::text[],
                 %(retry_ins)s::interval[])
          WITH ORDINALITY AS i (id, attempt, error_message, retry_in, n)
-), target AS MATERIALIZED (
+), to_fail AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
     WHERE jobs.id = ANY (%(ids)s::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
-), ok AS MATERIALIZED (
+), failable AS MATERIALIZED (
     SELECT input.*
-    FROM input JOIN target ON target.id = input.id
-    WHERE target.status = 'processing'
-      AND (input.attempt IS NULL OR target.attempts = input.attempt)
+    FROM input JOIN to_fail ON to_fail.id = input.id
+    WHERE to_fail.status = 'processing'
+      AND (input.attempt IS NULL OR to_fail.attempts = input.attempt)
 ), go AS (
-    SELECT ok.* FROM ok
-    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM ok) = cardinality(%(ids)s::uuid[])
+    SELECT failable.* FROM failable
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM failable) = cardinality(%(ids)s::uuid[])
 ), failed AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -381,9 +381,9 @@ WITH input AS MATERIALIZED (
               jobs.lease_expires_at,
               jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
-SELECT input.n, target.status::text AS outcome, target.attempts AS current_attempts, failed.*
+SELECT input.n, to_fail.status::text AS outcome, to_fail.attempts AS current_attempts, failed.*
 FROM input
-LEFT JOIN target ON target.id = input.id
+LEFT JOIN to_fail ON to_fail.id = input.id
 LEFT JOIN failed ON failed.id = input.id
 ORDER BY input.n
 
@@ -394,34 +394,34 @@ ORDER BY input.n
 WITH input AS MATERIALIZED (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[]) WITH ORDINALITY AS i (id, attempt, n)
-), target AS MATERIALIZED (
+), to_extend AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
     WHERE jobs.id = ANY (%(ids)s::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
-), ok AS MATERIALIZED (
+), extendable AS MATERIALIZED (
     SELECT input.*
-    FROM input JOIN target ON target.id = input.id
-    WHERE target.status = 'processing'
-      AND (input.attempt IS NULL OR target.attempts = input.attempt)
+    FROM input JOIN to_extend ON to_extend.id = input.id
+    WHERE to_extend.status = 'processing'
+      AND (input.attempt IS NULL OR to_extend.attempts = input.attempt)
 ), moved AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'processing'
                       ELSE 'cancelled' END::job_status,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
                                 THEN now() + %(lease)s::interval END
-    FROM ok
-    WHERE jobs.id = ok.id
+    FROM extendable
+    WHERE jobs.id = extendable.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
               jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
               jobs.lease_expires_at,
               jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
 )
-SELECT input.n, target.status::text AS outcome, target.attempts AS current_attempts, moved.*
+SELECT input.n, to_extend.status::text AS outcome, to_extend.attempts AS current_attempts, moved.*
 FROM input
-LEFT JOIN target ON target.id = input.id
+LEFT JOIN to_extend ON to_extend.id = input.id
 LEFT JOIN moved ON moved.id = input.id
 ORDER BY input.n
 
