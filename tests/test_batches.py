@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -217,11 +218,12 @@ def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database,
     # (which would let it write over a job that is no longer processing).
     jobs = JobRepository(cira_db)
     (job,) = _claimed(jobs, 1)
-    run = {
-        "complete_many": lambda: jobs.complete_many([_done(job)]),
-        "fail_many": lambda: jobs.fail_many([Failure(job.id, "x", job.attempts)]),
-        "extend_leases": lambda: jobs.extend_leases([job.id], lease=LEASE),
-    }[call]
+    runs: dict[str, Callable[[], list[Any]]] = {
+        "complete_many": lambda: list(jobs.complete_many([_done(job)])),
+        "fail_many": lambda: list(jobs.fail_many([Failure(job.id, "x", job.attempts)])),
+        "extend_leases": lambda: list(jobs.extend_leases([job.id], lease=LEASE)),
+    }
+    run = runs[call]
     outcomes: list[Any] = []
     with cira_db.connection() as holder, holder.transaction():
         holder.execute(

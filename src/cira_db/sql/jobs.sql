@@ -478,6 +478,12 @@ SELECT 'existing', stored.n, stored.id, stored.client_id, stored.status, stored.
        stored.priority, stored.run_after, stored.progress, stored.cancel_requested_at
 FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NULL
 
+-- name: copy_new_jobs
+-- Bulk create (create_many returning="ids"): new jobs streamed in COPY format
+-- straight into jobs (no temporary table, no statement text growing with the
+-- rows: nothing that pins an RDS Proxy session). One statement: all or nothing.
+COPY jobs (id, client_id, pdf_url, run_after, priority) FROM STDIN
+
 -- name: insert_jobs_count
 -- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
