@@ -541,3 +541,45 @@ def test_async_heartbeat_task_moves_leases_and_survives_failures(
     assert beat.cancelled == {claimed[1].id}
     assert beat.failures >= 2
     assert _lease(cira_db, claimed[0].id) > before
+
+
+def _count_jobs(db: Database) -> int:
+    with db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_create_many_ids_copy_is_all_or_nothing(cira_db: Database, monkeypatch: Any) -> None:
+    # returning="ids" streams COPY into jobs: one statement, so a row that fails
+    # (here: an id that exists, forced at position 50) leaves nothing behind.
+    import cira_db._repositories._core_jobs as core
+
+    jobs = JobRepository(cira_db)
+    existing = jobs.create(client_id=A, pdf_url=_url(0))
+    real = core.uuid7_batch  # type: ignore[attr-defined]
+
+    def with_a_clash(count: int) -> list[uuid.UUID]:
+        ids = real(count)
+        ids[50] = existing.id
+        return ids
+
+    monkeypatch.setattr(core, "uuid7_batch", with_a_clash)
+    with pytest.raises(ConflictError):
+        jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(100)], returning="ids")
+    assert _count_jobs(cira_db) == 1
+
+
+def test_create_many_ids_copy_joins_the_callers_transaction(cira_db: Database) -> None:
+    def unit() -> None:
+        with cira_db.transaction() as conn:
+            ids = JobRepository(conn).create_many(
+                client_id=A, pdf_urls=[_url(n) for n in range(10)], returning="ids"
+            )
+            assert len(ids) == 10
+            assert _count_jobs(cira_db) == 0  # not committed yet: not visible outside
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        unit()
+    assert _count_jobs(cira_db) == 0
