@@ -1,12 +1,16 @@
 """Benchmark 3: bulk insert with ``create_many`` against raw COPY, and its peak memory.
 
-Three ways to put the same rows (id, client_id, pdf_url) into ``jobs``, each
+Five ways to put the same rows (id, client_id, pdf_url) into ``jobs``, each
 into an emptied table with every index of the migrations in place:
 
 * the library's ``jobs.create_many`` (validation, UUIDv7 ids, one
   ``INSERT ... SELECT FROM unnest(...)`` statement, `Job` objects back);
-* raw psycopg sending the library's own ``insert_jobs`` statement (ids made in
-  Python, rows back as tuples): the same SQL without the library around it;
+* ``create_many(..., returning="ids")`` (validation, UUIDv7 ids, ``COPY ...
+  FROM STDIN`` straight into ``jobs``, no rows back);
+* ``create_many(..., job_ids=..., returning="ids")`` (caller-chosen ids: the
+  ``insert_jobs_by_id`` statement with its existing / conflict checks);
+* raw psycopg sending the library's ``insert_jobs_count`` statement (ids made
+  in Python, arrays bound, no rows back): the array form without the library;
 * raw psycopg ``COPY jobs (id, client_id, pdf_url) FROM STDIN`` with ``write_row``.
 
 Peak memory of one call is measured in a fresh ``spawn`` process per probe:
@@ -242,14 +246,17 @@ def run_bulk(ctx: Context) -> Section:
     truncate_jobs(ctx.url)
     section.tables = [table, memory]
     section.intro = [
-        "Three ways to insert the same rows (`id`, `client_id`, `pdf_url`; one client) into "
+        "Five ways to insert the same rows (`id`, `client_id`, `pdf_url`; one client) into "
         "`jobs`, each into a table emptied by `TRUNCATE` first, with every index of the "
         "migrations in place: the library's `create_many` (argument validation, UUIDv7 ids, one "
-        "`INSERT ... SELECT FROM unnest(...)` statement, a `Job` per row back); raw psycopg "
-        "sending the library's own `insert_jobs` statement with ids made in Python and rows "
-        "back as tuples (the same SQL without the library); and raw `COPY` with `write_row` "
-        "(ids made in Python; the timing includes making them). The runs of the three methods "
-        "are interleaved.",
+        "`INSERT ... SELECT FROM unnest(...)` statement, a `Job` per row back); "
+        '`create_many(..., returning="ids")` (validation, UUIDv7 ids, `COPY ... FROM STDIN` '
+        "straight into `jobs`, no rows back); the same with caller-chosen `job_ids=` (the "
+        "array statement that checks for stored ids); raw psycopg sending the library's "
+        "`insert_jobs_count` array statement with ids made in Python (no rows back); and raw "
+        "`COPY` with `write_row` (ids made in Python; the timing includes making them). The "
+        "runs of the methods are interleaved. The library's calls include validating every "
+        "URL; the raw ones validate nothing.",
         "",
         "Peak memory: the URL list is built before measuring. Peak RSS growth is the resident "
         "high-water mark during the call (`VmHWM`, reset just before it through "
