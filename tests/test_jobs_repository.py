@@ -768,6 +768,7 @@ def test_count_by_status_has_every_status(jobs: JobRepository) -> None:
         JobStatus.PROCESSING: 1,
         JobStatus.COMPLETED: 1,
         JobStatus.FAILED: 1,
+        JobStatus.CANCELLED: 0,
     }
     assert sum(counts.values()) == len(made)
     assert jobs.count_by_status(client_id=B)[JobStatus.QUEUED] == 4
