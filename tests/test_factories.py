@@ -116,7 +116,7 @@ def test_a_mix_of_statuses_for_one_client(
     made = [status for status in JobStatus if status is not JobStatus.CANCELLED]
     for status in (*made, *made):
         assert cira_db_factory.job(status=status).status is status
-    expected = {**dict.fromkeys(made, 2), JobStatus.CANCELLED: 0}
+    expected: dict[JobStatus, int] = {**dict.fromkeys(made, 2), JobStatus.CANCELLED: 0}
     assert JobRepository(cira_db).count_by_status(client_id=A) == expected
 
 
