@@ -1,12 +1,16 @@
 """Benchmark 3: bulk insert with ``create_many`` against raw COPY, and its peak memory.
 
-Three ways to put the same rows (id, client_id, pdf_url) into ``jobs``, each
+Five ways to put the same rows (id, client_id, pdf_url) into ``jobs``, each
 into an emptied table with every index of the migrations in place:
 
 * the library's ``jobs.create_many`` (validation, UUIDv7 ids, one
   ``INSERT ... SELECT FROM unnest(...)`` statement, `Job` objects back);
-* raw psycopg sending the library's own ``insert_jobs`` statement (ids made in
-  Python, rows back as tuples): the same SQL without the library around it;
+* ``create_many(..., returning="ids")`` (validation, UUIDv7 ids, ``COPY ...
+  FROM STDIN`` straight into ``jobs``, no rows back);
+* ``create_many(..., job_ids=..., returning="ids")`` (caller-chosen ids: the
+  ``insert_jobs_by_id`` statement with its existing / conflict checks);
+* raw psycopg sending the library's ``insert_jobs_count`` statement (ids made
+  in Python, arrays bound, no rows back): the array form without the library;
 * raw psycopg ``COPY jobs (id, client_id, pdf_url) FROM STDIN`` with ``write_row``.
 
 Peak memory of one call is measured in a fresh ``spawn`` process per probe:
@@ -45,12 +49,14 @@ from cira_db import Database, JobRepository
 __all__ = ["run_bulk"]
 
 CLIENT = "bulk-client"
-METHODS = ("library", "unnest", "copy")
+METHODS = ("library", "library-ids", "library-job-ids", "unnest", "copy")
 FULL_SIZES = (10_000, 100_000)
 QUICK_SIZES = (2_000, 10_000)
 LABELS = {
-    "library": "`jobs.create_many`",
-    "unnest": "raw psycopg, the library's `insert_jobs` statement",
+    "library": "`jobs.create_many` (returning jobs)",
+    "library-ids": '`jobs.create_many(..., returning="ids")`',
+    "library-job-ids": '`jobs.create_many(..., job_ids=..., returning="ids")`',
+    "unnest": "raw psycopg, the library's `insert_jobs_count` statement",
     "copy": "raw psycopg `COPY ... FROM STDIN`",
 }
 
@@ -70,15 +76,43 @@ def _inserter(url: str, method: str) -> tuple[Callable[[list[str]], int], Callab
             return len(jobs.create_many(client_id=CLIENT, pdf_urls=urls))
 
         return library, db.close
+    if method == "library-ids":
+        db = Database(url)
+        db.open()
+        jobs = JobRepository(db)
+
+        def library_ids(urls: list[str]) -> int:
+            return len(jobs.create_many(client_id=CLIENT, pdf_urls=urls, returning="ids"))
+
+        return library_ids, db.close
+    if method == "library-job-ids":
+        db = Database(url)
+        db.open()
+        jobs = JobRepository(db)
+
+        def library_job_ids(urls: list[str]) -> int:
+            # Caller-chosen ids (a retry-safe bulk request); made in the timing, like COPY's.
+            ids = uuid7_batch(len(urls))
+            made = jobs.create_many(client_id=CLIENT, pdf_urls=urls, job_ids=ids, returning="ids")
+            return len(made)
+
+        return library_job_ids, db.close
     conn = connect_raw(url, prepare_threshold=5)
     if method == "unnest":
-        statement = library_sql("jobs.sql", "insert_jobs")
+        statement = library_sql("jobs.sql", "insert_jobs_count")
 
         def unnest(urls: list[str]) -> int:
-            params = {"ids": uuid7_batch(len(urls)), "client_id": CLIENT, "pdf_urls": urls}
+            params = {
+                "ids": uuid7_batch(len(urls)),
+                "client_id": CLIENT,
+                "pdf_urls": urls,
+                "run_after_at": None,
+                "run_after_in": None,
+                "priority": None,
+            }
             with conn.cursor() as cur:
                 cur.execute(statement, params)
-                return len(cur.fetchall())
+                return cur.rowcount
 
         return unnest, conn.close
 
@@ -204,7 +238,7 @@ def run_bulk(ctx: Context) -> Section:
         title=f"Peak memory of one {fmt_int(big)}-row call, each in a fresh `spawn` process",
     )
     peaks: dict[str, tuple[int, int]] = {}
-    for m in ("library", "copy"):
+    for m in ("library", "library-ids", "copy"):
         rss, _ = _probe(ctx.url, m, big, "rss")
         traced, _ = _probe(ctx.url, m, big, "tracemalloc")
         peaks[m] = (rss, traced)
@@ -212,14 +246,17 @@ def run_bulk(ctx: Context) -> Section:
     truncate_jobs(ctx.url)
     section.tables = [table, memory]
     section.intro = [
-        "Three ways to insert the same rows (`id`, `client_id`, `pdf_url`; one client) into "
+        "Five ways to insert the same rows (`id`, `client_id`, `pdf_url`; one client) into "
         "`jobs`, each into a table emptied by `TRUNCATE` first, with every index of the "
         "migrations in place: the library's `create_many` (argument validation, UUIDv7 ids, one "
-        "`INSERT ... SELECT FROM unnest(...)` statement, a `Job` per row back); raw psycopg "
-        "sending the library's own `insert_jobs` statement with ids made in Python and rows "
-        "back as tuples (the same SQL without the library); and raw `COPY` with `write_row` "
-        "(ids made in Python; the timing includes making them). The runs of the three methods "
-        "are interleaved.",
+        "`INSERT ... SELECT FROM unnest(...)` statement, a `Job` per row back); "
+        '`create_many(..., returning="ids")` (validation, UUIDv7 ids, `COPY ... FROM STDIN` '
+        "straight into `jobs`, no rows back); the same with caller-chosen `job_ids=` (the "
+        "array statement that checks for stored ids); raw psycopg sending the library's "
+        "`insert_jobs_count` array statement with ids made in Python (no rows back); and raw "
+        "`COPY` with `write_row` (ids made in Python; the timing includes making them). The "
+        "runs of the methods are interleaved. The library's calls include validating every "
+        "URL; the raw ones validate nothing.",
         "",
         "Peak memory: the URL list is built before measuring. Peak RSS growth is the resident "
         "high-water mark during the call (`VmHWM`, reset just before it through "
@@ -237,5 +274,10 @@ def run_bulk(ctx: Context) -> Section:
         f"raw COPY {fmt_int(rate[('copy', big)])} rows/s "
         f"({fmt_ratio(rate[('library', big)] / rate[('copy', big)])} of COPY); peak memory "
         f"growth {_mib(peaks['library'][0])} MiB RSS ({_mib(peaks['copy'][0])} MiB for COPY).",
+        f'`create_many(..., returning="ids")` of {fmt_int(big)} URLs: '
+        f"{fmt_ratio(rate[('library-ids', big)] / rate[('copy', big)])} of COPY "
+        f"(target 0.8x); tracemalloc peak {_mib(peaks['library-ids'][1])} MiB over the input "
+        f"list (target 30 MiB); with `job_ids=` "
+        f"{fmt_ratio(rate[('library-job-ids', big)] / rate[('copy', big)])} of COPY.",
     ]
     return section

@@ -424,7 +424,7 @@ CALLS: list[tuple[str, Callable[[], object], str]] = [
     ("create client", lambda: JOBS.create(client_id="", pdf_url=URL), "client_id"),
     ("create url", lambda: JOBS.create(client_id=A, pdf_url="ftp://x/y"), "pdf_url"),
     ("create id", lambda: JOBS.create(client_id=A, pdf_url=URL, job_id="x"), "job_id"),
-    ("many client", lambda: JOBS.create_many(client_id=None, pdf_urls=[URL]), "client_id"),  # type: ignore[arg-type]
+    ("many client", lambda: JOBS.create_many(client_id=None, pdf_urls=[URL]), "client_id"),  # type: ignore[call-overload]
     ("many urls", lambda: JOBS.create_many(client_id=A, pdf_urls=URL), "pdf_urls"),
     ("get id", lambda: JOBS.get("x", client_id=A), "job_id"),
     ("get client", lambda: JOBS.get(SOME_ID, client_id=" a"), "client_id"),

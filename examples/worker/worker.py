@@ -1,15 +1,18 @@
-"""A cira_db worker: claim jobs in batches, keep their leases alive, complete or fail them.
+"""A cira_db worker: claim jobs in batches, keep their leases alive, finish them in bulk.
 
     CIRA_DB_URL=... python worker.py
 
-While a batch is in hand, a heartbeat thread extends the lease of each of
-its unfinished jobs (`JobRepository.extend_lease` with the claim's attempt
-number), so a slow PDF does not let its own or its batch-mates' leases
-run out and be handed to a second worker; if the lease was lost anyway (the
-worker stalled and another worker claimed the job), the result is not
-written. SIGTERM or SIGINT stops the worker cleanly: the job in hand is
-finished, claimed jobs not yet started go back to the queue, and the
-process exits 0.
+Each round claims a batch (`JobRepository.claim_batch`), processes its jobs
+one by one under `JobRepository.heartbeat` (a thread that extends the
+leases of the whole batch in one statement, every third of the lease, so a
+slow PDF does not let its own or its batch-mates' leases run out), and
+writes the whole batch's outcome in two statements: `complete_many` for the
+results and `fail_many` for the failures, each item fenced by its claim's
+attempt number, so a job whose lease was lost (and claimed again) is not
+written over. A job whose cancel was requested is skipped as soon as the
+heartbeat reports it. SIGTERM or SIGINT stops the worker cleanly: the job in
+hand is finished, claimed jobs not yet started go back to the queue at once
+(``fail_many`` with ``retry_in=0``), and the process exits 0.
 
 `extract` stands in for the real PDF extraction.
 """
@@ -27,8 +30,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from cira_db import Database, Job, JobRepository
-from cira_db.errors import CiraDbError, InvalidTransitionError
+from cira_db import Completion, Database, Failure, Heartbeat, Job, JobRepository
 
 log = logging.getLogger("worker")
 
@@ -52,7 +54,7 @@ def extract(job: Job) -> Extraction:
 
 
 class Worker:
-    """Claims, heartbeats, completes or fails; `stop` ends `run` after the current job."""
+    """Claims a batch, processes it under a heartbeat, completes or fails it in bulk."""
 
     def __init__(
         self,
@@ -81,95 +83,31 @@ class Worker:
             if not claimed:
                 self._stop.wait(self.idle_wait)
                 continue
-            with Heartbeat(self.jobs, claimed, self.lease) as heartbeat:
-                for index, job in enumerate(claimed):
-                    if self._stop.is_set():
-                        self._hand_back(claimed[index:], heartbeat)
-                        break
-                    self._handle(job, heartbeat)
+            with self.jobs.heartbeat(claimed, lease=self.lease) as beat:
+                self._run_batch(claimed, beat)
         log.info("worker stopped")
 
-    def _handle(self, job: Job, heartbeat: Heartbeat) -> None:
-        outcome: Extraction | None = None
-        error: str | None = None
-        try:
-            outcome = self.process(job)
-        except Exception as exc:  # the extractor's failure is the job's failure
-            error = f"{type(exc).__name__}: {exc}"
-        if not heartbeat.release(job):
-            log.warning("job %s: lease lost, result dropped", job.id)
-            return
-        try:
-            if outcome is not None:
-                self.jobs.complete(
-                    job.id,
-                    extracted_data=outcome.data,
-                    confidence_score=outcome.confidence,
-                    tokens_used=outcome.tokens,
-                    attempt=job.attempts,
-                )
-                log.info("job %s completed", job.id)
-            else:
-                self.jobs.fail(job.id, error_message=error or "failed", attempt=job.attempts)
-                log.info("job %s failed: %s", job.id, error)
-        except InvalidTransitionError:
-            log.warning("job %s was claimed again meanwhile; nothing written", job.id)
-
-    def _hand_back(self, jobs: list[Job], heartbeat: Heartbeat) -> None:
-        """Return claimed, unstarted jobs to the queue (failed, then retried)."""
-        for job in jobs:
-            if not heartbeat.release(job):
+    def _run_batch(self, claimed: list[Job], beat: Heartbeat) -> None:
+        done: list[Completion] = []
+        failed: list[Failure] = []
+        for job in claimed:
+            if self._stop.is_set():  # not started: straight back to the queue
+                failed.append(Failure(job.id, "worker stopped", job.attempts, timedelta(0)))
+                continue
+            if job.id in beat.cancelled or job.id in beat.lost:
+                log.info("job %s: cancelled or lost; skipped", job.id)
                 continue
             try:
-                self.jobs.fail(job.id, error_message="worker stopped", attempt=job.attempts)
-                self.jobs.retry(job.id)
-            except CiraDbError:
-                log.warning("job %s left to its lease", job.id)
-
-
-class Heartbeat:
-    """Extends the lease of every job of a batch still in hand, every third of the lease.
-
-    A job whose lease could not be extended because it was claimed again
-    (`InvalidTransitionError`) is lost: `release` then returns False.
-    """
-
-    def __init__(self, jobs: JobRepository, batch: list[Job], lease: timedelta) -> None:
-        self._jobs = jobs
-        self._lease = lease
-        self._held = {job.id: job for job in batch}
-        self._lost: set[Any] = set()
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def release(self, job: Job) -> bool:
-        """Stop extending ``job``'s lease; False if the lease was lost meanwhile."""
-        with self._lock:
-            self._held.pop(job.id, None)
-            return job.id not in self._lost
-
-    def _beat(self) -> None:
-        while not self._done.wait(self._lease.total_seconds() / 3):
-            with self._lock:
-                held = list(self._held.values())
-            for job in held:
-                try:
-                    self._jobs.extend_lease(job.id, lease=self._lease, attempt=job.attempts)
-                except InvalidTransitionError:
-                    with self._lock:
-                        self._lost.add(job.id)
-                        self._held.pop(job.id, None)
-                except CiraDbError:
-                    log.warning("job %s: heartbeat failed; trying again", job.id)
+                out = self.process(job)
+            except Exception as exc:  # the extractor's failure is the job's failure
+                failed.append(Failure(job.id, f"{type(exc).__name__}: {exc}", job.attempts))
+                continue
+            done.append(Completion(job.id, out.data, out.confidence, out.tokens, job.attempts))
+        # Two statements for the whole batch, written while the heartbeat still holds it.
+        for outcome in self.jobs.complete_many(done) if done else []:
+            log.info("job %s: %s", outcome.job_id, "completed" if outcome.ok else outcome.outcome)
+        for outcome in self.jobs.fail_many(failed) if failed else []:
+            log.info("job %s: failed (%s)", outcome.job_id, outcome.outcome)
 
 
 def main() -> None:

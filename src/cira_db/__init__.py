@@ -9,15 +9,30 @@ with an underscore is private. Errors live in `cira_db.errors`, migrations in
 from __future__ import annotations
 
 from cira_db._database import Database
-from cira_db._models import Job, JobResult, JobStatus, Page, QueueStats, Usage
+from cira_db._models import (
+    Completion,
+    Failure,
+    ItemOutcome,
+    Job,
+    JobResult,
+    JobStatus,
+    Page,
+    QueueStats,
+    Usage,
+)
 from cira_db._observe import PoolStats
 from cira_db._repositories import JobRepository, JobResultRepository
+from cira_db._repositories._heartbeat import Heartbeat
 from cira_db._settings import DatabaseSettings
 from cira_db._version import __version__
 
 __all__ = [
+    "Completion",
     "Database",
     "DatabaseSettings",
+    "Failure",
+    "Heartbeat",
+    "ItemOutcome",
     "Job",
     "JobRepository",
     "JobResult",

@@ -9,10 +9,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 from uuid import UUID
 
-__all__ = ["Job", "JobResult", "JobStatus", "Page", "QueueStats", "Usage"]
+__all__ = [
+    "Completion",
+    "Failure",
+    "ItemOutcome",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "OutcomeKind",
+    "Page",
+    "QueueStats",
+    "Usage",
+]
 
 T = TypeVar("T")
 
@@ -165,3 +176,76 @@ class QueueStats:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# -- batches (complete_many, fail_many, extend_leases) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One item of `JobRepository.complete_many`: a claimed job's result.
+
+    ``attempt`` is the ``attempts`` of the worker's claim
+    (``attempt=claimed.attempts``): a job claimed again since is refused.
+    The values are validated by ``complete_many`` (errors name the item, for
+    example ``items[3].confidence_score``).
+    """
+
+    job_id: UUID | str
+    extracted_data: dict[str, Any]
+    confidence_score: float | Decimal | int
+    tokens_used: int
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One item of `JobRepository.fail_many`: why a claimed job failed.
+
+    With ``retry_in`` the job goes back to the queue, to be claimed no
+    earlier than ``now() + retry_in``; without it, it fails for good.
+    ``attempt`` fences a stale claim as in `Completion`.
+    """
+
+    job_id: UUID | str
+    error_message: str
+    attempt: int | None = None
+    retry_in: timedelta | None = None
+
+
+OutcomeKind: TypeAlias = Literal["done", "cancelled", "not_found", "wrong_state", "claimed_again"]
+"""What a batch call did with one item (see `ItemOutcome`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome(Generic[T]):
+    """What a batch call (``complete_many``, ``fail_many``, ``extend_leases``) did with one item.
+
+    ``outcome`` is one of:
+
+    * ``"done"``: the item was applied; ``value`` is the stored `JobResult`
+      (``complete_many``) or the changed `Job`.
+    * ``"cancelled"``: the job's cancel was requested and it is now
+      cancelled (``fail_many``, ``extend_leases`` move it there; ``value`` is
+      the cancelled `Job` when this call moved it), or, for
+      ``complete_many``, it was cancelled already and nothing was written.
+    * ``"not_found"``: no such job (or another client's, given ``client_id``).
+    * ``"wrong_state"``: the job is not processing (``status`` says what it is).
+    * ``"claimed_again"``: the job was claimed again after the item's
+      ``attempt``; the stale worker's item changed nothing.
+
+    ``index`` is the item's position in the call's input; ``status`` and
+    ``attempts`` are the job's as the statement found them (None when not found).
+    """
+
+    index: int
+    job_id: UUID
+    outcome: OutcomeKind
+    value: T | None
+    status: JobStatus | None
+    attempts: int | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item was applied as asked (``outcome == "done"``)."""
+        return self.outcome == "done"

@@ -631,3 +631,21 @@ def check_error_message(value: object, field: str = "error_message") -> str:
     if "\x00" in value:
         raise ValidationError(field, "must not contain the character U+0000")
     return value
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def check_job_ids(value: object, count: int, field: str = "job_ids") -> list[UUID]:
+    """A sequence of ``count`` distinct job ids (each as `check_job_id`)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValidationError(field, f"must be a list of UUIDs, not {_type_name(value)}")
+    if len(value) != count:
+        raise ValidationError(field, f"must hold {count} ids (one per URL), not {len(value)}")
+    ids = [check_job_id(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    seen: dict[UUID, int] = {}
+    for index, job_id in enumerate(ids):
+        first = seen.setdefault(job_id, index)
+        if first != index:
+            raise ValidationError(f"{field}[{index}]", f"repeats {field}[{first}]")
+    return ids

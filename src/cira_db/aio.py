@@ -21,5 +21,12 @@ from cira_db._aio_database import AsyncDatabase
 from cira_db._repositories._aio_base import AsyncExecutor
 from cira_db._repositories._aio_jobs import AsyncJobRepository
 from cira_db._repositories._aio_results import AsyncJobResultRepository
+from cira_db._repositories._heartbeat import AsyncHeartbeat
 
-__all__ = ["AsyncDatabase", "AsyncExecutor", "AsyncJobRepository", "AsyncJobResultRepository"]
+__all__ = [
+    "AsyncDatabase",
+    "AsyncExecutor",
+    "AsyncHeartbeat",
+    "AsyncJobRepository",
+    "AsyncJobResultRepository",
+]

@@ -88,6 +88,13 @@ class AsyncRunner:
         """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
 
         async def work(conn: AsyncConnection) -> Any:
+            if call.kind == "copy":
+                assert call.rows is not None  # every copy call has its rows
+                async with conn.cursor() as cur:
+                    async with cur.copy(call.query.sql) as copy:
+                        for row in call.rows():
+                            await copy.write_row(row)
+                    return cur.rowcount
             if call.row_factory is None:
                 async with conn.cursor() as cur:
                     await cur.execute(call.query.sql, call.params)

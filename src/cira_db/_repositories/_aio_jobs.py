@@ -12,12 +12,23 @@ import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 from uuid import UUID
 
-from cira_db._models import Job, JobResult, JobStatus, Page, QueueStats
+from cira_db._models import (
+    Completion,
+    Failure,
+    ItemOutcome,
+    Job,
+    JobResult,
+    JobStatus,
+    Page,
+    QueueStats,
+)
+from cira_db._repositories import _core_batches as _batches
 from cira_db._repositories._aio_base import AsyncExecutor, AsyncRunner
 from cira_db._repositories._core_jobs import JobLogic
+from cira_db._repositories._heartbeat import AsyncHeartbeat
 
 __all__ = ["AsyncJobRepository"]
 
@@ -86,15 +97,66 @@ class AsyncJobRepository:
             )
         )
 
-    async def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> builtins.list[Job]:
+    @overload
+    async def create_many(
+        self,
+        *,
+        client_id: str,
+        pdf_urls: Sequence[str],
+        job_ids: Sequence[UUID | str] | None = ...,
+        returning: Literal["jobs"] = ...,
+        run_after: datetime | timedelta | None = ...,
+        priority: int | None = ...,
+    ) -> builtins.list[Job]: ...
+    @overload
+    async def create_many(
+        self,
+        *,
+        client_id: str,
+        pdf_urls: Sequence[str],
+        job_ids: Sequence[UUID | str] | None = ...,
+        returning: Literal["ids"],
+        run_after: datetime | timedelta | None = ...,
+        priority: int | None = ...,
+    ) -> builtins.list[UUID]: ...
+    async def create_many(
+        self,
+        *,
+        client_id: str,
+        pdf_urls: Sequence[str],
+        job_ids: Sequence[UUID | str] | None = None,
+        returning: Literal["jobs", "ids"] = "jobs",
+        run_after: datetime | timedelta | None = None,
+        priority: int | None = None,
+    ) -> builtins.list[Job] | builtins.list[UUID]:
         """Queue many PDFs (up to 100,000) for one client, all or nothing.
 
-        One ``INSERT ... SELECT FROM unnest(...)`` statement (no temporary
-        table, which would pin the session behind RDS Proxy). Returns the jobs
-        in the order of ``pdf_urls``; their UUIDv7 ids increase in that order.
+        One ``INSERT ... SELECT FROM unnest(...)`` statement: the values are
+        bound arrays, never statement text, and no temporary table is used
+        (either would pin the session behind RDS Proxy; docs/connections.md).
+        Returns the jobs in the order of ``pdf_urls``, or with
+        ``returning="ids"`` only their ids (``list[UUID]``, no `Job` built:
+        the bounded-memory way to queue 100,000 rows).
+
+        ``job_ids`` (one per URL, distinct) makes a retried bulk request
+        safe, as ``create(job_id=...)`` does: an id stored already with the
+        same client and URL is returned as stored and not inserted again; an
+        id stored with another client or URL raises `ConflictError` naming
+        the first such ``job_ids[i]``, and nothing is created. Without it,
+        new time-ordered ids (UUIDv7) are generated, increasing in input order.
+
+        ``run_after`` (an aware datetime, or a timedelta from now) and
+        ``priority`` (-100..100, default 0) apply to every job of the call.
         """
         return await self._run.drive(
-            self._logic.create_many(client_id=client_id, pdf_urls=pdf_urls)
+            self._logic.create_many(
+                client_id=client_id,
+                pdf_urls=pdf_urls,
+                job_ids=job_ids,
+                returning=returning,
+                run_after=run_after,
+                priority=priority,
+            )
         )
 
     # -- reading ----------------------------------------------------------------
@@ -379,3 +441,112 @@ class AsyncJobRepository:
         return await self._run.drive(
             self._logic.delete_finished_before(cutoff, batch_size=batch_size)
         )
+
+    # -- batches ------------------------------------------------------------------------
+
+    async def complete_many(
+        self,
+        items: Sequence[Completion],
+        *,
+        client_id: str | None = None,
+        atomic: bool = False,
+    ) -> builtins.list[ItemOutcome[JobResult]]:
+        """Complete a batch of claimed jobs with their results: one statement, one round trip.
+
+        Each `Completion` carries its job's result and the ``attempt`` of the
+        worker's claim. Returns one `ItemOutcome` per item, in input order:
+        ``"done"`` (``value`` is the stored `JobResult`), or refused with
+        nothing written for it: ``"not_found"`` (also another client's job,
+        given ``client_id``), ``"wrong_state"`` (not processing; ``status``
+        says what it is), ``"claimed_again"`` (claimed again after the item's
+        ``attempt``: a stale worker never writes over another's claim), or
+        ``"cancelled"`` (the job was cancelled before it completed). A
+        processing job whose cancel was requested still completes.
+
+        Items are independent: a stale item does not block the others. With
+        ``atomic=True`` either every item is applied or nothing is, and a
+        refusal raises `NotFoundError` or `InvalidTransitionError` naming the
+        first refused item. Items are validated before any SQL
+        (`ValidationError` naming e.g. ``items[3].confidence_score``); at
+        most 1000 items, one per job.
+
+        Safe to repeat: the result ids are fixed before the first try, so a
+        try whose reply was lost is found by the next one and its items are
+        reported ``"done"`` with the results it stored.
+        """
+        return await self._run.drive(
+            _batches.complete_many(items, client_id=client_id, atomic=atomic)
+        )
+
+    async def fail_many(
+        self,
+        items: Sequence[Failure],
+        *,
+        client_id: str | None = None,
+        atomic: bool = False,
+    ) -> builtins.list[ItemOutcome[Job]]:
+        """Fail a batch of claimed jobs: one statement, one round trip.
+
+        Each `Failure` carries its ``error_message`` (kept on the job), the
+        ``attempt`` of the worker's claim and, optionally, ``retry_in``: the
+        job then goes back to the queue (attempts kept) and is claimed no
+        earlier than ``now() + retry_in``; without it the job fails for good.
+        A job whose cancel was requested ends cancelled instead (never
+        re-queued; outcome ``"cancelled"``, ``value`` the cancelled `Job`).
+        Returns one `ItemOutcome` per item, in input order, as
+        `complete_many` does (``value`` is the changed `Job`); items are
+        independent unless ``atomic=True``.
+
+        Never repeated on a transient failure: a repeat after a lost reply
+        would find the jobs failed (or re-queued) and misreport them; the
+        call raises `DatabaseUnavailableError` instead.
+        """
+        return await self._run.drive(_batches.fail_many(items, client_id=client_id, atomic=atomic))
+
+    async def extend_leases(
+        self,
+        job_ids: Sequence[UUID | str],
+        *,
+        lease: timedelta,
+        attempts: Sequence[int | None] | None = None,
+        client_id: str | None = None,
+    ) -> builtins.list[ItemOutcome[Job]]:
+        """Move the leases of a batch of claimed jobs to ``now() + lease``: one heartbeat.
+
+        One statement for the whole batch. ``attempts`` (one per id, e.g.
+        ``[job.attempts for job in claimed]``) fences stale claims as in
+        `extend_lease`. Returns one `ItemOutcome` per id, in input order:
+        ``"done"`` (``value`` is the job with its new lease), or
+        ``"cancelled"``: its cancel was requested, so the job is now
+        cancelled (moved there by this call, lease cleared) and the worker
+        should stop it; or refused (``"not_found"``, ``"wrong_state"``,
+        ``"claimed_again"``). Safe to repeat (retried on transient failures):
+        a second try moves the leases again and reports the same outcomes.
+        """
+        return await self._run.drive(
+            _batches.extend_leases(job_ids, lease=lease, attempts=attempts, client_id=client_id)
+        )
+
+    def heartbeat(
+        self,
+        claimed: Sequence[Job],
+        *,
+        lease: timedelta,
+        every: timedelta | None = None,
+        client_id: str | None = None,
+    ) -> AsyncHeartbeat:
+        """Keep the leases of a claimed batch alive while its jobs are processed.
+
+        Use as a context manager around the work; every ``every`` (default:
+        a third of ``lease``) a daemon thread (the asyncio face: a task)
+        calls `extend_leases` for the jobs still held, each with its claim's
+        ``attempts``. ``beat.done(job)`` drops a finished job;
+        ``beat.cancelled`` holds the ids of jobs whose cancel was requested
+        (now cancelled: stop working on them), ``beat.lost`` those the
+        worker no longer holds (lease expired and claimed again, ...). A
+        failing heartbeat is logged (WARNING) and tried again at the next
+        tick; it never raises into the work. The heartbeat stops when the
+        block ends (``with``; on the asyncio face ``async with``).
+        docs/jobs.md shows a worker loop built on it.
+        """
+        return AsyncHeartbeat(self, claimed, lease=lease, every=every, client_id=client_id)

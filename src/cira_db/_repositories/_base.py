@@ -15,7 +15,7 @@ can share the caller's transaction).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
@@ -129,19 +129,22 @@ class Call(Generic[R]):
     """One statement a repository's logic asks a runner to run (one round trip).
 
     ``kind`` says what the logic gets back: ``"one"`` the first row or None,
-    ``"all"`` every row, ``"rowcount"`` how many rows changed. ``params`` are
+    ``"all"`` every row, ``"rowcount"`` how many rows changed, ``"copy"`` how
+    many rows a ``COPY ... FROM STDIN`` statement loaded (``rows()`` yields
+    them, streamed: never all in memory at once). ``params`` are
     checked against the query's placeholders when the request is made, so a
     mistake shows up the same way whichever runner would have run it.
     ``idempotent`` says whether a runner may repeat it after a transient
     failure (only on a `Database`; never inside a caller's transaction).
     """
 
-    kind: Literal["one", "all", "rowcount"]
+    kind: Literal["one", "all", "rowcount", "copy"]
     query: Query
     params: Mapping[str, Any]
     row_factory: BaseRowFactory[Any] | None
     operation: str
     idempotent: bool
+    rows: Callable[[], Iterable[Sequence[Any]]] | None = None
 
     @staticmethod
     def one(
@@ -173,6 +176,17 @@ class Call(Generic[R]):
     ) -> Call[int]:
         """Ask for the number of rows the statement changed."""
         return Call("rowcount", query, query.bind(params), None, operation, idempotent)
+
+    @staticmethod
+    def copy(
+        query: Query,
+        rows: Callable[[], Iterable[Sequence[Any]]],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> Call[int]:
+        """Ask for a ``COPY ... FROM STDIN`` of ``rows()`` (one statement); the row count."""
+        return Call("copy", query, query.bind({}), None, operation, idempotent, rows)
 
 
 Logic: TypeAlias = Generator[Call[Any], Any, T]
@@ -310,6 +324,20 @@ class Runner:
 
     def execute(self, call: Call[R]) -> R:
         """Run one `Call` and return its result (errors mapped, retried per ``idempotent``)."""
+        if call.kind == "copy":
+            assert call.rows is not None  # every copy call has its rows
+            make_rows = call.rows
+            sql = call.query.sql
+
+            def work(conn: psycopg.Connection[Any]) -> int:
+                with conn.cursor() as cur:
+                    with cur.copy(sql) as copy:
+                        for row in make_rows():
+                            copy.write_row(row)
+                    return cur.rowcount
+
+            loaded: Any = self.call(call.operation, work, idempotent=call.idempotent)
+            return loaded  # type: ignore[no-any-return]
         if call.kind == "rowcount":
             count: Any = self.rowcount(
                 call.query, call.params, call.operation, idempotent=call.idempotent

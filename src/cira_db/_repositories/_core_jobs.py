@@ -12,13 +12,13 @@ statement is thrown back in at the ``yield`` that asked for it.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import dict_row, kwargs_row, tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page, QueueStats
@@ -41,6 +41,7 @@ from cira_db._validation import (
     check_extracted_data,
     check_flag,
     check_job_id,
+    check_job_ids,
     check_lease,
     check_limit,
     check_optional_attempt,
@@ -70,7 +71,10 @@ __all__ = ["JobLogic"]
 T = TypeVar("T")
 
 _INSERT_JOB: Final = query("jobs.sql", "insert_job")
+_INSERT_JOBS_BY_ID: Final = query("jobs.sql", "insert_jobs_by_id")
 _INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
+_INSERT_JOBS_COUNT: Final = query("jobs.sql", "insert_jobs_count")
+_COPY_NEW_JOBS: Final = query("jobs.sql", "copy_new_jobs")
 _GET_JOB: Final = query("jobs.sql", "get_job")
 _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
@@ -89,6 +93,16 @@ _CANCEL_JOB: Final = query("jobs.sql", "cancel_job")
 _REPORT_PROGRESS: Final = query("jobs.sql", "report_progress")
 _QUEUE_STATS: Final = query("jobs.sql", "queue_stats")
 _QUEUE_STATS_FOR_CLIENT: Final = query("jobs.sql", "queue_stats_for_client")
+
+
+def _created(*, outcome: str, n: int | None, **columns: Any) -> tuple[str, int | None, Job | None]:
+    if columns["id"] is None:
+        return outcome, n, None
+    status = STATUS_BY_LABEL[columns.pop("status")]
+    return outcome, n, Job(status=status, **columns)
+
+
+_CREATED_ROWS: Final = kwargs_row(_created)
 
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
@@ -188,21 +202,92 @@ class JobLogic:
             return reply.row
         raise DatabaseError(f"create a job: job {new_id} kept changing concurrently; try again")
 
-    def create_many(self, *, client_id: str, pdf_urls: Sequence[str]) -> Logic[builtins.list[Job]]:
-        """Insert many jobs in one statement; returns them in the order of ``pdf_urls``."""
+    def create_many(
+        self,
+        *,
+        client_id: str,
+        pdf_urls: Sequence[str],
+        job_ids: Sequence[UUID | str] | None,
+        returning: str,
+        run_after: datetime | timedelta | None,
+        priority: int | None,
+    ) -> Logic[builtins.list[Job] | builtins.list[UUID]]:
+        """Insert many jobs in one statement, all or nothing; jobs or ids in input order."""
         client = check_client_id(client_id)
         urls = check_pdf_urls(pdf_urls)
+        if returning not in ("jobs", "ids"):
+            raise ValidationError("returning", 'must be "jobs" or "ids"')
+        run_after_at, run_after_in = check_run_after(run_after)
+        params: dict[str, Any] = {
+            "client_id": client,
+            "pdf_urls": urls,
+            "run_after_at": run_after_at,
+            "run_after_in": run_after_in,
+            "priority": check_priority(priority),
+        }
+        if job_ids is not None:
+            params["ids"] = check_job_ids(job_ids, len(urls))
+            if not urls:
+                return []
+            params["return_rows"] = returning == "jobs"
+            return (yield from self._create_many_by_id(params))
         if not urls:
             return []
-        ids = uuid7_batch(len(urls))
-        params = {"ids": ids, "client_id": client, "pdf_urls": urls}
+        ids = params["ids"] = uuid7_batch(len(urls))
         # Not repeated on a transient failure: if the lost reply was a commit,
-        # a second try would fail on the ids and hide the jobs made by the first.
+        # a second try would fail on the ids and hide the jobs made by the
+        # first (pass job_ids to make a retry safe).
+        if returning == "ids":
+            # No rows come back and no Job is built. COPY streams the rows
+            # (memory stays near the input's, and it is the fastest load;
+            # docs/connections.md); a run_after relative to the server's
+            # now() needs the statement, so that case binds arrays instead.
+            if run_after_in is None:
+                priority_value = 0 if params["priority"] is None else params["priority"]
+
+                def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
+                    for new_id, url in zip(ids, urls, strict=True):
+                        yield new_id, client, url, run_after_at, priority_value
+
+                yield Call.copy(_COPY_NEW_JOBS, rows, "create jobs", idempotent=False)
+            else:
+                yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
+            return ids
         jobs: builtins.list[Job] = yield Call.all(
             _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
         )
         by_id = {job.id: job for job in jobs}
         return [by_id[new_id] for new_id in ids]
+
+    def _create_many_by_id(
+        self, params: dict[str, Any]
+    ) -> Logic[builtins.list[Job] | builtins.list[UUID]]:
+        """``create_many`` with caller-chosen ids: stored ones returned, clashes refused."""
+        ids: builtins.list[UUID] = params["ids"]
+        for _ in range(_CREATE_TRIES):
+            try:
+                # Repeating is harmless: the rows of a try whose reply was lost
+                # are found as "existing" by the next one.
+                rows: builtins.list[tuple[str, int | None, Job | None]] = yield Call.all(
+                    _INSERT_JOBS_BY_ID, params, _CREATED_ROWS, "create jobs", idempotent=True
+                )
+            except ConflictError:
+                # jobs_pkey: a concurrent insert of one of these ids committed
+                # after this statement's snapshot; the statement rolled back
+                # as a whole. The next try sees that row.
+                continue
+            for outcome, n, _job in rows:
+                if outcome == "conflict":
+                    assert n is not None  # the conflict row carries the item's n
+                    raise ConflictError(
+                        f"job_ids[{n - 1}]: job {ids[n - 1]} exists already with a different "
+                        "client or pdf_url; nothing was created"
+                    )
+            if not params["return_rows"]:
+                return ids
+            by_id = {job.id: job for _, _, job in rows if job is not None}
+            return [by_id[new_id] for new_id in ids]
+        raise DatabaseError("create jobs: the ids kept being inserted concurrently; try again")
 
     # -- reading ----------------------------------------------------------------
 

@@ -39,9 +39,12 @@ WHERE stored.id = %(id)s AND NOT EXISTS (SELECT 1 FROM inserted)
 
 -- name: insert_jobs
 -- Create many jobs of one client in one statement (all or nothing), in the
--- order given; the ids come from the caller.
-INSERT INTO jobs (id, client_id, pdf_url)
-SELECT new.id, %(client_id)s, new.pdf_url
+-- order given; the ids come from the caller. run_after (a time, or now() +
+-- an interval; NULL for both: at once) and priority apply to every job.
+INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
+SELECT new.id, %(client_id)s, new.pdf_url,
+       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
+       coalesce(%(priority)s::smallint, 0)
 FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
 ORDER BY new.n
 RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -519,3 +522,227 @@ WITH target AS (
 )
 SELECT target.status::text AS outcome, target.attempts AS current_attempts, requeued.*
 FROM target LEFT JOIN requeued ON true
+
+-- == batches ==
+-- The batch calls of a worker (complete_many, fail_many, extend_leases) take
+-- one array per field, element i being item i. `to_<move>` reads and LOCKS
+-- the batch's rows in id order (FOR UPDATE: the current version of each row,
+-- and no deadlock between two batches that overlap), `<move>able` keeps the
+-- items whose job is processing on the item's claim, and only those change.
+-- Every input item comes back as one row, in input order (`n`), with the
+-- job's status before the statement as `outcome` (NULL: not found, or
+-- another client's) and its `attempts` as `current_attempts`. With
+-- `atomic` true, nothing changes unless every item is `<move>able`.
+
+-- name: complete_jobs
+-- Complete a batch of processing jobs and insert their results, one
+-- statement. An item whose result row (id %(result_ids)s[i]) exists already
+-- for its job is reported again as done: a repeat after a lost reply finds
+-- its own results.
+WITH input AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(result_ids)s::uuid[],
+                %(extracted_data)s::text[], %(confidence_scores)s::numeric[],
+                %(tokens_used)s::integer[])
+         WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
+                               tokens_used, n)
+), to_complete AS MATERIALIZED (
+    SELECT jobs.id, jobs.status, jobs.attempts
+    FROM jobs
+    WHERE jobs.id = ANY (%(ids)s::uuid[])
+      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    ORDER BY jobs.id
+    FOR UPDATE
+), completable AS MATERIALIZED (
+    SELECT input.*
+    FROM input JOIN to_complete ON to_complete.id = input.id
+    WHERE to_complete.status = 'processing'
+      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
+), go AS (
+    SELECT completable.* FROM completable
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM completable) = cardinality(%(ids)s::uuid[])
+), done AS (
+    UPDATE jobs
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL
+    FROM go
+    WHERE jobs.id = go.id
+    RETURNING jobs.id
+), result AS (
+    INSERT INTO job_results (id, job_id, extracted_data, confidence_score, tokens_used, created_at)
+    SELECT go.result_id, go.id, go.extracted_data::jsonb, go.confidence_score, go.tokens_used,
+           now()
+    FROM go JOIN done ON done.id = go.id
+    RETURNING id, job_id, extracted_data, confidence_score, tokens_used, created_at
+), earlier AS (
+    SELECT job_results.id, job_results.job_id, job_results.extracted_data,
+           job_results.confidence_score, job_results.tokens_used, job_results.created_at
+    FROM job_results JOIN input ON job_results.id = input.result_id
+                               AND job_results.job_id = input.id
+)
+SELECT input.n,
+       CASE WHEN earlier.id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.attempts AS current_attempts,
+       coalesce(result.id, earlier.id) AS id,
+       coalesce(result.job_id, earlier.job_id) AS job_id,
+       coalesce(result.extracted_data, earlier.extracted_data) AS extracted_data,
+       coalesce(result.confidence_score, earlier.confidence_score) AS confidence_score,
+       coalesce(result.tokens_used, earlier.tokens_used) AS tokens_used,
+       coalesce(result.created_at, earlier.created_at) AS created_at
+FROM input
+LEFT JOIN to_complete ON to_complete.id = input.id
+LEFT JOIN result ON result.job_id = input.id
+LEFT JOIN earlier ON earlier.job_id = input.id
+ORDER BY input.n
+
+-- name: fail_jobs
+-- Fail a batch of processing jobs, one statement: each keeps its
+-- error_message and loses its lease; with a retry_in it goes back to the
+-- queue, claimable from now() + retry_in (attempts kept); a job whose
+-- cancel was requested ends cancelled instead, never re-queued.
+WITH input AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(error_messages)s::text[],
+                %(retry_ins)s::interval[])
+         WITH ORDINALITY AS i (id, attempt, error_message, retry_in, n)
+), to_fail AS MATERIALIZED (
+    SELECT jobs.id, jobs.status, jobs.attempts
+    FROM jobs
+    WHERE jobs.id = ANY (%(ids)s::uuid[])
+      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    ORDER BY jobs.id
+    FOR UPDATE
+), failable AS MATERIALIZED (
+    SELECT input.*
+    FROM input JOIN to_fail ON to_fail.id = input.id
+    WHERE to_fail.status = 'processing'
+      AND (input.attempt IS NULL OR to_fail.attempts = input.attempt)
+), go AS (
+    SELECT failable.* FROM failable
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM failable) = cardinality(%(ids)s::uuid[])
+), failed AS (
+    UPDATE jobs
+    SET status = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN go.retry_in IS NULL THEN 'failed'
+                      ELSE 'queued' END::job_status,
+        run_after = CASE WHEN jobs.cancel_requested_at IS NULL AND go.retry_in IS NOT NULL
+                         THEN now() + go.retry_in ELSE jobs.run_after END,
+        error_message = go.error_message,
+        lease_expires_at = NULL
+    FROM go
+    WHERE jobs.id = go.id
+    RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
+              jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
+)
+SELECT input.n, to_fail.status::text AS outcome, to_fail.attempts AS current_attempts, failed.*
+FROM input
+LEFT JOIN to_fail ON to_fail.id = input.id
+LEFT JOIN failed ON failed.id = input.id
+ORDER BY input.n
+
+-- name: extend_leases
+-- One heartbeat for a batch: each processing job (on the item's claim) gets
+-- a lease until now() + %(lease)s, except a job whose cancel was requested,
+-- which ends cancelled (lease cleared). Safe to repeat.
+WITH input AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[]) WITH ORDINALITY AS i (id, attempt, n)
+), to_extend AS MATERIALIZED (
+    SELECT jobs.id, jobs.status, jobs.attempts
+    FROM jobs
+    WHERE jobs.id = ANY (%(ids)s::uuid[])
+      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    ORDER BY jobs.id
+    FOR UPDATE
+), extendable AS MATERIALIZED (
+    SELECT input.*
+    FROM input JOIN to_extend ON to_extend.id = input.id
+    WHERE to_extend.status = 'processing'
+      AND (input.attempt IS NULL OR to_extend.attempts = input.attempt)
+), moved AS (
+    UPDATE jobs
+    SET status = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'processing'
+                      ELSE 'cancelled' END::job_status,
+        lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
+                                THEN now() + %(lease)s::interval END
+    FROM extendable
+    WHERE jobs.id = extendable.id
+    RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
+              jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
+              jobs.lease_expires_at,
+              jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
+)
+SELECT input.n, to_extend.status::text AS outcome, to_extend.attempts AS current_attempts, moved.*
+FROM input
+LEFT JOIN to_extend ON to_extend.id = input.id
+LEFT JOIN moved ON moved.id = input.id
+ORDER BY input.n
+
+-- name: insert_jobs_by_id
+-- Create many jobs of one client with caller-chosen ids, all or nothing. An
+-- id stored already with the same client and URL is 'existing' (returned as
+-- stored, not inserted again); one stored with another client or URL is a
+-- 'conflict' (one row: the first such item's n) and nothing is inserted.
+-- With %(return_rows)s false only the summary row comes back (outcome
+-- 'summary', n = how many jobs the call created or found), no job columns.
+WITH new AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+), stored AS MATERIALIZED (
+    SELECT new.n, jobs.client_id = %(client_id)s AND jobs.pdf_url = new.pdf_url AS same,
+           jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
+           jobs.updated_at, jobs.completed_at, jobs.error_message, jobs.attempts,
+           jobs.lease_expires_at,
+           jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
+    FROM new JOIN jobs ON jobs.id = new.id
+), clash AS MATERIALIZED (
+    SELECT min(stored.n) AS n FROM stored WHERE NOT stored.same
+), inserted AS (
+    INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
+    SELECT new.id, %(client_id)s, new.pdf_url,
+           coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
+           coalesce(%(priority)s::smallint, 0)
+    FROM new
+    WHERE (SELECT clash.n FROM clash) IS NULL
+      AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.n = new.n)
+    ORDER BY new.n
+    RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+              error_message, attempts, lease_expires_at,
+              priority, run_after, progress, cancel_requested_at
+)
+SELECT 'conflict' AS outcome, clash.n,
+       NULL::uuid AS id, NULL::text AS client_id, NULL::job_status AS status,
+       NULL::text AS pdf_url, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
+       NULL::timestamptz AS completed_at, NULL::text AS error_message,
+       NULL::integer AS attempts, NULL::timestamptz AS lease_expires_at,
+       NULL::smallint AS priority, NULL::timestamptz AS run_after, NULL::jsonb AS progress,
+       NULL::timestamptz AS cancel_requested_at
+FROM clash WHERE clash.n IS NOT NULL
+UNION ALL
+SELECT 'summary', (SELECT count(*) FROM inserted) + (SELECT count(*) FROM stored),
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE NOT %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NULL
+UNION ALL
+SELECT 'created', NULL, inserted.* FROM inserted WHERE %(return_rows)s::boolean
+UNION ALL
+SELECT 'existing', stored.n, stored.id, stored.client_id, stored.status, stored.pdf_url,
+       stored.created_at, stored.updated_at, stored.completed_at, stored.error_message,
+       stored.attempts, stored.lease_expires_at,
+       stored.priority, stored.run_after, stored.progress, stored.cancel_requested_at
+FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NULL
+
+-- name: copy_new_jobs
+-- Bulk create (create_many returning="ids"): new jobs streamed in COPY format
+-- straight into jobs (no temporary table, no statement text growing with the
+-- rows: nothing that pins an RDS Proxy session). One statement: all or nothing.
+COPY jobs (id, client_id, pdf_url, run_after, priority) FROM STDIN
+
+-- name: insert_jobs_count
+-- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
+INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
+SELECT new.id, %(client_id)s, new.pdf_url,
+       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
+       coalesce(%(priority)s::smallint, 0)
+FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+ORDER BY new.n

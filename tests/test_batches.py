@@ -1,0 +1,585 @@
+"""complete_many, fail_many, extend_leases and create_many(job_ids=, returning=) on both faces.
+
+Real PostgreSQL; each scenario runs on the sync and the asyncio face (the
+``jobs`` fixture). Mixed batches (stale items, another client's, cancelled)
+are the point: every item gets its own outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from cira_db import (
+    Completion,
+    Database,
+    Failure,
+    Job,
+    JobRepository,
+    JobResultRepository,
+    JobStatus,
+)
+from cira_db.errors import ConflictError, InvalidTransitionError, NotFoundError, ValidationError
+
+A, B = "client-a", "client-b"
+LEASE = timedelta(minutes=5)
+
+
+def _url(n: int) -> str:
+    return f"https://example.com/{n}.pdf"
+
+
+def _claimed(jobs: JobRepository, count: int, client: str = A) -> list[Job]:
+    jobs.create_many(client_id=client, pdf_urls=[_url(n) for n in range(count)])
+    claimed = jobs.claim_batch(count, lease=LEASE, client_id=client)
+    assert len(claimed) == count
+    return claimed
+
+
+def _done(job: Job, score: str = "0.9") -> Completion:
+    return Completion(job.id, {"n": str(job.id)}, Decimal(score), 7, attempt=job.attempts)
+
+
+def _request_cancel(db: Database, job_id: uuid.UUID) -> None:
+    with db.connection() as conn:
+        conn.execute("UPDATE jobs SET cancel_requested_at = now() WHERE id = %s", (job_id,))
+
+
+def _status(db: Database, job_id: uuid.UUID) -> tuple[str, Any, int]:
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT status::text, lease_expires_at, attempts FROM jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row is not None
+    return (row[0], row[1], row[2])
+
+
+def _results(db: Database) -> int:
+    with db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM job_results").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- complete_many --------------------------------------------------------------------------
+
+
+def test_complete_many_completes_every_item_in_order(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    claimed = _claimed(jobs, 3)
+    outcomes = jobs.complete_many([_done(job) for job in reversed(claimed)])
+    assert [o.job_id for o in outcomes] == [job.id for job in reversed(claimed)]
+    assert [o.index for o in outcomes] == [0, 1, 2]
+    assert all(o.ok and o.outcome == "done" for o in outcomes)
+    for outcome in outcomes:
+        assert outcome.value is not None
+        assert outcome.value.job_id == outcome.job_id
+        assert outcome.value.extracted_data == {"n": str(outcome.job_id)}
+        assert outcome.value.confidence_score == Decimal("0.90")
+    assert all(_status(cira_db, job.id)[0] == "completed" for job in claimed)
+    assert _results(cira_db) == 3
+
+
+def test_complete_many_mixed_batch_reports_each_item_and_applies_the_rest(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    mine = _claimed(jobs, 4)
+    other = _claimed(jobs, 1, client=B)[0]
+    queued = jobs.create(client_id=A, pdf_url=_url(99))
+    stale, cancelled_job, good, claimed_again = mine
+    # The stale item: its claim (attempt 1) was released and the job claimed again (attempt 2).
+    with cira_db.connection() as conn:
+        conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = %s", (claimed_again.id,))
+        conn.execute(
+            "UPDATE jobs SET status = 'failed', lease_expires_at = NULL WHERE id = %s", (stale.id,)
+        )
+        conn.execute(
+            "UPDATE jobs SET status = 'cancelled', lease_expires_at = NULL WHERE id = %s",
+            (cancelled_job.id,),
+        )
+    missing = uuid.uuid4()
+    items = [
+        _done(stale),
+        _done(cancelled_job),
+        _done(good),
+        _done(claimed_again),
+        _done(other),
+        Completion(queued.id, {}, 1, 0),
+        Completion(missing, {}, 1, 0),
+    ]
+    outcomes = jobs.complete_many(items, client_id=A)
+    got = [(o.outcome, o.status) for o in outcomes]
+    assert got == [
+        ("wrong_state", JobStatus.FAILED),
+        ("cancelled", JobStatus.CANCELLED),
+        ("done", JobStatus.PROCESSING),
+        ("claimed_again", JobStatus.PROCESSING),
+        ("not_found", None),  # another client's job looks missing
+        ("wrong_state", JobStatus.QUEUED),
+        ("not_found", None),
+    ]
+    assert outcomes[3].attempts == claimed_again.attempts + 1
+    assert [o.value is not None for o in outcomes] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert _results(cira_db) == 1  # no result without a completed job
+    assert _status(cira_db, claimed_again.id)[0] == "processing"  # the newer claim is untouched
+    assert _status(cira_db, other.id)[0] == "processing"
+
+
+def test_complete_many_atomic_changes_nothing_when_one_item_is_refused(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    claimed = _claimed(jobs, 3)
+    items = [_done(job) for job in claimed]
+    items[1] = Completion(claimed[1].id, {}, 1, 0, attempt=claimed[1].attempts + 1)
+    with pytest.raises(InvalidTransitionError, match=r"items\[1\]"):
+        jobs.complete_many(items, atomic=True)
+    assert all(_status(cira_db, job.id)[0] == "processing" for job in claimed)
+    assert _results(cira_db) == 0
+    with pytest.raises(NotFoundError, match=r"items\[0\]"):
+        jobs.complete_many([Completion(uuid.uuid4(), {}, 1, 0), _done(claimed[0])], atomic=True)
+    assert _status(cira_db, claimed[0].id)[0] == "processing"
+    outcomes = jobs.complete_many([_done(job) for job in claimed], atomic=True)
+    assert all(o.ok for o in outcomes)
+
+
+def test_complete_many_completes_a_cancel_requested_job(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    (job,) = _claimed(jobs, 1)
+    _request_cancel(cira_db, job.id)
+    (outcome,) = jobs.complete_many([_done(job)])
+    assert outcome.outcome == "done"
+    assert _status(cira_db, job.id)[0] == "completed"
+
+
+def test_complete_many_repeated_statement_reports_its_own_results(cira_db: Database) -> None:
+    # What a retry after a lost reply does: the same statement, the same result ids, again.
+    from cira_db._repositories import _core_batches
+    from cira_db._repositories._base import Runner
+
+    jobs = JobRepository(cira_db)
+    claimed = _claimed(jobs, 2)
+    logic = _core_batches.complete_many([_done(j) for j in claimed], client_id=None, atomic=False)
+    call = next(logic)
+    runner = Runner(cira_db)
+    first = runner.execute(call)
+    again = runner.execute(call)
+    assert [row[1] for row in first] == ["processing", "processing"]
+    assert [row[1] for row in again] == ["repeated", "repeated"]
+    assert [row[3] for row in again] == [row[3] for row in first]  # the same result rows
+    with pytest.raises(StopIteration) as stop:
+        logic.send(again)
+    assert [o.outcome for o in stop.value.value] == ["done", "done"]
+    assert call.idempotent
+    assert _results(cira_db) == 2
+
+
+def test_complete_many_validates_every_item_before_any_sql(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    (job,) = _claimed(jobs, 1)
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([_done(job), Completion(job.id, {}, Decimal("1.5"), 0)])
+    assert info.value.field == "items[1].confidence_score"
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([_done(job), _done(job)])
+    assert info.value.field == "items[1]"
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([_done(job), "nope"])  # type: ignore[list-item]
+    assert info.value.field == "items[1]"
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([Completion(job.id, {}, 1, -1)])
+    assert info.value.field == "items[0].tokens_used"
+    assert _status(cira_db, job.id)[0] == "processing"
+    assert jobs.complete_many([]) == []
+
+
+@pytest.mark.parametrize("call", ["complete_many", "fail_many", "extend_leases"])
+def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database, call: str) -> None:
+    # The batch locks its rows (FOR UPDATE): an item whose job another transaction is
+    # changing waits, then is judged on the committed row, not on a stale snapshot
+    # (which would let it write over a job that is no longer processing).
+    jobs = JobRepository(cira_db)
+    (job,) = _claimed(jobs, 1)
+    runs: dict[str, Callable[[], list[Any]]] = {
+        "complete_many": lambda: list(jobs.complete_many([_done(job)])),
+        "fail_many": lambda: list(jobs.fail_many([Failure(job.id, "x", job.attempts)])),
+        "extend_leases": lambda: list(jobs.extend_leases([job.id], lease=LEASE)),
+    }
+    run = runs[call]
+    outcomes: list[Any] = []
+    with cira_db.connection() as holder, holder.transaction():
+        holder.execute(
+            "UPDATE jobs SET status = 'failed', lease_expires_at = NULL WHERE id = %s", (job.id,)
+        )
+        worker = threading.Thread(target=lambda: outcomes.extend(run()))
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive()  # waiting on the row lock
+    worker.join(10)
+    assert [(o.outcome, o.status) for o in outcomes] == [("wrong_state", JobStatus.FAILED)]
+    assert _status(cira_db, job.id)[:2] == ("failed", None)
+
+
+# -- fail_many ------------------------------------------------------------------------------
+
+
+def test_fail_many_fails_retries_later_and_cancels(jobs: JobRepository, cira_db: Database) -> None:
+    for_good, later, cancel, stale = _claimed(jobs, 4)
+    queued = jobs.create(client_id=A, pdf_url=_url(50))
+    _request_cancel(cira_db, cancel.id)
+    outcomes = jobs.fail_many(
+        [
+            Failure(for_good.id, "broken pdf", attempt=for_good.attempts),
+            Failure(later.id, "throttled", attempt=later.attempts, retry_in=timedelta(hours=1)),
+            Failure(cancel.id, "stopped", attempt=cancel.attempts, retry_in=timedelta(1)),
+            Failure(stale.id, "late", attempt=stale.attempts + 1),
+            Failure(queued.id, "never claimed"),
+        ]
+    )
+    assert [o.outcome for o in outcomes] == [
+        "done",
+        "done",
+        "cancelled",
+        "wrong_state",
+        "wrong_state",
+    ]
+    assert outcomes[4].status is JobStatus.QUEUED
+    assert jobs.get(queued.id, client_id=A).error_message is None
+    failed, requeued, cancelled = (o.value for o in outcomes[:3])
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
+    assert failed.error_message == "broken pdf"
+    assert requeued is not None
+    assert requeued.status is JobStatus.QUEUED
+    assert requeued.error_message == "throttled"
+    assert requeued.attempts == later.attempts
+    assert requeued.run_after is not None
+    assert requeued.run_after > datetime.now(UTC) + timedelta(minutes=59)
+    assert requeued.lease_expires_at is None
+    assert cancelled is not None
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.error_message == "stopped"
+    assert cancelled.lease_expires_at is None
+    assert _status(cira_db, stale.id)[0] == "processing"
+
+
+def test_fail_many_refuses_another_clients_job_and_atomic_changes_nothing(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    (mine,) = _claimed(jobs, 1)
+    (theirs,) = _claimed(jobs, 1, client=B)
+    items = [Failure(mine.id, "x"), Failure(theirs.id, "x")]
+    with pytest.raises(NotFoundError, match=r"items\[1\]"):
+        jobs.fail_many(items, client_id=A, atomic=True)
+    assert _status(cira_db, mine.id)[0] == "processing"
+    outcomes = jobs.fail_many(items, client_id=A)
+    assert [o.outcome for o in outcomes] == ["done", "not_found"]
+    assert _status(cira_db, theirs.id)[0] == "processing"
+    with pytest.raises(ValidationError) as info:
+        jobs.fail_many([Failure(mine.id, "x", retry_in=timedelta(seconds=-1))])
+    assert info.value.field == "items[0].retry_in"
+
+
+# -- extend_leases --------------------------------------------------------------------------
+
+
+def test_extend_leases_moves_every_held_lease_and_reports_the_others(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    held, cancel, stale, theirs_job = *_claimed(jobs, 3), _claimed(jobs, 1, client=B)[0]
+    queued = jobs.create(client_id=A, pdf_url=_url(50))
+    _request_cancel(cira_db, cancel.id)
+    before = _status(cira_db, held.id)[1]
+    ids = [held.id, cancel.id, stale.id, theirs_job.id, queued.id]
+    attempts = [held.attempts, cancel.attempts, stale.attempts + 1, theirs_job.attempts, None]
+    outcomes = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
+    expected = ["done", "cancelled", "wrong_state", "not_found", "wrong_state"]
+    assert [o.outcome for o in outcomes] == expected
+    assert _status(cira_db, queued.id)[:2] == ("queued", None)
+    assert _status(cira_db, held.id)[1] > before + timedelta(minutes=100)
+    status, lease, _ = _status(cira_db, cancel.id)
+    assert (status, lease) == ("cancelled", None)
+    assert outcomes[1].value is not None
+    assert outcomes[1].value.status is JobStatus.CANCELLED
+    assert _status(cira_db, stale.id)[1] < before + timedelta(minutes=1)  # the stale claim: unmoved
+    # Repeating is harmless: the same outcomes (the cancelled job stays "cancelled").
+    again = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
+    assert [o.outcome for o in again] == expected
+
+
+def test_extend_leases_validates_its_arguments(jobs: JobRepository) -> None:
+    with pytest.raises(ValidationError) as info:
+        jobs.extend_leases([uuid.uuid4()], lease=LEASE, attempts=[1, 2])
+    assert info.value.field == "attempts"
+    with pytest.raises(ValidationError) as info:
+        jobs.extend_leases(["nope"], lease=LEASE)
+    assert info.value.field == "job_ids[0]"
+    assert jobs.extend_leases([], lease=LEASE) == []
+
+
+# -- create_many ----------------------------------------------------------------------------
+
+
+def test_create_many_returning_ids_gives_the_ids_in_order(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    ids = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(5)], returning="ids")
+    assert all(isinstance(i, uuid.UUID) for i in ids)
+    with cira_db.connection() as conn:
+        rows = conn.execute(
+            "SELECT id, pdf_url FROM jobs WHERE id = ANY(%s) ORDER BY id", (ids,)
+        ).fetchall()
+    assert [r[0] for r in rows] == ids
+    assert [r[1] for r in rows] == [_url(n) for n in range(5)]
+    with pytest.raises(ValidationError) as info:
+        jobs.create_many(client_id=A, pdf_urls=[_url(1)], returning="rows")  # type: ignore[call-overload]
+    assert info.value.field == "returning"
+
+
+def test_create_many_with_job_ids_is_safe_to_retry(jobs: JobRepository, cira_db: Database) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    urls = [_url(n) for n in range(3)]
+    first = jobs.create_many(client_id=A, pdf_urls=urls, job_ids=ids)
+    assert [job.id for job in first] == ids
+    claimed = jobs.claim_next(lease=LEASE, client_id=A)
+    assert claimed is not None
+    again = jobs.create_many(client_id=A, pdf_urls=urls, job_ids=ids)
+    assert [job.id for job in again] == ids
+    now = {job.id: job.status for job in again}
+    assert now[claimed.id] is JobStatus.PROCESSING  # the stored job, as it is now
+    more = [*ids, uuid.uuid4()]
+    assert (
+        jobs.create_many(client_id=A, pdf_urls=[*urls, _url(3)], job_ids=more, returning="ids")
+        == more
+    )
+    with cira_db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    assert row is not None
+    assert row[0] == 4
+
+
+def test_create_many_conflict_names_the_first_clash_and_creates_nothing(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    taken = jobs.create(client_id=B, pdf_url=_url(0))
+    other_url = jobs.create(client_id=A, pdf_url=_url(1))
+    fresh = uuid.uuid4()
+    with pytest.raises(ConflictError, match=r"job_ids\[1\]"):
+        jobs.create_many(
+            client_id=A,
+            pdf_urls=[_url(5), _url(0), _url(9)],
+            job_ids=[fresh, taken.id, other_url.id],
+        )
+    with cira_db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    assert row is not None
+    assert row[0] == 2
+    with pytest.raises(ValidationError) as info:
+        jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)], job_ids=[fresh, fresh])
+    assert info.value.field == "job_ids[1]"
+    with pytest.raises(ValidationError) as info:
+        jobs.create_many(client_id=A, pdf_urls=[_url(1)], job_ids=[fresh, taken.id])
+    assert info.value.field == "job_ids"
+
+
+def test_create_many_schedules_and_prioritises(jobs: JobRepository) -> None:
+    later = jobs.create_many(
+        client_id=A, pdf_urls=[_url(1)], run_after=timedelta(hours=1), priority=5
+    )
+    at = datetime.now(UTC) + timedelta(days=1)
+    fixed = jobs.create_many(
+        client_id=A, pdf_urls=[_url(2)], job_ids=[uuid.uuid4()], run_after=at, priority=-3
+    )
+    assert later[0].priority == 5
+    assert later[0].run_after is not None
+    assert later[0].run_after > datetime.now(UTC) + timedelta(minutes=59)
+    assert fixed[0].run_after == at
+    assert fixed[0].priority == -3
+    with pytest.raises(ValidationError) as info:
+        jobs.create_many(client_id=A, pdf_urls=[_url(1)], priority=101)
+    assert info.value.field == "priority"
+
+
+def test_create_many_ids_mode_builds_no_job(cira_db: Database, monkeypatch: Any) -> None:
+    import cira_db._repositories._core_jobs as core
+
+    def boom(**_: Any) -> Job:
+        raise AssertionError("a Job was built")
+
+    monkeypatch.setattr(core, "Job", boom)
+    jobs = JobRepository(cira_db)
+    ids = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)], returning="ids")
+    assert len(ids) == 3
+
+
+_ = (psycopg, JobResultRepository)
+
+
+# -- the heartbeat helper -------------------------------------------------------------------
+
+
+def _lease(db: Database, job_id: uuid.UUID) -> Any:
+    return _status(db, job_id)[1]
+
+
+def test_heartbeat_thread_moves_leases_drops_done_jobs_and_stops(
+    cira_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = JobRepository(cira_db)
+    first, second, cancel = _claimed(jobs, 3)
+    _request_cancel(cira_db, cancel.id)
+    start = {job.id: _lease(cira_db, job.id) for job in (first, second)}
+    with jobs.heartbeat(
+        [first, second, cancel], lease=LEASE, every=timedelta(milliseconds=100)
+    ) as beat:
+        assert beat.running
+        beat.done(first)
+        deadline = time.monotonic() + 10
+        while (beat.beats < 2 or not beat.cancelled) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.cancelled == {cancel.id}
+        assert beat.held == {second.id}
+    assert not beat.running
+    assert _lease(cira_db, second.id) > start[second.id]  # really moved
+    assert _lease(cira_db, first.id) == start[first.id]  # dropped before the first tick
+    assert _status(cira_db, cancel.id)[0] == "cancelled"
+    beats = beat.beats
+    time.sleep(0.3)
+    assert beat.beats == beats  # stopped with the block
+
+
+def test_heartbeat_survives_a_killed_connection_and_a_closed_pool(
+    app_target: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with app_target.database() as db:
+        jobs = JobRepository(db)
+        claimed = _claimed(jobs, 2)
+        with caplog.at_level("WARNING", logger="cira_db.heartbeat"):
+            with jobs.heartbeat(claimed, lease=LEASE, every=timedelta(milliseconds=100)) as beat:
+                deadline = time.monotonic() + 10
+                while beat.beats < 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                # Kill every other backend of this database: the pool's idle connections die.
+                with psycopg.connect(app_target.migration_url, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                beats = beat.beats
+                while beat.beats <= beats and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the heartbeat carries on (a new connection)
+                db.close()  # now every tick fails
+                failures = beat.failures
+                while beat.failures < failures + 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert beat.running  # the failures did not kill it, nor the work
+                assert beat.held == {job.id for job in claimed}
+            assert not beat.running
+    assert beat.failures >= 2
+    assert any("heartbeat for 2 jobs failed" in r.getMessage() for r in caplog.records)
+
+
+def test_heartbeat_validates_its_arguments(cira_db: Database) -> None:
+    jobs = JobRepository(cira_db)
+    with pytest.raises(ValidationError) as info:
+        jobs.heartbeat([], lease=LEASE, every=LEASE)
+    assert info.value.field == "every"
+    with pytest.raises(ValidationError) as info:
+        jobs.heartbeat(["x"], lease=LEASE)  # type: ignore[list-item]
+    assert info.value.field == "claimed[0]"
+
+
+def test_async_heartbeat_task_moves_leases_and_survives_failures(
+    cira_db: Database, aio_db: Any, aio_loop: Any
+) -> None:
+    import asyncio
+
+    from cira_db.aio import AsyncJobRepository
+
+    sync_jobs = JobRepository(cira_db)
+    claimed = _claimed(sync_jobs, 2)
+    _request_cancel(cira_db, claimed[1].id)
+    before = _lease(cira_db, claimed[0].id)
+    jobs = AsyncJobRepository(aio_db)
+
+    async def work() -> Any:
+        async with jobs.heartbeat(claimed, lease=LEASE, every=timedelta(milliseconds=100)) as beat:
+            assert beat.running
+            for _ in range(200):
+                if beat.beats >= 2 and beat.cancelled:
+                    break
+                await asyncio.sleep(0.05)
+            await aio_db.close()  # every further tick fails; the work goes on
+            failures = beat.failures
+            for _ in range(200):
+                if beat.failures >= failures + 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert beat.running
+        assert not beat.running
+        return beat
+
+    beat = aio_loop.run(work())
+    assert beat.cancelled == {claimed[1].id}
+    assert beat.failures >= 2
+    assert _lease(cira_db, claimed[0].id) > before
+
+
+def _count_jobs(db: Database) -> int:
+    with db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_create_many_ids_copy_is_all_or_nothing(cira_db: Database, monkeypatch: Any) -> None:
+    # returning="ids" streams COPY into jobs: one statement, so a row that fails
+    # (here: an id that exists, forced at position 50) leaves nothing behind.
+    import cira_db._repositories._core_jobs as core
+
+    jobs = JobRepository(cira_db)
+    existing = jobs.create(client_id=A, pdf_url=_url(0))
+    real = core.uuid7_batch  # type: ignore[attr-defined]
+
+    def with_a_clash(count: int) -> list[uuid.UUID]:
+        ids = real(count)
+        ids[50] = existing.id
+        return ids
+
+    monkeypatch.setattr(core, "uuid7_batch", with_a_clash)
+    with pytest.raises(ConflictError):
+        jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(100)], returning="ids")
+    assert _count_jobs(cira_db) == 1
+
+
+def test_create_many_ids_copy_joins_the_callers_transaction(cira_db: Database) -> None:
+    def unit() -> None:
+        with cira_db.transaction() as conn:
+            ids = JobRepository(conn).create_many(
+                client_id=A, pdf_urls=[_url(n) for n in range(10)], returning="ids"
+            )
+            assert len(ids) == 10
+            assert _count_jobs(cira_db) == 0  # not committed yet: not visible outside
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        unit()
+    assert _count_jobs(cira_db) == 0
