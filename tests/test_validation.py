@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 import time
 import unicodedata
 import uuid
@@ -1041,3 +1043,29 @@ def test_an_s3_uri_is_stored_and_claimed_like_a_url(cira_db: Database) -> None:
     many = jobs.create_many(client_id=A, pdf_urls=["s3://invoices-2025/a.pdf", URL])
     assert made.pdf_url == "s3://invoices-2025/acme/inv-001.pdf"
     assert [job.pdf_url for job in many] == ["s3://invoices-2025/a.pdf", URL]
+
+
+def test_the_url_parser_is_built_on_first_use_not_at_import() -> None:
+    # A cold start (import, settings, first call) checks no URL: pydantic's URL
+    # types and their adapter wait for the first check_pdf_url.
+    script = (
+        "import sys\n"
+        "from cira_db._validation import check_pdf_url\n"
+        "from cira_db.errors import ValidationError\n"
+        "assert 'pydantic.networks' not in sys.modules\n"
+        "assert check_pdf_url('https://example.com/a.pdf') == 'https://example.com/a.pdf'\n"
+        "assert 'pydantic.networks' in sys.modules\n"
+        "try:\n"
+        "    check_pdf_url('https://exa%6dple.com/a.pdf')\n"
+        "except ValidationError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pdf_url" in done.stdout

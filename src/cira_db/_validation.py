@@ -13,6 +13,7 @@ call would cost more than the statement's round trip saves.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -21,15 +22,17 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import AnyHttpUrl, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from cira_db._models import STATUS_BY_LABEL, JobStatus
 from cira_db.errors import ValidationError
+
+if TYPE_CHECKING:
+    from pydantic import AnyHttpUrl, TypeAdapter
 
 __all__ = [
     "CLIENT_ID_MAX",
@@ -133,7 +136,19 @@ _IGNORABLE = re.compile(
     r"\U000e0100-\U000e01ef]"
 )
 
-_HTTP_URL: Final = TypeAdapter(AnyHttpUrl)
+
+@functools.cache
+def _http_url() -> TypeAdapter[AnyHttpUrl]:
+    """pydantic's WHATWG URL parser, built on its first use.
+
+    Not at import: a cold start that checks no URL skips ``pydantic.networks``
+    and the adapter's build (docs/performance.md, cold start).
+    """
+    from pydantic import AnyHttpUrl, TypeAdapter
+
+    return TypeAdapter(AnyHttpUrl)
+
+
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
@@ -252,7 +267,7 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
     if not parts.hostname:
         raise ValidationError(field, "not a valid http(s) URL (no host)")
     try:
-        url = _HTTP_URL.validate_python(value)
+        url = _http_url().validate_python(value)
     except PydanticValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
         reason = str(errors[0]["msg"]) if errors else "invalid URL"
