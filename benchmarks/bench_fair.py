@@ -114,6 +114,24 @@ def _scheduled_queue(conn: psycopg.Connection[Any], total: int) -> tuple[int, in
     return int(row[0]), int(row[1]), int(row[2]), str(typical[0])
 
 
+def _queue_queries(client: str, job_id: Any) -> list[Query]:
+    """cancel and queue_stats on the same table (issue 11: their plans at scale)."""
+    return [
+        Query(
+            "`cancel` of a queued job (`cancel_job`)",
+            library_sql("jobs.sql", "cancel_job"),
+            {"id": job_id, "client_id": client},
+            True,
+        ),
+        Query(
+            f"`queue_stats(client_id=...)`, busiest queue ({client})",
+            library_sql("jobs.sql", "queue_stats_for_client"),
+            {"client_id": client},
+        ),
+        Query("`queue_stats()`, every client", library_sql("jobs.sql", "queue_stats"), {}),
+    ]
+
+
 def _claim_queries(client: str) -> list[Query]:
     claim = library_sql("jobs.sql", "claim_jobs")
     fair = library_sql("jobs.sql", "claim_jobs_fair")
@@ -158,14 +176,18 @@ def run_fair(ctx: Context) -> Section:
     big = 10_000 if ctx.quick else 100_000
     total = 100_000 if ctx.quick else 1_000_000
     runs = 5 if ctx.quick else 15
-    section = Section("fair", "9. Fair share and the claim at scale")
+    section = Section("fair", "9. Fair share, the claim, cancel and queue_stats at scale")
     fairness = _fairness(ctx, big)
     with connect_raw(ctx.url, prepare_threshold=None) as conn:
         conn.execute("TRUNCATE job_results, jobs")
         conn.execute("SET maintenance_work_mem = '256MB'")
         ctx.log(f"fair: seeding {fmt_int(total)} jobs, then schedules and priorities")
         queued, later, clients, busiest = _scheduled_queue(conn, total)
-        queries = _claim_queries(busiest)
+        some_queued = conn.execute(
+            "SELECT id FROM jobs WHERE status = 'queued' AND client_id = %s LIMIT 1", (busiest,)
+        ).fetchone()
+        assert some_queued is not None
+        queries = _claim_queries(busiest) + _queue_queries(busiest, some_queued[0])
         results = []
         for query in queries:
             ctx.log(f"fair: EXPLAIN {query.label.replace('`', '')}")
@@ -179,7 +201,7 @@ def run_fair(ctx: Context) -> Section:
         f"{fmt_int(total)} jobs; the {fmt_int(queued)} queued ones (of {fmt_int(clients)} "
         f"clients) get priorities -1, 0 and 1, and {fmt_int(later)} of them a `run_after` "
         "an hour ahead (not due). Each claim statement is the packaged SQL with bound "
-        "parameters, run in a transaction that is rolled back.",
+        "parameters, run in a transaction that is rolled back (`cancel` too).",
     ]
     section.notes.append(
         "A fair claim reads a few index probes per client that has queued jobs (the skip "
@@ -187,7 +209,7 @@ def run_fair(ctx: Context) -> Section:
         "ceil(limit / clients) due jobs) and locks only the jobs it takes, so its cost grows "
         "with the number of clients waiting, not with the queue's length."
     )
-    details = ["<details><summary>Claim plans (text, last run, costs off)</summary>", ""]
+    details = ["<details><summary>Plans (text, last run, costs off)</summary>", ""]
     for query, result in zip(queries, results, strict=True):
         details += [f"{query.label}:", "", "```", result.text, "```", ""]
     section.extra_markdown = [*details, "</details>", ""]

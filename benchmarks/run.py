@@ -68,7 +68,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "migration": ("6. Migrations 0003 and 0004 on a large table", run_migration),
     "async": ("7. The asyncio face", run_async),
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
-    "fair": ("9. Fair share and the claim at scale", run_fair),
+    "fair": ("9. Fair share, the claim, cancel and queue_stats at scale", run_fair),
     "observe": ("10. Observability overhead", run_observe),
 }
 # report order

@@ -1,4 +1,11 @@
-"""The ``cira-db`` command line, in-process and as a real subprocess, on real PostgreSQL."""
+"""The ``cira-db`` command line, in-process and as a real subprocess, on real PostgreSQL.
+
+Direct connections here, in the proxy pass too: the command line is the
+operator's tool for migrations (`migrate`, `status`, `rollback`, `baseline`),
+which never go through the proxy (`migration_url`), and `seed`/`demo`, which
+are development tools. `cira-db check` through pgbouncer is tested in
+tests/test_doctor.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""cira_db.Database: pool lifecycle, connections, retries and injected faults on a real server."""
+"""cira_db.Database: pool lifecycle, connections, retries and injected faults on a real server.
+
+Direct connections here, in the proxy pass too (CIRA_DB_TEST_VIA_PGBOUNCER=1), on
+purpose: these tests inject faults into the server's own backends
+(pg_terminate_backend, a restart, a statement timeout) and count the
+connections the pool makes, which a pooler in between would hide or absorb.
+The same faults through a real proxy are tests/test_proxy_tls.py and
+tests/test_containers.py (proxy and server restarts, a partition).
+"""
 
 from __future__ import annotations
 
