@@ -200,7 +200,14 @@ def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
 
             def plain(raw: RawConn = raw) -> object:
                 url = f"https://x.example/{next(counter)}.pdf"
-                params = {"id": uuid7(), "client_id": CREATE_CLIENT, "pdf_url": url}
+                params = {
+                    "id": uuid7(),
+                    "client_id": CREATE_CLIENT,
+                    "pdf_url": url,
+                    "priority": 0,  # the values create() binds when none are given
+                    "run_at": None,
+                    "run_in": None,
+                }
                 return _fetch_one(raw, insert_job, params)
 
             out[f"lib-{tag}"], out[f"raw-{tag}"] = lib, plain

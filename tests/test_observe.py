@@ -377,3 +377,22 @@ def test_calls_on_a_callers_connection_are_observed(
     port = dict(create.attributes or {})["server.port"]
     assert isinstance(port, int)
     assert port > 0
+
+
+def test_a_failing_pool_connection_is_one_loud_record_across_loggers(
+    cira_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """psycopg_pool's own WARNING for a cira_db pool's failed connection is not a second record."""
+    from psycopg.conninfo import make_conninfo
+
+    from cira_db.errors import ConfigurationError
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigurationError):
+        Database(make_conninfo(cira_db_url, dbname="no_such_database"), pool_timeout=30).open()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in loud if r.name.startswith("psycopg")] == []
+    other = logging.getLogger("psycopg.pool")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        other.warning("error connecting in %r: %s", "someone-elses-pool", "refused")
+    assert any("someone-elses-pool" in r.getMessage() for r in caplog.records)

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", dest="select", help="only guards whose name contains this")
     parser.add_argument("--list", action="store_true", help="print the guards and exit")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="mutants tested at once (default 2: one per core)"
+    )
     args = parser.parse_args(argv)
     try:
         guards = load_guards()
@@ -208,12 +212,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(_tail(output), file=sys.stderr)
                 return 2
             print(f"mutate: baseline ok ({len(every_test)} tests), {len(guards)} guards")
-            for number, guard in enumerate(guards):
+
+            def run_mutant(number: int) -> tuple[int, str, float]:
+                guard = guards[number]
                 src = copy_package(Path(tmp) / f"mutant-{number}")
                 mutate(guard, src / "cira_db")
                 began = time.monotonic()
                 code, output = run_tests(src, guard.tests, url)
-                took = time.monotonic() - began
+                return code, output, time.monotonic() - began
+
+            # Each mutant is its own pytest process on its own databases: run them side by side.
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                outcomes = list(pool.map(run_mutant, range(len(guards))))
+            for guard, (code, output, took) in zip(guards, outcomes, strict=True):
                 if code == 1 and "SyntaxError" in output:
                     print(f"mutate: guard {guard.name!r} makes invalid code:", file=sys.stderr)
                     print(_tail(output), file=sys.stderr)

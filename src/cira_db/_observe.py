@@ -517,6 +517,34 @@ def pool_stats(pool: Any, settings: Any, retries: int) -> PoolStats:
 
 pool_log: Final = logging.getLogger("cira_db.pool")
 
+_OUR_POOLS: Final = frozenset({"cira_db", "cira_db.aio"})
+
+
+class _OwnPoolConnectFailures(logging.Filter):
+    """Drop psycopg_pool's WARNINGs about a cira_db pool's failed connection (and its close).
+
+    cira_db records that attempt itself (DEBUG on ``cira_db.pool``, with its
+    SQLSTATE and never libpq's text) and logs the failure that reaches the
+    caller once, on ``cira_db.calls``: psycopg_pool's record would make it
+    twice. Records about other pools pass untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.args, tuple) and record.args):
+            return True
+        message, subject = str(record.msg), str(record.args[0])
+        if message.startswith("error connecting in"):
+            return subject not in _OUR_POOLS
+        if message.startswith("couldn't stop thread"):
+            # Closing a pool whose open failed, without waiting (a Lambda must not):
+            # its worker thread ends on its own; the failure itself was logged once.
+            return not subject.startswith(tuple(f"{pool}-" for pool in _OUR_POOLS))
+        return True
+
+
+_POOL_FILTER: Final = _OwnPoolConnectFailures()
+logging.getLogger("psycopg.pool").addFilter(_POOL_FILTER)
+
 
 def pool_event(level: int, message: str, fields: dict[str, Any], *args: object) -> None:
     """Log a connection event on ``cira_db.pool`` with its fields under ``extra["cira_db"]``."""
