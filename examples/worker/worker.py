@@ -104,10 +104,12 @@ class Worker:
                 continue
             done.append(Completion(job.id, out.data, out.confidence, out.tokens, job.attempts))
         # Two statements for the whole batch, written while the heartbeat still holds it.
-        for outcome in self.jobs.complete_many(done) if done else []:
-            log.info("job %s: %s", outcome.job_id, "completed" if outcome.ok else outcome.outcome)
-        for outcome in self.jobs.fail_many(failed) if failed else []:
-            log.info("job %s: failed (%s)", outcome.job_id, outcome.outcome)
+        for completed in self.jobs.complete_many(done) if done else []:
+            log.info(
+                "job %s: %s", completed.job_id, "completed" if completed.ok else completed.outcome
+            )
+        for failure in self.jobs.fail_many(failed) if failed else []:
+            log.info("job %s: failed (%s)", failure.job_id, failure.outcome)
 
 
 def main() -> None:
