@@ -181,7 +181,7 @@ def _imports_tables(times: dict[str, tuple[int, int]]) -> list[Table]:
 
 def run_coldstart(ctx: Context) -> Section:
     """Alternate library and raw cold processes; then break the import down."""
-    section = Section("coldstart", "6. Cold start of a Lambda function")
+    section = Section("coldstart", "8. Cold start of a Lambda function")
     runs = 5 if ctx.quick else 21
     env = _env(ctx.url)
     library: list[Start] = []

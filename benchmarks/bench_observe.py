@@ -140,7 +140,7 @@ def _alone(setups: list[str], repeat: int) -> dict[str, float]:
 
 
 def run_observe(ctx: Context) -> Section:
-    section = Section("observe", "9. Observability overhead")
+    section = Section("observe", "10. Observability overhead")
     setups = ["off", "default", "debug"] + (["sdk"] if _sdk_available() else [])
     if "sdk" not in setups:
         section.skipped.append("opentelemetry-sdk is not installed: no SDK setup")
