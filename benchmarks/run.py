@@ -16,6 +16,7 @@ The database is dropped and the embedded server stopped at the end.
 8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool;
 9. fair share between clients, and the claims on 1,000,000 scheduled, prioritised jobs.
 10. what observing a call costs: logs off and on, with and without an OpenTelemetry SDK.
+12. 50 clients through pgbouncer (TLS), steady and across a server restart.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -42,6 +43,7 @@ from bench_common import Context, Section, connect_raw
 from bench_fair import run_fair
 from bench_ids import run_ids
 from bench_latency import run_latency
+from bench_load import run_load_section
 from bench_migration import run_migration
 from bench_observe import run_observe
 from bench_plans import run_plans
@@ -70,6 +72,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
     "fair": ("9. Fair share, the claim, cancel and queue_stats at scale", run_fair),
     "observe": ("10. Observability overhead", run_observe),
+    "load": ("12. Under load through pgbouncer", run_load_section),
 }
 # report order
 ORDER = (
@@ -83,6 +86,7 @@ ORDER = (
     "coldstart",
     "fair",
     "observe",
+    "load",
 )
 
 

@@ -1,0 +1,683 @@
+"""Benchmark 12: many clients at once through pgbouncer, steady and across a server restart.
+
+A private embedded PostgreSQL 16 (it is restarted, so never the run's shared
+server), pgbouncer in front of it in transaction mode with client TLS
+(``verify-full``, a throwaway CA; ``local_proxy.py``) and a server pool much
+smaller than the number of clients. Each client is a thread with its own
+`Database` (``via_proxy=True``, a pool of one connection, like a Lambda
+environment) and its own ``client_id``, looping: ``create``, ``claim_next``
+(any client's job), ``complete`` (with the claim's attempt), ``list`` (a page
+of 20), ``count_by_status``; as fast as it can until the time is up.
+
+Afterwards the database itself is asked whether anything acknowledged was lost
+or doubled (`check_run`). The second phase restarts the server (``pg_ctl -m
+fast``: every session cut) half-way through and counts what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+
+from bench_common import Context, Section, Table, fmt_int, fmt_ms, percentile
+from cira_db import Database, JobRepository
+from cira_db._embedded import start_embedded
+from cira_db.errors import CiraDbError
+from cira_db.migrations import Migrator
+from local_proxy import PgBouncer, PgBouncerUnavailableError, restart_embedded, start_pgbouncer
+
+__all__ = [
+    "CALLS",
+    "Checks",
+    "ClientLog",
+    "LoadRun",
+    "LoadSite",
+    "check_run",
+    "load_site",
+    "run_load",
+]
+
+T = TypeVar("T")
+CALLS = ("create", "claim", "complete", "list", "count")
+LEASE = timedelta(minutes=30)  # never runs out during a run: a second claim is a double claim
+SERVER_POOL = 10  # pgbouncer default_pool_size: server connections shared by all clients
+PAUSE_AFTER_ERROR = 0.05
+_FAILED: Any = object()
+
+
+# -- where: a private server behind pgbouncer --------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSite:
+    """The private server's folder, the direct (migrations, checks) and proxied URLs."""
+
+    directory: Path
+    direct_url: str
+    bouncer: PgBouncer
+
+    @property
+    def proxy_url(self) -> str:
+        return self.bouncer.url(_dbname(self.direct_url))
+
+
+def _dbname(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+
+
+@contextlib.contextmanager
+def load_site(*, server_pool: int = SERVER_POOL, max_clients: int = 200) -> Iterator[LoadSite]:
+    """A migrated database on a fresh embedded server, with pgbouncer (TLS) in front."""
+    # Under /tmp and traversable: the server and pgbouncer run as an unprivileged user.
+    directory = Path(tempfile.mkdtemp(prefix="cira_db-load-", dir="/tmp"))
+    directory.chmod(0o755)
+    server = start_embedded(directory)
+    try:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE cira_load")
+        direct = psycopg.conninfo.make_conninfo(server.url, dbname="cira_load")
+        Migrator(direct).apply()
+        bouncer = start_pgbouncer(
+            server.url, default_pool_size=server_pool, max_client_conn=max_clients
+        )
+        try:
+            yield LoadSite(directory=directory, direct_url=direct, bouncer=bouncer)
+        finally:
+            bouncer.stop()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def reset(site: LoadSite) -> None:
+    """Empty the tables between phases."""
+    with psycopg.connect(site.direct_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE job_results, jobs")
+
+
+# -- one client ------------------------------------------------------------------------
+
+
+@dataclass
+class ClientLog:
+    """What one client was told. Ids are kept as 16 raw bytes each: the harness stays lean."""
+
+    client_id: str
+    created: bytearray = field(default_factory=bytearray)
+    claimed: bytearray = field(default_factory=bytearray)
+    completed: bytearray = field(default_factory=bytearray)
+    latency_ns: dict[str, array[int]] = field(
+        default_factory=lambda: {kind: array("q") for kind in CALLS}
+    )
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    error_times: array[float] = field(default_factory=lambda: array("d"))
+    complete_times: array[float] = field(default_factory=lambda: array("d"))
+
+    def call(self, kind: str, work: Callable[[], T]) -> T:
+        """``work()``, timed when it succeeds; a failure is counted and `_FAILED` returned."""
+        start = time.perf_counter_ns()
+        try:
+            value = work()
+        except Exception as exc:  # counted by type; anything not a CiraDbError is a finding
+            name = type(exc).__name__
+            self.errors[(kind, name if isinstance(exc, CiraDbError) else f"raw {name}")] += 1
+            self.error_times.append(time.monotonic())
+            time.sleep(PAUSE_AFTER_ERROR)
+            return _FAILED  # type: ignore[no-any-return]
+        self.latency_ns[kind].append(time.perf_counter_ns() - start)
+        return value
+
+
+def _one_round(jobs: JobRepository, log: ClientLog, serial: int) -> None:
+    created = log.call(
+        "create", lambda: jobs.create(client_id=log.client_id, pdf_url=f"https://e.com/{serial}")
+    )
+    if created is not _FAILED:
+        log.created += created.id.bytes
+    claimed = log.call("claim", lambda: jobs.claim_next(lease=LEASE))
+    if claimed is not _FAILED and claimed is not None:
+        log.claimed += claimed.id.bytes
+        done = log.call(
+            "complete",
+            lambda: jobs.complete(
+                claimed.id,
+                extracted_data={"n": serial},
+                confidence_score=0.9,
+                tokens_used=serial,
+                attempt=claimed.attempts,
+            ),
+        )
+        if done is not _FAILED:
+            log.completed += claimed.id.bytes
+            log.complete_times.append(time.monotonic())
+    log.call("list", lambda: jobs.list(client_id=log.client_id, limit=20))
+    log.call("count", lambda: jobs.count_by_status(client_id=log.client_id))
+
+
+def _client(db: Database, log: ClientLog, go: threading.Event, stop: threading.Event) -> None:
+    jobs = JobRepository(db)
+    go.wait()
+    serial = 0
+    while not stop.is_set():
+        serial += 1
+        _one_round(jobs, log, serial)
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def _trim() -> None:
+    """Collect garbage and hand free heap pages back (glibc), so RSS shows what is live
+    rather than what the allocator keeps after a burst."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """Resident set size of a process in KiB (0 when it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- one phase -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """Memory at one moment of a phase, in KiB."""
+
+    at: float  # seconds into the phase
+    rss: int  # this process (all clients)
+    records: int  # what the benchmark's own records (ids, latencies) held then
+    bouncer: int  # pgbouncer's process
+
+
+def records_kib(logs: list[ClientLog]) -> int:
+    """Bytes the clients' records take (ids and timings), in KiB: growth that is ours."""
+    total = 0
+    for log in logs:
+        total += len(log.created) + len(log.claimed) + len(log.completed)
+        total += sum(len(a) * a.itemsize for a in log.latency_ns.values())
+        total += (len(log.error_times) + len(log.complete_times)) * 8
+    return total // 1024
+
+
+@dataclass
+class LoadRun:
+    """One phase: what the clients saw, for how long, and memory on both sides."""
+
+    clients: list[ClientLog]
+    seconds: float
+    memory: list[MemorySample]  # all connected, then each quarter of the phase
+    hung: int  # client threads still running after the time was up (a deadlock or a hang)
+    deadlocks: int  # pg_stat_database.deadlocks during the phase
+    restart: tuple[float, float] | None = None  # monotonic: server stopped, server back
+
+    def errors(self) -> Counter[tuple[str, str]]:
+        return sum((log.errors for log in self.clients), Counter())
+
+    def samples(self, kind: str) -> list[int]:
+        return [ns for log in self.clients for ns in log.latency_ns[kind]]
+
+    def acknowledged(self, which: str) -> list[UUID]:
+        """Every id the clients were handed back: ``created``, ``claimed`` or ``completed``."""
+        raw = b"".join(getattr(log, which) for log in self.clients)
+        return [UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
+    def calls(self) -> int:
+        ok = sum(len(self.samples(kind)) for kind in CALLS)
+        return ok + sum(self.errors().values())
+
+    def growth_kib(self) -> tuple[int, int]:
+        """RSS growth from a quarter of the way in (warmed up) to the end, and how much of
+        it the benchmark's own records account for."""
+        quarter, end = self.memory[1], self.memory[-1]
+        return end.rss - quarter.rss, end.records - quarter.records
+
+
+def _deadlocks(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _open_clients(site: LoadSite, count: int) -> list[Database]:
+    dbs: list[Database] = []
+    for _ in range(count):
+        db = Database(
+            site.proxy_url,
+            via_proxy=True,
+            migration_url=site.direct_url,
+            pool_min_size=1,
+            pool_max_size=1,
+        )
+        db.open()
+        dbs.append(db)
+    return dbs
+
+
+def _close_all(dbs: list[Database]) -> None:
+    threads = [threading.Thread(target=db.close) for db in dbs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def run_load(
+    site: LoadSite, *, clients: int, seconds: float, restart_at: float | None = None
+) -> LoadRun:
+    """``clients`` threads for ``seconds``; with ``restart_at`` the server restarts then."""
+    deadlocks_before = _deadlocks(site.direct_url)
+    dbs = _open_clients(site, clients)
+    logs = [ClientLog(client_id=f"load-{i:03d}") for i in range(clients)]
+    go, stop = threading.Event(), threading.Event()
+    threads = [
+        threading.Thread(target=_client, args=(db, log, go, stop), daemon=True)
+        for db, log in zip(dbs, logs, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    phase = _Phase(site, logs, time.monotonic())
+    go.set()
+    phase.drive(seconds, restart_at)
+    stop.set()
+    elapsed = time.monotonic() - phase.started
+    for thread in threads:
+        thread.join(timeout=30)
+    hung = sum(thread.is_alive() for thread in threads)
+    _close_all(dbs)
+    deadlocks = _deadlocks(site.direct_url) - deadlocks_before
+    return LoadRun(logs, elapsed, phase.memory, hung, deadlocks, phase.restart)
+
+
+@dataclass
+class _Phase:
+    """The main thread's part while the clients run: memory samples and the restart."""
+
+    site: LoadSite
+    logs: list[ClientLog]
+    started: float
+    memory: list[MemorySample] = field(default_factory=list)
+    restart: tuple[float, float] | None = None
+
+    def sample(self) -> None:
+        _trim()
+        self.memory.append(
+            MemorySample(
+                at=time.monotonic() - self.started,
+                rss=rss_kib(),
+                records=records_kib(self.logs),
+                bouncer=rss_kib(self.site.bouncer.pid or 0),
+            )
+        )
+
+    def bounce(self) -> None:
+        down = time.monotonic()
+        restart_embedded(self.site.directory)
+        self.restart = (down, time.monotonic())
+
+    def drive(self, seconds: float, restart_at: float | None) -> None:
+        """Sample at the start and each quarter; restart the server on cue."""
+        marks = [(seconds * k / 4, self.sample) for k in range(5)]
+        if restart_at is not None:
+            marks.append((restart_at, self.bounce))
+        for at, action in sorted(marks, key=lambda mark: mark[0]):
+            time.sleep(max(0.0, self.started + at - time.monotonic()))
+            action()
+
+
+# -- what the database says afterwards ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Acknowledged work against the stored rows. Every field but the first three is 0 when
+    nothing acknowledged was lost or doubled."""
+
+    created_acked: int
+    completed_acked: int
+    stored_jobs: int
+    created_missing: int  # a create that returned, its job not in the table
+    created_twice: int  # the same id returned by two creates
+    completed_not_done: int  # a complete that returned, its job not completed with one result
+    completed_twice: int  # the same job acknowledged completed twice
+    claimed_twice: int  # the same job handed to two claims (acknowledged)
+    attempts_over_one: int  # jobs claimed more than once (the lease never ran out)
+    extra_results: int  # result rows beyond one per job, or for a job not completed
+    stored_not_acked: int  # rows no acknowledged create accounts for (a create that raised)
+    processing_left: int  # claimed, never completed (a claim or complete that raised)
+
+    def failures(self) -> dict[str, int]:
+        """The checks that must be zero and are not."""
+        names = (
+            "created_missing",
+            "created_twice",
+            "completed_not_done",
+            "completed_twice",
+            "claimed_twice",
+            "attempts_over_one",
+            "extra_results",
+        )
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+
+_CHECK_SQL = """
+SELECT
+  (SELECT count(*) FROM jobs WHERE id = ANY(%(created)s)),
+  (SELECT count(*) FROM jobs j WHERE j.id = ANY(%(completed)s) AND j.status = 'completed'
+     AND (SELECT count(*) FROM job_results r WHERE r.job_id = j.id) = 1),
+  (SELECT count(*) FROM jobs WHERE attempts > 1),
+  (SELECT count(*) FROM job_results r JOIN jobs j ON j.id = r.job_id
+     WHERE j.status <> 'completed')
+  + (SELECT coalesce(sum(n - 1), 0) FROM
+       (SELECT count(*) AS n FROM job_results GROUP BY job_id HAVING count(*) > 1) AS d),
+  (SELECT count(*) FROM jobs),
+  (SELECT count(*) FROM jobs WHERE status = 'processing')
+"""
+
+
+def check_run(site: LoadSite, run: LoadRun) -> Checks:
+    """Ask the database (directly, not through pgbouncer) what became of the acknowledged work."""
+    created, claimed = run.acknowledged("created"), run.acknowledged("claimed")
+    completed = run.acknowledged("completed")
+    with psycopg.connect(site.direct_url, autocommit=True) as conn:
+        row = conn.execute(
+            _CHECK_SQL, {"created": list(set(created)), "completed": list(set(completed))}
+        ).fetchone()
+    assert row is not None
+    found, done, retried, extra, stored, processing = (int(value) for value in row)
+    return Checks(
+        created_acked=len(created),
+        completed_acked=len(completed),
+        stored_jobs=stored,
+        created_missing=len(set(created)) - found,
+        created_twice=len(created) - len(set(created)),
+        completed_not_done=len(set(completed)) - done,
+        completed_twice=len(completed) - len(set(completed)),
+        claimed_twice=len(claimed) - len(set(claimed)),
+        attempts_over_one=retried,
+        extra_results=extra,
+        stored_not_acked=stored - len(set(created)),
+        processing_left=processing,
+    )
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:,.1f}"
+
+
+def _latency_table(run: LoadRun, title: str) -> Table:
+    table = Table(["call", "calls/s", "p50, ms", "p99, ms", "max, ms", "failed"], title=title)
+    errors = run.errors()
+    for kind in CALLS:
+        ns = run.samples(kind)
+        failed = sum(n for (call, _), n in errors.items() if call == kind)
+        if not ns:
+            table.add(f"`{kind}`", "0", "-", "-", "-", fmt_int(failed))
+            continue
+        table.add(
+            f"`{kind}`",
+            fmt_int(len(ns) / run.seconds),
+            fmt_ms(statistics.median(ns) / 1e6),
+            fmt_ms(percentile(ns, 0.99) / 1e6),
+            fmt_ms(max(ns) / 1e6),
+            fmt_int(failed),
+        )
+    return table
+
+
+def _summary_row(table: Table, label: str, run: LoadRun, checks: Checks) -> None:
+    table.add(
+        label,
+        f"{run.seconds:.1f}",
+        fmt_int(run.calls() / run.seconds),
+        fmt_int(checks.completed_acked / run.seconds),
+        fmt_int(sum(run.errors().values())),
+        f"{run.hung} / {run.deadlocks}",
+        _growth(run, short=True),
+    )
+
+
+def _memory_table(runs: list[tuple[str, LoadRun]]) -> Table:
+    table = Table(
+        ["phase", "seconds in", "client RSS, MiB", "records, MiB", "pgbouncer RSS, MiB"],
+        title="Memory (records: the benchmark's own ids and timings, part of the client RSS)",
+    )
+    for label, run in runs:
+        for sample in run.memory:
+            table.add(
+                label,
+                f"{sample.at:.0f}",
+                _mib(sample.rss),
+                _mib(sample.records),
+                _mib(sample.bouncer),
+            )
+    return table
+
+
+_CHECK_LABELS = {
+    "created_acked": "creates acknowledged",
+    "completed_acked": "completes acknowledged",
+    "stored_jobs": "jobs stored",
+    "created_missing": "acknowledged create, job missing",
+    "created_twice": "same id returned by two creates",
+    "completed_not_done": "acknowledged complete, not completed with one result",
+    "completed_twice": "same job acknowledged completed twice",
+    "claimed_twice": "same job handed to two claims",
+    "attempts_over_one": "jobs with attempts > 1 (claimed twice)",
+    "extra_results": "result rows beyond one per completed job",
+    "stored_not_acked": "stored, no create acknowledged it",
+    "processing_left": "left processing (claim or complete raised)",
+}
+
+
+def _checks_table(steady: Checks, bounced: Checks | None) -> Table:
+    table = Table(["from the database", "steady", "server restart"], title="Checks")
+    for name, label in _CHECK_LABELS.items():
+        after = fmt_int(getattr(bounced, name)) if bounced is not None else "-"
+        table.add(label, fmt_int(getattr(steady, name)), after)
+    return table
+
+
+def _errors_table(run: LoadRun) -> Table:
+    table = Table(["call", "error raised", "times"], title="What failed across the restart")
+    for (call, name), count in sorted(run.errors().items()):
+        table.add(f"`{call}`", f"`{name}`", fmt_int(count))
+    if not run.errors():
+        table.add("(none)", "-", "0")
+    return table
+
+
+def _restart_note(run: LoadRun) -> str:
+    assert run.restart is not None
+    down, back = run.restart
+    errors = [t for log in run.clients for t in log.error_times]
+    completes = sorted(t for log in run.clients for t in log.complete_times if t > back)
+    last_error = f"{max(errors) - back:+.2f} s" if errors else "none"
+    first_ok = f"{completes[0] - back:.2f} s" if completes else "never"
+    return (
+        f"The server was down (pg_ctl stop `-m fast` to started) for {back - down:.2f} s. "
+        f"Last failed call at {last_error} from the server being back; first acknowledged "
+        f"complete {first_ok} after the server was back."
+    )
+
+
+# -- the section ------------------------------------------------------------------------------
+
+
+def _phase(ctx: Context, site: LoadSite, label: str, **kw: Any) -> tuple[LoadRun, Checks]:
+    reset(site)
+    ctx.log(f"load: {label}, {kw['clients']} clients x {kw['seconds']:g} s")
+    run = run_load(site, **kw)
+    checks = check_run(site, run)
+    ctx.log(f"load: {label}: {run.calls():,} calls, {sum(run.errors().values())} failed")
+    return run, checks
+
+
+@contextlib.contextmanager
+def quiet_call_log() -> Iterator[None]:
+    """Keep the library's per-call warnings (failures, slow calls) off the console: the
+    benchmark counts failures itself and reports the slowest calls."""
+    calls = logging.getLogger("cira_db.calls")
+    level = calls.level
+    calls.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        calls.setLevel(level)
+
+
+def run_load_section(ctx: Context) -> Section:
+    clients, seconds = (20, 4.0) if ctx.quick else (50, 20.0)
+    section = Section("load", "12. Under load through pgbouncer")
+    try:
+        with load_site() as site, quiet_call_log():
+            steady, steady_checks = _phase(ctx, site, "steady", clients=clients, seconds=seconds)
+            bounced, bounced_checks = _phase(
+                ctx, site, "restart", clients=clients, seconds=seconds, restart_at=seconds / 2
+            )
+    except PgBouncerUnavailableError as exc:
+        section.skipped.append(f"pgbouncer could not run here: {exc}")
+        return section
+    _fill(section, (steady, steady_checks), (bounced, bounced_checks), clients)
+    return section
+
+
+def _fill(
+    section: Section, steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks], clients: int
+) -> None:
+    summary = Table(
+        [
+            "phase",
+            "seconds",
+            "calls/s",
+            "jobs completed/s",
+            "failed calls",
+            "hung clients / deadlocks",
+            "client RSS growth from \u00bc to the end, MiB (records)",
+        ]
+    )
+    _summary_row(summary, "steady", *steady)
+    _summary_row(summary, "server restart half-way", *bounced)
+    section.tables = [
+        summary,
+        _latency_table(steady[0], "Steady: per call"),
+        _latency_table(bounced[0], "With a server restart: per call (successful calls)"),
+        _errors_table(bounced[0]),
+        _checks_table(steady[1], bounced[1]),
+        _memory_table([("steady", steady[0]), ("restart", bounced[0])]),
+    ]
+    section.intro = [_intro(clients, steady[0].seconds)]
+    section.notes = [
+        _memory_note(steady[0]),
+        _restart_note(bounced[0]),
+        *_verdicts(steady, bounced),
+    ]
+    section.headlines = [_headline(steady, bounced, clients)]
+
+
+def _intro(clients: int, seconds: float) -> str:
+    return (
+        f"{clients} client threads in one process, each with its own `Database` "
+        "(`via_proxy=True`, a pool of one connection, default retries) and its own `client_id`, "
+        f"for {seconds:.0f} s per phase, through pgbouncer (transaction pooling, client TLS "
+        f"`verify-full` with a throwaway CA, `default_pool_size = {SERVER_POOL}` server "
+        "connections shared by all clients) to a private embedded PostgreSQL 16. Each client "
+        "loops as fast as it can: `create`, `claim_next` (any client's job, 30 min lease), "
+        "`complete` with the claim's attempt, `list` (20 rows), `count_by_status`. Latency is "
+        "per successful call, measured in the client thread (so it includes waiting for the "
+        "GIL and for a pgbouncer server connection). Memory: this process's RSS (after "
+        "`gc.collect()` and glibc's `malloc_trim(0)`, so it shows live memory) once all "
+        "clients have connected and at each quarter of the phase; growth is counted from "
+        "the first quarter (warmed up: every list page full) to the end, beside what the "
+        "benchmark's own records grew by. In the second phase the server "
+        "is stopped (`pg_ctl -m fast`) half-way through and started again. The checks read "
+        "the tables directly after each phase."
+    )
+
+
+def _verdicts(steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks]) -> list[str]:
+    notes: list[str] = []
+    run, checks = steady
+    steady_errors = sum(run.errors().values())
+    missed = {**checks.failures(), **({"errors": steady_errors} if steady_errors else {})}
+    if run.hung or run.deadlocks:
+        missed["hung or deadlocked"] = run.hung + run.deadlocks
+    notes.append(
+        "Steady: target met (zero errors, no hang, no deadlock, no double claim)."
+        if not missed
+        else f"Steady: **target missed**: {missed}."
+    )
+    lost = bounced[1].failures()
+    notes.append(
+        "Restart: nothing acknowledged was lost or doubled."
+        if not lost and not bounced[0].hung
+        else f"Restart: **target missed**: {lost}, hung clients {bounced[0].hung}."
+    )
+    return notes
+
+
+def _growth(run: LoadRun, *, short: bool = False) -> str:
+    grew, ours = run.growth_kib()
+    if short:
+        return f"{grew / 1024:+,.1f} ({ours / 1024:,.1f})"
+    return f"{grew / 1024:+,.1f} MiB from \u00bc to the end ({ours / 1024:,.1f} of it records)"
+
+
+def _memory_note(run: LoadRun) -> str:
+    grew, ours = run.growth_kib()
+    quarter, end = run.memory[1], run.memory[-1]
+    share = (end.at - quarter.at) / run.seconds
+    calls = max(1, round(run.calls() * share))
+    return (
+        f"Memory, steady: RSS grew {grew / 1024:,.1f} MiB from a quarter of the way in to the "
+        f"end, {ours / 1024:,.1f} MiB of it the benchmark's own records; the rest is "
+        f"{max(0, grew - ours) * 1024 / calls:,.0f} bytes per call over about {calls:,} calls. "
+        f"pgbouncer: {_mib(quarter.bouncer)} \u2192 {_mib(end.bouncer)} MiB."
+    )
+
+
+def _headline(steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks], n: int) -> str:
+    run, checks = steady
+    claim = run.samples("claim")
+    failed = sum(bounced[0].errors().values())
+    lost = bounced[1].failures()
+    return (
+        f"Under load, {n} clients through pgbouncer ({SERVER_POOL} server connections, TLS): "
+        f"{fmt_int(run.calls() / run.seconds)} calls/s, claim p99 "
+        f"{fmt_ms(percentile(claim, 0.99) / 1e6) if claim else '-'} ms, "
+        f"{sum(run.errors().values())} errors, {checks.claimed_twice + checks.attempts_over_one} "
+        f"double claims, client RSS {_growth(run)}; "
+        f"a server restart: {failed} calls failed, "
+        + ("nothing acknowledged lost or doubled." if not lost else f"**{lost}**.")
+    )
