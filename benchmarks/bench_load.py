@@ -45,6 +45,7 @@ from local_proxy import PgBouncer, PgBouncerUnavailableError, restart_embedded, 
 
 __all__ = [
     "CALLS",
+    "WIDER_RETRIES",
     "Checks",
     "ClientLog",
     "LoadRun",
@@ -59,6 +60,8 @@ CALLS = ("create", "claim", "complete", "list", "count")
 LEASE = timedelta(minutes=30)  # never runs out during a run: a second claim is a double claim
 SERVER_POOL = 10  # pgbouncer default_pool_size: server connections shared by all clients
 PAUSE_AFTER_ERROR = 0.05
+# Retries wide enough to outlast a restart of a second or two (full jitter: about 6 s in all).
+WIDER_RETRIES: dict[str, Any] = {"retry_attempts": 10, "retry_backoff": 0.2}
 _FAILED: Any = object()
 
 
@@ -267,8 +270,9 @@ def _deadlocks(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _open_clients(site: LoadSite, count: int) -> list[Database]:
+def _open_clients(site: LoadSite, count: int, *, wider_retries: bool) -> list[Database]:
     dbs: list[Database] = []
+    retries = WIDER_RETRIES if wider_retries else {}
     for _ in range(count):
         db = Database(
             site.proxy_url,
@@ -276,6 +280,7 @@ def _open_clients(site: LoadSite, count: int) -> list[Database]:
             migration_url=site.direct_url,
             pool_min_size=1,
             pool_max_size=1,
+            **retries,
         )
         db.open()
         dbs.append(db)
@@ -291,11 +296,18 @@ def _close_all(dbs: list[Database]) -> None:
 
 
 def run_load(
-    site: LoadSite, *, clients: int, seconds: float, restart_at: float | None = None
+    site: LoadSite,
+    *,
+    clients: int,
+    seconds: float,
+    restart_at: float | None = None,
+    wider_retries: bool = False,
 ) -> LoadRun:
-    """``clients`` threads for ``seconds``; with ``restart_at`` the server restarts then."""
+    """``clients`` threads for ``seconds``; with ``restart_at`` the server restarts then.
+
+    ``wider_retries``: clients retry harmless calls for longer (`WIDER_RETRIES`)."""
     deadlocks_before = _deadlocks(site.direct_url)
-    dbs = _open_clients(site, clients)
+    dbs = _open_clients(site, clients, wider_retries=wider_retries)
     logs = [ClientLog(client_id=f"load-{i:03d}") for i in range(clients)]
     go, stop = threading.Event(), threading.Event()
     threads = [
@@ -436,8 +448,19 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:,.1f}"
 
 
-def _latency_table(run: LoadRun, title: str) -> Table:
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the section: its name, its run and the checks afterwards."""
+
+    label: str
+    run: LoadRun
+    checks: Checks
+
+
+def _latency_table(phase: Phase) -> Table:
+    title = f"{phase.label}: per successful call"
     table = Table(["call", "calls/s", "p50, ms", "p99, ms", "max, ms", "failed"], title=title)
+    run = phase.run
     errors = run.errors()
     for kind in CALLS:
         ns = run.samples(kind)
@@ -456,28 +479,42 @@ def _latency_table(run: LoadRun, title: str) -> Table:
     return table
 
 
-def _summary_row(table: Table, label: str, run: LoadRun, checks: Checks) -> None:
-    table.add(
-        label,
-        f"{run.seconds:.1f}",
-        fmt_int(run.calls() / run.seconds),
-        fmt_int(checks.completed_acked / run.seconds),
-        fmt_int(sum(run.errors().values())),
-        f"{run.hung} / {run.deadlocks}",
-        _growth(run, short=True),
+def _summary_table(phases: list[Phase]) -> Table:
+    table = Table(
+        [
+            "phase",
+            "seconds",
+            "calls/s",
+            "jobs completed/s",
+            "failed calls",
+            "hung clients / deadlocks",
+            "client RSS growth from \u00bc to the end, MiB (records)",
+        ]
     )
+    for phase in phases:
+        run = phase.run
+        table.add(
+            phase.label,
+            f"{run.seconds:.1f}",
+            fmt_int(run.calls() / run.seconds),
+            fmt_int(phase.checks.completed_acked / run.seconds),
+            fmt_int(sum(run.errors().values())),
+            f"{run.hung} / {run.deadlocks}",
+            _growth(run, short=True),
+        )
+    return table
 
 
-def _memory_table(runs: list[tuple[str, LoadRun]]) -> Table:
+def _memory_table(phases: list[Phase]) -> Table:
     table = Table(
         ["phase", "seconds in", "client RSS, MiB", "records, MiB", "pgbouncer RSS, MiB"],
         title="Memory (records: the benchmark's own ids and timings, part of the client RSS)",
     )
-    for label, run in runs:
-        for sample in run.memory:
+    for phase in phases:
+        for sample in phase.run.memory:
             table.add(
-                label,
-                f"{sample.at:.0f}",
+                phase.label,
+                f"{sample.at:.1f}",
                 _mib(sample.rss),
                 _mib(sample.records),
                 _mib(sample.bouncer),
@@ -501,24 +538,26 @@ _CHECK_LABELS = {
 }
 
 
-def _checks_table(steady: Checks, bounced: Checks | None) -> Table:
-    table = Table(["from the database", "steady", "server restart"], title="Checks")
+def _checks_table(phases: list[Phase]) -> Table:
+    table = Table(["from the database", *(p.label for p in phases)], title="Checks")
     for name, label in _CHECK_LABELS.items():
-        after = fmt_int(getattr(bounced, name)) if bounced is not None else "-"
-        table.add(label, fmt_int(getattr(steady, name)), after)
+        table.add(label, *(fmt_int(getattr(p.checks, name)) for p in phases))
     return table
 
 
-def _errors_table(run: LoadRun) -> Table:
-    table = Table(["call", "error raised", "times"], title="What failed across the restart")
-    for (call, name), count in sorted(run.errors().items()):
-        table.add(f"`{call}`", f"`{name}`", fmt_int(count))
-    if not run.errors():
-        table.add("(none)", "-", "0")
+def _errors_table(phases: list[Phase]) -> Table:
+    table = Table(["phase", "call", "error raised", "times"], title="What failed")
+    for phase in phases:
+        errors = phase.run.errors()
+        for (call, name), count in sorted(errors.items()):
+            table.add(phase.label, f"`{call}`", f"`{name}`", fmt_int(count))
+        if not errors:
+            table.add(phase.label, "(none)", "-", "0")
     return table
 
 
-def _restart_note(run: LoadRun) -> str:
+def _restart_note(phase: Phase) -> str:
+    run = phase.run
     assert run.restart is not None
     down, back = run.restart
     errors = [t for log in run.clients for t in log.error_times]
@@ -526,22 +565,22 @@ def _restart_note(run: LoadRun) -> str:
     last_error = f"{max(errors) - back:+.2f} s" if errors else "none"
     first_ok = f"{completes[0] - back:.2f} s" if completes else "never"
     return (
-        f"The server was down (pg_ctl stop `-m fast` to started) for {back - down:.2f} s. "
-        f"Last failed call at {last_error} from the server being back; first acknowledged "
-        f"complete {first_ok} after the server was back."
+        f"{phase.label}: the server was down (pg_ctl stop `-m fast` to started) for "
+        f"{back - down:.2f} s. Last failed call at {last_error} from the server being back; "
+        f"first acknowledged complete {first_ok} after it."
     )
 
 
 # -- the section ------------------------------------------------------------------------------
 
 
-def _phase(ctx: Context, site: LoadSite, label: str, **kw: Any) -> tuple[LoadRun, Checks]:
+def _phase(ctx: Context, site: LoadSite, label: str, **kw: Any) -> Phase:
     reset(site)
     ctx.log(f"load: {label}, {kw['clients']} clients x {kw['seconds']:g} s")
     run = run_load(site, **kw)
     checks = check_run(site, run)
     ctx.log(f"load: {label}: {run.calls():,} calls, {sum(run.errors().values())} failed")
-    return run, checks
+    return Phase(label, run, checks)
 
 
 @contextlib.contextmanager
@@ -557,53 +596,42 @@ def quiet_call_log() -> Iterator[None]:
         calls.setLevel(level)
 
 
+STEADY, RESTART, WIDER = "steady", "server restart", "server restart, wider retries"
+
+
 def run_load_section(ctx: Context) -> Section:
-    clients, seconds = (20, 4.0) if ctx.quick else (50, 20.0)
+    clients, seconds = (20, 3.0) if ctx.quick else (50, 20.0)
     section = Section("load", "12. Under load through pgbouncer")
+    kw: dict[str, Any] = {"clients": clients, "seconds": seconds}
     try:
         with load_site() as site, quiet_call_log():
-            steady, steady_checks = _phase(ctx, site, "steady", clients=clients, seconds=seconds)
-            bounced, bounced_checks = _phase(
-                ctx, site, "restart", clients=clients, seconds=seconds, restart_at=seconds / 2
-            )
+            phases = [
+                _phase(ctx, site, STEADY, **kw),
+                _phase(ctx, site, RESTART, restart_at=seconds / 2, **kw),
+                _phase(ctx, site, WIDER, restart_at=seconds / 2, wider_retries=True, **kw),
+            ]
     except PgBouncerUnavailableError as exc:
         section.skipped.append(f"pgbouncer could not run here: {exc}")
         return section
-    _fill(section, (steady, steady_checks), (bounced, bounced_checks), clients)
+    _fill(section, phases, clients)
     return section
 
 
-def _fill(
-    section: Section, steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks], clients: int
-) -> None:
-    summary = Table(
-        [
-            "phase",
-            "seconds",
-            "calls/s",
-            "jobs completed/s",
-            "failed calls",
-            "hung clients / deadlocks",
-            "client RSS growth from \u00bc to the end, MiB (records)",
-        ]
-    )
-    _summary_row(summary, "steady", *steady)
-    _summary_row(summary, "server restart half-way", *bounced)
+def _fill(section: Section, phases: list[Phase], clients: int) -> None:
     section.tables = [
-        summary,
-        _latency_table(steady[0], "Steady: per call"),
-        _latency_table(bounced[0], "With a server restart: per call (successful calls)"),
-        _errors_table(bounced[0]),
-        _checks_table(steady[1], bounced[1]),
-        _memory_table([("steady", steady[0]), ("restart", bounced[0])]),
+        _summary_table(phases),
+        *(_latency_table(phase) for phase in phases),
+        _errors_table(phases[1:]),
+        _checks_table(phases),
+        _memory_table(phases),
     ]
-    section.intro = [_intro(clients, steady[0].seconds)]
+    section.intro = [_intro(clients, phases[0].run.seconds)]
     section.notes = [
-        _memory_note(steady[0]),
-        _restart_note(bounced[0]),
-        *_verdicts(steady, bounced),
+        _memory_note(phases[0].run),
+        *(_restart_note(phase) for phase in phases[1:]),
+        *_verdicts(phases),
     ]
-    section.headlines = [_headline(steady, bounced, clients)]
+    section.headlines = [_headline(phases, clients)]
 
 
 def _intro(clients: int, seconds: float) -> str:
@@ -620,30 +648,33 @@ def _intro(clients: int, seconds: float) -> str:
         "`gc.collect()` and glibc's `malloc_trim(0)`, so it shows live memory) once all "
         "clients have connected and at each quarter of the phase; growth is counted from "
         "the first quarter (warmed up: every list page full) to the end, beside what the "
-        "benchmark's own records grew by. In the second phase the server "
-        "is stopped (`pg_ctl -m fast`) half-way through and started again. The checks read "
-        "the tables directly after each phase."
+        "benchmark's own records grew by. In the restart phases the server is stopped "
+        "(`pg_ctl -m fast`: every session cut) half-way through and started again; the "
+        f"wider-retries client tries harmless calls up to {WIDER_RETRIES['retry_attempts']} times "
+        f"from a {WIDER_RETRIES['retry_backoff']:g} s backoff (the default: 3 from 0.05 s). "
+        "The library repeats reads and creates (the id is chosen before the first try), never "
+        "a claim or a complete. The checks read the tables directly after each phase."
     )
 
 
-def _verdicts(steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks]) -> list[str]:
-    notes: list[str] = []
-    run, checks = steady
-    steady_errors = sum(run.errors().values())
-    missed = {**checks.failures(), **({"errors": steady_errors} if steady_errors else {})}
-    if run.hung or run.deadlocks:
-        missed["hung or deadlocked"] = run.hung + run.deadlocks
-    notes.append(
+def _verdicts(phases: list[Phase]) -> list[str]:
+    steady = phases[0]
+    errors = sum(steady.run.errors().values())
+    missed = {**steady.checks.failures(), **({"errors": errors} if errors else {})}
+    if steady.run.hung or steady.run.deadlocks:
+        missed["hung or deadlocked"] = steady.run.hung + steady.run.deadlocks
+    notes = [
         "Steady: target met (zero errors, no hang, no deadlock, no double claim)."
         if not missed
         else f"Steady: **target missed**: {missed}."
-    )
-    lost = bounced[1].failures()
-    notes.append(
-        "Restart: nothing acknowledged was lost or doubled."
-        if not lost and not bounced[0].hung
-        else f"Restart: **target missed**: {lost}, hung clients {bounced[0].hung}."
-    )
+    ]
+    for phase in phases[1:]:
+        lost = phase.checks.failures()
+        notes.append(
+            f"{phase.label}: nothing acknowledged was lost or doubled."
+            if not lost and not phase.run.hung
+            else f"{phase.label}: **target missed**: {lost}, hung clients {phase.run.hung}."
+        )
     return notes
 
 
@@ -667,17 +698,26 @@ def _memory_note(run: LoadRun) -> str:
     )
 
 
-def _headline(steady: tuple[LoadRun, Checks], bounced: tuple[LoadRun, Checks], n: int) -> str:
-    run, checks = steady
+def _failed(phase: Phase) -> str:
+    failed = phase.run.errors()
+    by_call = Counter[str]()
+    for (call, _), count in failed.items():
+        by_call[call] += count
+    detail = ", ".join(f"{call} {count}" for call, count in sorted(by_call.items()))
+    return f"{sum(failed.values())} calls failed" + (f" ({detail})" if detail else "")
+
+
+def _headline(phases: list[Phase], n: int) -> str:
+    steady, restart, wider = phases
+    run, checks = steady.run, steady.checks
     claim = run.samples("claim")
-    failed = sum(bounced[0].errors().values())
-    lost = bounced[1].failures()
+    lost = {**restart.checks.failures(), **wider.checks.failures()}
     return (
         f"Under load, {n} clients through pgbouncer ({SERVER_POOL} server connections, TLS): "
         f"{fmt_int(run.calls() / run.seconds)} calls/s, claim p99 "
         f"{fmt_ms(percentile(claim, 0.99) / 1e6) if claim else '-'} ms, "
         f"{sum(run.errors().values())} errors, {checks.claimed_twice + checks.attempts_over_one} "
-        f"double claims, client RSS {_growth(run)}; "
-        f"a server restart: {failed} calls failed, "
+        f"double claims, client RSS {_growth(run)}; a server restart: {_failed(restart)}, "
+        f"with wider retries {_failed(wider)}; "
         + ("nothing acknowledged lost or doubled." if not lost else f"**{lost}**.")
     )
