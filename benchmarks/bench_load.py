@@ -11,7 +11,9 @@ of 20), ``count_by_status``; as fast as it can until the time is up.
 
 Afterwards the database itself is asked whether anything acknowledged was lost
 or doubled (`check_run`). The second phase restarts the server (``pg_ctl -m
-fast``: every session cut) half-way through and counts what failed.
+fast``: every session cut) half-way through and counts what failed; the third
+does the same with clients that retry harmless calls for longer (`WIDER_RETRIES`).
+tests/test_load.py runs the same workload on a smaller scale for correctness.
 """
 
 from __future__ import annotations
@@ -600,7 +602,7 @@ STEADY, RESTART, WIDER = "steady", "server restart", "server restart, wider retr
 
 
 def run_load_section(ctx: Context) -> Section:
-    clients, seconds = (20, 3.0) if ctx.quick else (50, 20.0)
+    clients, seconds = (20, 2.0) if ctx.quick else (50, 20.0)
     section = Section("load", "12. Under load through pgbouncer")
     kw: dict[str, Any] = {"clients": clients, "seconds": seconds}
     try:
