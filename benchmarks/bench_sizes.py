@@ -305,6 +305,7 @@ class Retention:
     delete_seconds: float
     delete_wal: int
     vacuum_seconds: float
+    vacuum_wal: int
     heap_before: dict[str, int]
     heap_after: dict[str, int]
     dropped_jobs: int
@@ -460,9 +461,11 @@ def measure_retention(
     delete_seconds = time.perf_counter() - start
     delete_wal = _wal_since(conn, lsn)
     assert deleted == jobs, f"deleted {deleted} of the {jobs} jobs before the cutoff"
+    lsn = str(_one(conn, "SELECT pg_current_wal_insert_lsn()::text"))
     start = time.perf_counter()
     conn.execute("VACUUM jobs, job_results")
     vacuum_seconds = time.perf_counter() - start
+    vacuum_wal = _wal_since(conn, lsn)
     heap_after = _heaps(conn)
     old = _old_days(partitioned, cutoff)
     dropped = sum(
@@ -488,6 +491,7 @@ def measure_retention(
         delete_seconds=delete_seconds,
         delete_wal=delete_wal,
         vacuum_seconds=vacuum_seconds,
+        vacuum_wal=vacuum_wal,
         heap_before=heap_before,
         heap_after=heap_after,
         dropped_jobs=dropped,
@@ -521,8 +525,8 @@ def retention_table(r: Retention, part: Partitioned) -> Table:
         "\u2013",
         f"{r.vacuum_seconds:,.2f}",
         "\u2013",
-        "\u2013",
-        "\u2013",
+        _mib(r.vacuum_wal),
+        fmt_int(r.vacuum_wal / r.jobs) if r.jobs else "\u2013",
     )
     table.add(
         f"`DETACH PARTITION` + `DROP TABLE` of {part.old} day partitions of each table",
