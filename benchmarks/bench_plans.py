@@ -12,6 +12,12 @@ transaction that is rolled back. The same statements then run against a
 copy of the table that carries the origin story's indexes instead (parsed
 from the packaged 0001 migration), and once more with the library's partial
 queue index added to the story's indexes (the planner trap).
+
+Then (bench_sizes.py) ``job_results`` gets a row per completed job, every
+relation of both tables is measured (the sizes docs/scaling.md scales per
+million jobs), the tables are copied into day partitions to compare plans,
+and retention by the library's batched delete is measured against dropping
+the day partitions holding the same rows.
 """
 
 from __future__ import annotations
@@ -39,6 +45,21 @@ from bench_common import (
     migration_text,
     percentile,
     truncate_jobs,
+)
+from bench_sizes import (
+    PARTITIONED,
+    Partitioned,
+    ResultStats,
+    Retention,
+    Sizes,
+    build_partitioned,
+    drop_partitioned,
+    fill_results,
+    measure_retention,
+    measure_sizes,
+    retention_cutoff,
+    retention_table,
+    sizes_table,
 )
 from cira_db import Database, JobRepository
 
@@ -265,6 +286,145 @@ def _wall_times(url: str, large: str, typical: str, deep: int, runs: int) -> dic
     return times
 
 
+@dataclass
+class AtScale:
+    """Sizes, results, the day-partitioned copy and retention, measured after the plans."""
+
+    results: ResultStats
+    sizes: Sizes
+    partitioned: Partitioned
+    plans: list[tuple[Query, PlanResult, PlanResult]]
+    retention: Retention
+
+
+def _get_query(conn: psycopg.Connection[Any], client: str) -> Query:
+    row = conn.execute(
+        "SELECT id FROM jobs WHERE client_id = %s ORDER BY created_at LIMIT 1", (client,)
+    ).fetchone()
+    assert row is not None
+    return Query(
+        "`get` one job by id (`get_job`)",
+        library_sql("jobs.sql", "get_job"),
+        {"id": row[0], "client_id": client},
+    )
+
+
+def _at_scale(
+    ctx: Context,
+    defs: list[tuple[str, str]],
+    queries: list[Query],
+    total: int,
+    typical: str,
+    runs: int,
+) -> AtScale:
+    """Fill job_results, measure every size, then day partitions against the batched delete."""
+    with connect_raw(ctx.url, prepare_threshold=None) as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        ctx.log("plans: one result per completed job")
+        results = fill_results(conn)
+        sizes = measure_sizes(conn, total)
+        cutoff = retention_cutoff(conn, total)
+        ctx.log("plans: copying jobs and results into day partitions")
+        partitioned = build_partitioned(conn, defs, cutoff)
+        plans = []
+        for q in [_get_query(conn, typical), *queries]:
+            ctx.log(f"plans: EXPLAIN, one table against day partitions: {q.label.replace('`', '')}")
+            plain = _explain(conn, q, runs)
+            plans.append((q, plain, _explain(conn, _on_table(q, PARTITIONED), runs)))
+        ctx.log("plans: retention, the batched delete against dropping partitions")
+        retention = measure_retention(conn, ctx.url, cutoff, partitioned)
+        drop_partitioned(conn)
+    return AtScale(results, sizes, partitioned, plans, retention)
+
+
+def _partition_plans_table(scale: AtScale, runs: int) -> Table:
+    table = Table(
+        [
+            "query",
+            "one table: ms",
+            "planning ms",
+            "buffers",
+            "day partitions: ms",
+            "planning ms",
+            "buffers",
+            "scan nodes (partitions)",
+            "partitions \u00f7 one table",
+        ],
+        title=f"The same statements on `jobs` and on a copy in {scale.partitioned.partitions} "
+        f"day partitions: median of {runs} runs (after one warm-up run)",
+    )
+    for q, plain, part in scale.plans:
+        kinds = sorted({a.split(" `")[0] for a in part.access})
+        table.add(
+            q.label,
+            fmt_ms(plain.median_ms),
+            fmt_ms(statistics.median(plain.planning)),
+            fmt_int(plain.buffers),
+            fmt_ms(part.median_ms),
+            fmt_ms(statistics.median(part.planning)),
+            fmt_int(part.buffers),
+            f"{len(part.access)} ({', '.join(kinds)})",
+            fmt_ratio(
+                (part.median_ms + statistics.median(part.planning))
+                / (plain.median_ms + statistics.median(plain.planning))
+            ),
+        )
+    return table
+
+
+def _scale_notes(scale: AtScale, total: int) -> list[str]:
+    r, res = scale.retention, scale.results
+    heaps = ", ".join(
+        f"`{t}` {r.heap_before[t] / 2**20:,.1f} MiB before and {r.heap_after[t] / 2**20:,.1f} MiB "
+        "after"
+        for t in r.heap_before
+    )
+    return [
+        f"`job_results`: one row per completed job ({fmt_int(res.rows)} rows, filled in "
+        f"{res.seconds:,.1f} s with `VACUUM (ANALYZE)`). Assumed `extracted_data`: an invoice "
+        "(number, dates, currency, supplier with VAT id and address, subtotal, tax, total, page "
+        "count) with 1 + floor(30 \u00b7 u\u00b3) line items (description, quantity, unit "
+        f"price, amount); {fmt_int(res.with_text)} of them (about 2%) also keep the document's "
+        "text (8 to 35 KB, random base64, which does not compress). JSON text per result: mean "
+        f"{fmt_int(res.mean)} bytes, median {fmt_int(res.median)}, p99 {fmt_int(res.p99)}, "
+        f"largest {fmt_int(res.largest)}; stored (`pg_column_size`, after TOAST compression) "
+        f"{res.stored_ratio:.2f}\u00d7 the text.",
+        "Sizes are a freshly loaded, vacuumed table: the floor. A live table also carries dead "
+        "row versions and free space left by claim/complete updates between vacuums. "
+        "Index entries are the planner's count after `VACUUM (ANALYZE)`. "
+        + (
+            ""
+            if total == 1_000_000
+            else '"MiB per 1,000,000 jobs" scales the measured size linearly by '
+            f"1,000,000 / {fmt_int(total)}. "
+        )
+        + "A partial index grows with the rows its predicate keeps (queued, processing, "
+        "ended), not with the table.",
+        f"Retention: the cutoff is midnight (UTC) of the day holding the job at 1/10 of the "
+        f"table; {fmt_int(r.jobs)} jobs were created before it. The day-partitioned copy "
+        f"(built in {scale.partitioned.seconds:,.1f} s) uses primary keys `(id, created_at)` "
+        "and `(id, job_created_at)`, a foreign key `(job_id, job_created_at)` to `(id, "
+        "created_at)` with `ON DELETE CASCADE`, and the migrations' secondary indexes created "
+        "on the parent. Each side starts after a `CHECKPOINT`. Heap sizes around the delete "
+        f"and its `VACUUM`: {heaps}: the space is reused by later rows, not returned.",
+    ]
+
+
+def _size_headline(scale: AtScale, total: int) -> str:
+    sizes, r = scale.sizes, scale.retention
+    per_million = 1_000_000 / total
+    jobs, results = sizes.totals["jobs"], sizes.totals["job_results"]
+    return (
+        f"Per 1,000,000 jobs (measured at {fmt_int(total)}): `jobs` "
+        f"{jobs * per_million / 2**20:,.0f} MiB with its indexes, `job_results` "
+        f"{results * per_million / 2**20:,.0f} MiB; retention deleted "
+        f"{fmt_int(r.jobs / r.delete_seconds)} jobs/s in batches of 1,000 "
+        f"({fmt_int(r.delete_wal / r.jobs)} WAL bytes per job) against "
+        f"{r.drop_seconds:,.3f} s to drop the day partitions holding the same "
+        f"{fmt_int(r.dropped_jobs)} jobs."
+    )
+
+
 def run_plans(ctx: Context) -> Section:
     total = 100_000 if ctx.quick else 1_000_000
     clients = 1000
@@ -357,6 +517,7 @@ def run_plans(ctx: Context) -> Section:
     ctx.log("plans: library calls on the large table")
     wall_runs = 10 if ctx.quick else 30
     wall = _wall_times(ctx.url, str(large), str(typical), deep, wall_runs)
+    scale = _at_scale(ctx, defs, [queries[0], queries[2], queries[4]], total, str(typical), runs)
 
     main = Table(
         [
@@ -448,7 +609,13 @@ def run_plans(ctx: Context) -> Section:
             fmt_ms(percentile(vals, 0.99)),
         )
     tables.append(calls)
+    tables += [
+        sizes_table(scale.sizes),
+        _partition_plans_table(scale, runs),
+        retention_table(scale.retention, scale.partitioned),
+    ]
     section.tables = tables
+    section.notes += _scale_notes(scale, total)
 
     mix_text = ", ".join(f"{fmt_int(n)} {s}" for s, n in mix.items())
     section.intro = [
@@ -459,8 +626,9 @@ def run_plans(ctx: Context) -> Section:
         f"{fmt_int(clients)} clients of very uneven size (client number = "
         f"floor({clients} \u00b7 u\u00b3) for uniform u); the newest 1% queued, "
         f"the 0.1% before them processing; status mix: {mix_text}. Ids are time-ordered "
-        "(UUIDv7 layout built from `created_at`). No `job_results` rows: none of these "
-        "queries reads them.",
+        "(UUIDv7 layout built from `created_at`). `job_results` stays empty until the plans "
+        "and wall times are measured (none of those queries reads it); then it gets a row "
+        "per completed job for the size and retention tables at the end.",
         "",
         "Each query is the library's statement text (from the packaged SQL) with bound "
         'parameters, so the plan is the custom plan for those values. "index used" lists '
@@ -502,6 +670,7 @@ def run_plans(ctx: Context) -> Section:
         f"({', '.join(lib_claim.access)}) against {fmt_ms(story_claim.median_ms)} ms on the "
         f"story's indexes ({', '.join(story_claim.access)}); count by status for the largest "
         f"client {fmt_ms(lib_count.median_ms)} ms against {fmt_ms(story_count.median_ms)} ms.",
+        _size_headline(scale, total),
     ]
     truncate_jobs(ctx.url)
     return section
