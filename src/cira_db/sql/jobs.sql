@@ -365,7 +365,7 @@ FROM target LEFT JOIN reported ON true
 -- name: queue_stats
 -- Queue health of every client, one row. Counts by status read all of jobs
 -- (an index-only scan of idx_jobs_client_status_created, or a sequential
--- scan); the queued figures read only the queued rows (idx_jobs_queue), the
+-- scan); the queued figures read only the queued rows (idx_jobs_claim), the
 -- expired leases only the processing rows (idx_jobs_lease_expiry).
 SELECT now() AS measured_at,
        (SELECT coalesce(json_object_agg(status, jobs), '{}')
