@@ -14,6 +14,8 @@ load, then the two migrations run while a writer updates one job in a loop
   that statement's backend holds on ``jobs`` every few milliseconds; the
   migrator then records 0004 (a re-run of a finished file: it skips
   everything).
+* 0005 (drop ``idx_jobs_queue``), then its down file (build it again) and
+  0005 once more, run the same way, statement by statement with sampled locks.
 """
 
 from __future__ import annotations
@@ -116,9 +118,9 @@ def _rehearse_0003(url: str, sql: str, lock_timeout: str) -> tuple[str, float]:
 
 
 def _run_0004(
-    url: str, sql: str, probe: Probe, lock_timeout: str, table: Table
+    url: str, sql: str, probe: Probe, lock_timeout: str, table: Table, prefix: str = ""
 ) -> tuple[float, set[str]]:
-    """Run 0004 statement by statement as the migrator does; one table row per statement.
+    """Run a no-transaction file statement by statement as the migrator does; a row each.
 
     Returns the seconds the statements took and every lock mode seen on jobs.
     """
@@ -135,7 +137,7 @@ def _run_0004(
             total += end - start
             modes |= sampler.seen
             table.add(
-                _label(statement),
+                prefix + _label(statement),
                 ", ".join(sorted(sampler.seen)) or "(none seen: too short to sample)",
                 fmt_ms((end - start) * 1000),
                 fmt_ms(probe.worst_ms(start, end)),
@@ -185,9 +187,19 @@ def run_migration(ctx: Context) -> Section:
         )
         ctx.log("migration: running 0004 statement by statement")
         seconds_0004, modes_0004 = _run_0004(ctx.url, migrations[4].sql, probe, lock_timeout, table)
+        ctx.log("migration: running 0005, its down file, and 0005 again")
+        seconds_0005, modes_0005 = _run_0004(
+            ctx.url, migrations[5].sql, probe, lock_timeout, table, "0005: "
+        )
+        down_sql = migrations[5].down_sql
+        assert down_sql is not None
+        seconds_down, modes_down = _run_0004(
+            ctx.url, down_sql, probe, lock_timeout, table, "0005 down: "
+        )
+        _run_0004(ctx.url, migrations[5].sql, probe, lock_timeout, table, "0005 again: ")
         time.sleep(0.2)
     start = time.perf_counter()
-    Migrator(ctx.url, applied_by="bench").apply()  # records 0004: a re-run that skips everything
+    Migrator(ctx.url, applied_by="bench").apply()  # records 0004, 0005: re-runs that skip all
     rerun = time.perf_counter() - start
     start = time.perf_counter()
     Migrator(ctx.url, applied_by="bench").rollback(to=2)
@@ -213,13 +225,21 @@ def run_migration(ctx: Context) -> Section:
         "milliseconds); the worst-UPDATE column covers both runs. 0004's statements run "
         "one by one as the migrator runs them "
         f"(autocommit, `lock_timeout` {lock_timeout}); their locks are sampled every 2 ms "
-        "from another connection.",
+        "from another connection. 0005 (drop `idx_jobs_queue`), its down file (build it "
+        "again) and 0005 once more run the same way.",
     ]
     section.notes.append(
-        f"After the table: recording 0004 with the migrator (a re-run of the whole file "
-        f"over itself, which skips everything) took {fmt_ms(rerun * 1000)} ms; rolling back "
-        f"to 2 (0004's and 0003's down files) {down:.1f} s; applying 0003 and 0004 again "
-        f"{up_again:.1f} s."
+        f"After the table: recording 0004 and 0005 with the migrator (re-runs of whole files "
+        f"over themselves, which skip everything) took {fmt_ms(rerun * 1000)} ms; rolling "
+        f"back to 2 (the down files of 0005, 0004 and 0003) {down:.1f} s; applying 0003 to "
+        f"0005 again {up_again:.1f} s."
+    )
+    seen_0005 = ", ".join(sorted(modes_0005)) or "no lock it could sample"
+    seen_down = ", ".join(sorted(modes_down)) or "no lock it could sample"
+    section.notes.append(
+        f"0005 drops `idx_jobs_queue` in {fmt_ms(seconds_0005 * 1000)} ms holding only "
+        f"{seen_0005}; its down file builds it again in {seconds_down:.1f} s holding only "
+        f"{seen_down}."
     )
     seen_0004 = ", ".join(sorted(modes_0004)) or "no lock it could sample"
     section.headlines = [

@@ -512,6 +512,8 @@ def test_queue_stats_plans_on_a_realistic_table(cira_db: Database) -> None:
     assert every.count("Seq Scan") <= 1, every
     assert "Seq Scan on jobs queued" not in every, every
     assert "Seq Scan on jobs held" not in every, every
+    # the queued rows through a claim index (0005 dropped idx_jobs_queue, their old index)
+    assert "idx_jobs_claim" in every, every
 
 
 # -- races: a cancel that meets a claim in flight ------------------------------------------------

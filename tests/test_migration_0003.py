@@ -1,4 +1,4 @@
-"""Migrations 0003 and 0004 (schema of the job features) on a real PostgreSQL.
+"""Migrations 0003, 0004 (schema of the job features) and 0005 on a real PostgreSQL.
 
 0003 adds the status label ``cancelled`` and the columns ``run_after``,
 ``priority``, ``progress`` and ``cancel_requested_at`` with NOT VALID CHECKs;
@@ -6,6 +6,8 @@
 retention indexes concurrently. These tests run them over existing rows,
 down and up again, check that the CHECKs refuse bad values, that a failed
 concurrent build is repaired by a re-run, and which index each claim uses.
+0005 (no-transaction) drops idx_jobs_queue, unused since 0004; its down file
+builds it again concurrently.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def test_the_files_are_one_transactional_and_one_concurrent_migration() -> None:
 
 def test_up_keeps_existing_rows_unchanged(at_two: str) -> None:
     before = rows(at_two)
-    assert [m.version for m in Migrator(at_two).apply()] == [3, 4]
+    assert [m.version for m in Migrator(at_two).apply(to=4)] == [3, 4]
     assert rows(at_two) == before  # not even updated_at moved: no row was written
     found = columns(at_two)
     assert {name: found[name] for name in NEW_COLUMNS} == NEW_COLUMNS
@@ -207,7 +209,7 @@ def test_up_keeps_existing_rows_unchanged(at_two: str) -> None:
         name: (definition, True) for name, definition in NEW_INDEXES.items()
     }
     assert "idx_jobs_finished_created" not in built  # replaced by idx_jobs_ended_created
-    assert "idx_jobs_queue" in built  # kept (dropping it takes a migration of its own)
+    assert "idx_jobs_queue" in built  # kept: 0005, a migration of its own, drops it
 
 
 def test_todays_repository_calls_work_on_rows_from_before(at_two: str) -> None:
@@ -232,7 +234,7 @@ def test_todays_repository_calls_work_on_rows_from_before(at_two: str) -> None:
 
 def test_down_keeps_every_row_and_up_again_gives_the_same_schema(at_two: str) -> None:
     migrator = Migrator(at_two)
-    migrator.apply()
+    migrator.apply(to=4)
     migrated = (columns(at_two), indexes(at_two), checks(at_two), labels(at_two))
     with psycopg.connect(at_two, autocommit=True) as conn:
         conn.execute(
@@ -262,13 +264,13 @@ def test_down_keeps_every_row_and_up_again_gives_the_same_schema(at_two: str) ->
     assert back["idx_jobs_finished_created"][1]
     assert "cancelled" in labels(at_two)  # an enum label cannot be dropped in place
 
-    assert [m.version for m in migrator.apply()] == [3, 4]
+    assert [m.version for m in migrator.apply(to=4)] == [3, 4]
     assert (columns(at_two), indexes(at_two), checks(at_two), labels(at_two)) == migrated
 
 
 def test_the_concurrent_files_run_again_over_themselves(at_two: str) -> None:
     """0004 and its down file are re-runnable, statement by statement."""
-    Migrator(at_two).apply()
+    Migrator(at_two).apply(to=4)
     built = indexes(at_two)
     run_file(at_two, PACKAGED[4].sql)
     assert indexes(at_two) == built
@@ -290,7 +292,7 @@ def test_an_index_left_invalid_by_a_failed_build_is_rebuilt(at_two: str) -> None
     ):
         conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_jobs_claim ON jobs (client_id)")
     assert indexes(at_two)["idx_jobs_claim"][1] is False
-    assert [m.version for m in migrator.apply()] == [4]
+    assert [m.version for m in migrator.apply(to=4)] == [4]
     built = indexes(at_two)
     assert built["idx_jobs_claim"] == (NEW_INDEXES["idx_jobs_claim"], True)
     assert not [name for name in built if name.endswith("_invalid")]
@@ -308,7 +310,67 @@ def test_lock_timeout_bounds_the_wait_of_0003(at_two: str) -> None:
         holder.close()
     assert not set(NEW_COLUMNS) & set(columns(at_two))
     assert "cancelled" not in labels(at_two)
-    assert [m.version for m in Migrator(at_two).apply()] == [3, 4]
+    assert [m.version for m in Migrator(at_two).apply(to=4)] == [3, 4]
+
+
+# -- 0005: idx_jobs_queue goes -----------------------------------------------------
+
+QUEUE_INDEX = (
+    "CREATE INDEX idx_jobs_queue ON public.jobs USING btree (created_at, id) "
+    "WHERE (status = 'queued'::job_status)"
+)
+
+
+def test_0005_is_one_concurrent_migration_both_ways() -> None:
+    assert PACKAGED[5].filename == "0005_drop_idx_jobs_queue.sql"
+    assert not PACKAGED[5].transactional
+    assert not PACKAGED[5].down_transactional
+
+
+def test_0005_drops_the_queue_index_and_its_down_file_builds_it_again(at_two: str) -> None:
+    migrator = Migrator(at_two)
+    migrator.apply(to=4)
+    at_four, before = indexes(at_two), rows(at_two)
+    assert at_four["idx_jobs_queue"] == (QUEUE_INDEX, True)
+    assert [m.version for m in migrator.apply()] == [5]
+    assert indexes(at_two) == {k: v for k, v in at_four.items() if k != "idx_jobs_queue"}
+    assert rows(at_two) == before
+    with Database(at_two, pool=False) as db:  # the claim and queue_stats work without it
+        jobs = JobRepository(db)
+        assert jobs.queue_stats().by_status[JobStatus.QUEUED] == 10
+        assert len(jobs.claim_batch(3, lease=timedelta(minutes=5))) == 3
+    assert [m.version for m in migrator.rollback(to=4)] == [5]
+    assert indexes(at_two) == at_four
+    assert [m.version for m in migrator.apply()] == [5]
+    assert "idx_jobs_queue" not in indexes(at_two)
+
+
+def test_0005_files_run_again_over_themselves(at_two: str) -> None:
+    Migrator(at_two).apply()
+    without = indexes(at_two)
+    run_file(at_two, PACKAGED[5].sql)
+    assert indexes(at_two) == without
+    assert PACKAGED[5].down_sql is not None
+    run_file(at_two, PACKAGED[5].down_sql)
+    run_file(at_two, PACKAGED[5].down_sql)
+    assert indexes(at_two)["idx_jobs_queue"] == (QUEUE_INDEX, True)
+    run_file(at_two, PACKAGED[5].sql)
+    assert indexes(at_two) == without
+
+
+def test_0005_down_rebuilds_a_queue_index_left_invalid(at_two: str) -> None:
+    migrator = Migrator(at_two)
+    migrator.apply()
+    with (
+        psycopg.connect(at_two, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UniqueViolation),
+    ):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_jobs_queue ON jobs (client_id)")
+    assert indexes(at_two)["idx_jobs_queue"][1] is False
+    assert [m.version for m in migrator.rollback(to=4)] == [5]
+    back = indexes(at_two)
+    assert back["idx_jobs_queue"] == (QUEUE_INDEX, True)
+    assert not [name for name in back if name.endswith("_invalid")]
 
 
 # -- the CHECKs -------------------------------------------------------------------

@@ -184,8 +184,9 @@ def test_fresh_migrate_builds_the_hardened_schema(empty: str) -> None:
     assert columns[("jobs", "lease_expires_at")] == ("timestamptz", "YES")
     assert columns[("job_results", "job_id")] == ("uuid", "NO")
     indexes = {name for _, name, _ in snapshot(empty)["indexes"]}
-    assert {"idx_jobs_queue", "idx_jobs_client_created", "idx_jobs_lease_expiry"} <= indexes
+    assert {"idx_jobs_claim", "idx_jobs_client_created", "idx_jobs_lease_expiry"} <= indexes
     assert "idx_jobs_created_at" not in indexes  # the planner trap, see 0002
+    assert "idx_jobs_queue" not in indexes  # 0002's queue index, unused since 0004: 0005
 
 
 def test_history_records_checksum_timing_and_who(empty: str) -> None:
@@ -561,7 +562,7 @@ def test_baseline_adopts_the_story_schema_and_upgrade_keeps_rows(empty: str) -> 
     assert scalar(empty, "SELECT attempts FROM jobs WHERE client_id = 'client-b'") == 0
     # the adopted database now has the same indexes and constraints as a fresh one
     indexes = {name for _, name, _ in snapshot(empty)["indexes"]}
-    assert "idx_jobs_queue" in indexes
+    assert "idx_jobs_claim" in indexes
     assert "idx_jobs_status" not in indexes
 
 
