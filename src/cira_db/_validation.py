@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import ValidationError as PydanticValidationError
-
 from cira_db._models import STATUS_BY_LABEL, JobStatus
 from cira_db.errors import ValidationError
 
@@ -266,6 +264,8 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
         raise ValidationError(field, "must not carry a user name or password")
     if not parts.hostname:
         raise ValidationError(field, "not a valid http(s) URL (no host)")
+    from pydantic import ValidationError as PydanticValidationError  # loaded with _http_url
+
     try:
         url = _http_url().validate_python(value)
     except PydanticValidationError as exc:
