@@ -41,8 +41,9 @@ _PROXY_HOST = re.compile(
     r"^[a-z0-9-]+\.(?:endpoint\.)?proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?$"
 )
 ENV_PREFIX: Final = "CIRA_DB_"
-# A PostgreSQL duration setting in milliseconds: a number and an optional unit.
-_DURATION = re.compile(r"^(\d+)(ms|s|min|h)?$")
+# A PostgreSQL duration setting in milliseconds: a number and an optional unit. This
+# and the patterns below are compiled (and cached by `re`) on first use, not at import.
+_DURATION = r"^(\d+)(ms|s|min|h)?$"
 _UNIT_MS = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
 # PostgreSQL keeps these timeouts in an int of milliseconds.
 _MAX_TIMEOUT_MS = 2_147_483_647
@@ -57,7 +58,7 @@ def check_duration(value: str | None) -> str | None:
     """A PostgreSQL duration in milliseconds (``30s``, ``15min``), within its int limit."""
     if value is None:
         return None
-    match = _DURATION.match(value)
+    match = re.match(_DURATION, value)
     if match is None:
         raise ValueError("use a whole number with an optional unit ms, s, min or h (e.g. '30s')")
     if int(match.group(1)) * _UNIT_MS[match.group(2)] > _MAX_TIMEOUT_MS:
@@ -229,8 +230,8 @@ FIELDS: Final[dict[str, tuple[str, Any, float | None, float | None, bool]]] = {
 
 # Strings pydantic turns into a number or a bool in exactly one way; anything else
 # (signs, spaces, underscores, exponents, other spellings) is left to pydantic.
-_WHOLE = re.compile(r"0|[1-9][0-9]{0,14}")
-_DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,15})?")
+_WHOLE = r"0|[1-9][0-9]{0,14}"
+_DECIMAL = r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,15})?"
 _BOOLS: Final = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -241,7 +242,7 @@ class _UnsureError(Exception):
 def _number(value: Any, kind: str) -> float:
     if type(value) is int or (kind == _FLOAT and type(value) is float and math.isfinite(value)):
         return value
-    if type(value) is str and (_WHOLE if kind == _INT else _DECIMAL).fullmatch(value):
+    if type(value) is str and re.fullmatch(_WHOLE if kind == _INT else _DECIMAL, value):
         return int(value) if kind == _INT else float(value)
     raise _UnsureError
 

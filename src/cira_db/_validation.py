@@ -18,7 +18,6 @@ import ipaddress
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -200,6 +199,8 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         if _CONTROL.search(value):
             raise ValidationError(field, "must not contain control characters")
         return value
+    import unicodedata  # only for text beyond ASCII: a cold start need not load it
+
     for char in value:
         category = unicodedata.category(char)
         if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
