@@ -37,7 +37,7 @@ _LAYOUT: Final = struct.Struct(">Bq16s")  # version, microseconds, uuid bytes
 _TAG_SIZE: Final = 8
 _RAW_SIZE: Final = _LAYOUT.size + _TAG_SIZE
 _TEXT_SIZE: Final = len(base64.urlsafe_b64encode(bytes(_RAW_SIZE)).rstrip(b"="))
-_TEXT: Final = re.compile(rf"^[A-Za-z0-9_-]{{{_TEXT_SIZE}}}$")
+_TEXT: Final = rf"^[A-Za-z0-9_-]{{{_TEXT_SIZE}}}$"  # compiled on first use, not at import
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _PERSON: Final = b"cira_db.cursor"
@@ -89,7 +89,7 @@ def decode_cursor(
     or length, bad alphabet, unknown version, a tag that does not match this
     client id and status filter, or an out-of-range time.
     """
-    if not isinstance(cursor, str) or not _TEXT.match(cursor):
+    if not isinstance(cursor, str) or not re.match(_TEXT, cursor):
         raise ValidationError("cursor", _INVALID)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))

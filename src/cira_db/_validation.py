@@ -128,7 +128,8 @@ _HIDDEN_CATEGORIES: Final = {
 # Invisible characters outside those categories: the Default_Ignorable_Code_Point
 # code points (Unicode DerivedCoreProperties) that are letters or combining marks,
 # such as the Hangul fillers, the combining grapheme joiner and variation selectors.
-_IGNORABLE = re.compile(
+# Compiled (and cached by `re`) on first use: only text beyond ASCII needs it.
+_IGNORABLE = (
     r"[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
     r"\U000e0100-\U000e01ef]"
 )
@@ -206,7 +207,7 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
             reason = _HIDDEN_CATEGORIES.get(category, "whitespace other than the ASCII space")
             raise ValidationError(field, f"must not contain U+{ord(char):04X} ({reason})")
-    ignorable = _IGNORABLE.search(value)
+    ignorable = re.search(_IGNORABLE, value)
     if ignorable:
         code = ord(ignorable.group())
         raise ValidationError(field, f"must not contain U+{code:04X} (an invisible character)")
