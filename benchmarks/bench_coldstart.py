@@ -179,6 +179,13 @@ def _imports_tables(times: dict[str, tuple[int, int]]) -> list[Table]:
     return [packages, top]
 
 
+def _loaded_note(times: dict[str, tuple[int, int]], package: str, when: str) -> str:
+    """Whether ``import cira_db`` loaded ``package``, as this run saw it."""
+    if any(module.split(".")[0] == package for module in times):
+        return f"{package} is imported by `import cira_db` in this run (expected: {when})."
+    return f"{package} is not imported: it is loaded {when}."
+
+
 def run_coldstart(ctx: Context) -> Section:
     """Alternate library and raw cold processes; then break the import down."""
     section = Section("coldstart", "8. Cold start of a Lambda function")
@@ -198,7 +205,11 @@ def run_coldstart(ctx: Context) -> Section:
         "A fresh process per sample, as a new execution environment: import, settings from "
         "the environment (`AWS_LAMBDA_FUNCTION_NAME` set), open the pool, first repository "
         "call (`jobs.find`, one connection made), against psycopg + psycopg_pool doing the "
-        "same by hand with the same statement. CPU time is the process's own user + system "
+        "same by hand with the same statement. Like for like: the same interpreter and flags, "
+        "the same URL (so the same TLS: libpq's default for this local server, as the library "
+        "leaves it; the library adds only TCP keepalives, its connect and TCP timeouts and "
+        "`application_name`), a pool of at most one connection opened empty, autocommit and "
+        "no server-side prepares on both sides. CPU time is the process's own user + system "
         "time, interpreter start-up included; wall time is the parent's, spawn to exit. "
         "Target: at most 1.15\u00d7 raw."
     ]
@@ -210,7 +221,19 @@ def run_coldstart(ctx: Context) -> Section:
     section.notes = [
         f"`import cira_db` {_ms(cira / 1e6)} cumulative against `import psycopg_pool` "
         f"(which imports psycopg) {_ms(pool / 1e6)}, one `-X importtime` run each.",
-        "boto3 is not imported: it is loaded only when a secret or an IAM token is needed.",
+        _loaded_note(
+            times,
+            "pydantic",
+            "when `DatabaseSettings` is first named "
+            "(`Database.settings`, `from cira_db import DatabaseSettings`) or a value "
+            "needs its validation: plainly valid `CIRA_DB_*` values are settled without it",
+        ),
+        _loaded_note(times, "boto3", "only when a secret or an IAM token is needed"),
+        _loaded_note(
+            times,
+            "opentelemetry",
+            "on a call only once the application (or its instrumentation) has imported it",
+        ),
     ]
     section.headlines = [
         f"Cold start (fresh process: import, settings, pool, first call): "

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "cira_db.sql": 0,
     # 1: settings and SQL loading (and the values they check)
     "cira_db._settings": 1,
+    "cira_db._settings_model": 1,
     "cira_db._plan": 1,
     "cira_db._aws_auth": 1,
     "cira_db._embedded": 1,

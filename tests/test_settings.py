@@ -639,3 +639,145 @@ def test_import_loads_no_settings_framework_and_no_aws() -> None:
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_a_cold_start_loads_no_pydantic_until_the_settings_model_is_asked_for() -> None:
+    """Import, settings from the environment and the plan: pydantic stays out until named."""
+    code = (
+        "import os, sys\n"
+        "os.environ.update(CIRA_DB_URL='postgresql://app:pw@db.example.com/cira',"
+        " CIRA_DB_POOL_MAX_SIZE='2', CIRA_DB_IAM_AUTH='false', CIRA_DB_SSLMODE='verify-full')\n"
+        "from cira_db import Database\n"
+        "db = Database.from_env()\n"
+        "db.connection_plan()\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0].startswith('pydantic'))\n"
+        "settings = db.settings\n"
+        "assert type(settings).__name__ == 'DatabaseSettings', type(settings)\n"
+        "assert settings.pool_max_size == 2 and settings.url is not None\n"
+        "assert 'pydantic' in sys.modules\n"
+        "print(','.join(before))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+# Values a CIRA_DB_* variable or an argument may hold: plain ones the light path
+# takes, and ones it must leave to pydantic (spaces, signs, other spellings, types).
+_CANDIDATES = st.one_of(
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2",
+            "5",
+            "10",
+            "65535",
+            "65536",
+            "0.5",
+            "1.5",
+            "007",
+            " 5",
+            "5 ",
+            "+5",
+            "-1",
+            "1_000",
+            "1e3",
+            "nan",
+            "inf",
+            "true",
+            "false",
+            "True",
+            "yes",
+            "off",
+            "",
+            "30s",
+            "15min",
+            "597h",
+            "2147483648",
+            "x",
+            "require",
+            "verify-full",
+            "VERIFY-FULL",
+            "prefer",
+            "postgresql://app@db.example.com/cira",
+            "db.example.com",
+            "app\n",
+        ]
+    ),
+    st.integers(min_value=-2, max_value=70_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=5),
+)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(sorted(DatabaseSettings.model_fields)), _CANDIDATES, max_size=4
+    )
+)
+def test_the_light_path_agrees_with_the_pydantic_model(values: dict[str, Any]) -> None:
+    """`load_settings` is `DatabaseSettings.load`: the light path takes only what pydantic
+    takes, with the same values, and leaves the rest (and every refusal) to pydantic."""
+    from cira_db._settings import Settings, load_settings
+
+    try:
+        model: DatabaseSettings | None = DatabaseSettings.load(**values)
+    except ConfigurationError:
+        model = None
+    try:
+        loaded = load_settings(**values)
+    except ConfigurationError:
+        assert model is None
+        return
+    assert model is not None
+    if isinstance(loaded, Settings):
+        for name in DatabaseSettings.model_fields:
+            light, strict = getattr(loaded, name), getattr(model, name)
+            if hasattr(strict, "get_secret_value"):
+                light, strict = light.get_secret_value(), strict.get_secret_value()
+            assert (type(light), light) == (type(strict), strict), name
+        assert loaded.as_model() == model
+        assert _described(loaded) == _described(model)
+
+
+def _described(settings: Any) -> str:
+    try:
+        return str(settings.describe())
+    except ConfigurationError as exc:
+        return f"refused: {exc}"
+
+
+def test_the_light_field_table_matches_the_model() -> None:
+    """Names, defaults and numeric bounds of `cira_db._settings.FIELDS` are the model's."""
+    from cira_db._settings import FIELDS
+
+    assert list(FIELDS) == list(DatabaseSettings.model_fields)
+    for name, field in DatabaseSettings.model_fields.items():
+        _kind, default, low, high, open_low = FIELDS[name]
+        assert default == field.default, name
+        bounds = {
+            attr: getattr(m, attr)
+            for m in field.metadata
+            for attr in ("gt", "ge", "le", "lt")
+            if hasattr(m, attr)
+        }
+        assert (low, high) == (bounds.get("gt", bounds.get("ge")), bounds.get("le")), name
+        assert open_low == ("gt" in bounds), name
+        assert "lt" not in bounds, name
+
+
+def test_settings_from_the_environment_are_the_pydantic_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CIRA_DB_URL", remote_url())
+    monkeypatch.setenv("CIRA_DB_POOL_TIMEOUT", "2.5")
+    monkeypatch.setenv("CIRA_DB_VIA_PROXY", "true")
+    db = Database.from_env(pool=False)
+    assert db.settings == DatabaseSettings.load()
+    assert db.settings is db.settings
+    assert db.settings.pool_timeout == 2.5
+    assert SECRET not in repr(db) + repr(db.settings) + repr(db._settings)

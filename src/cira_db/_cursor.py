@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import re
 import struct
 from datetime import UTC, datetime, timedelta
-from hashlib import blake2b
 from typing import Final
 from uuid import UUID
 
@@ -39,7 +37,7 @@ _LAYOUT: Final = struct.Struct(">Bq16s")  # version, microseconds, uuid bytes
 _TAG_SIZE: Final = 8
 _RAW_SIZE: Final = _LAYOUT.size + _TAG_SIZE
 _TEXT_SIZE: Final = len(base64.urlsafe_b64encode(bytes(_RAW_SIZE)).rstrip(b"="))
-_TEXT: Final = re.compile(rf"^[A-Za-z0-9_-]{{{_TEXT_SIZE}}}$")
+_TEXT: Final = rf"^[A-Za-z0-9_-]{{{_TEXT_SIZE}}}$"  # compiled on first use, not at import
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _PERSON: Final = b"cira_db.cursor"
@@ -51,6 +49,8 @@ _INVALID: Final = "not a cursor from this listing (tampered, or from another cli
 
 
 def _tag(key: bytes, client_id: str, status: JobStatus | None, position: bytes) -> bytes:
+    from hashlib import blake2b  # here, not at import: a cold start lists nothing
+
     if len(key) > blake2b.MAX_KEY_SIZE:
         key = blake2b(key).digest()
     digest = blake2b(key=key, digest_size=_TAG_SIZE, person=_PERSON)
@@ -89,7 +89,7 @@ def decode_cursor(
     or length, bad alphabet, unknown version, a tag that does not match this
     client id and status filter, or an out-of-range time.
     """
-    if not isinstance(cursor, str) or not _TEXT.match(cursor):
+    if not isinstance(cursor, str) or not re.match(_TEXT, cursor):
         raise ValidationError("cursor", _INVALID)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -98,7 +98,9 @@ def decode_cursor(
     if len(raw) != _RAW_SIZE:  # pragma: no cover - fixed length text decodes to fixed bytes
         raise ValidationError("cursor", _INVALID)
     position, tag = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
-    if not hmac.compare_digest(tag, _tag(key, client_id, status, position)):
+    from hmac import compare_digest
+
+    if not compare_digest(tag, _tag(key, client_id, status, position)):
         raise ValidationError("cursor", _INVALID)
     version, micros, id_bytes = _LAYOUT.unpack(position)
     if version != _VERSION:

@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -27,8 +27,11 @@ from cira_db._observe import (
 )
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
-from cira_db._settings import DatabaseSettings, running_in_lambda
+from cira_db._settings import SettingsBase, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
+
+if TYPE_CHECKING:
+    from cira_db._settings import DatabaseSettings
 
 __all__ = ["Connection", "Database"]
 
@@ -107,16 +110,16 @@ class Database:
     ) -> None:
         if settings is not None and (url is not None or overrides):
             raise ConfigurationError("pass either settings= or a URL/overrides, not both")
-        if settings is None:
-            settings = DatabaseSettings.load(url=url, **overrides)
-        self._settings = settings
+        # load_settings loads pydantic only if the values need it (cira_db._settings).
+        resolved = settings if settings is not None else load_settings(url=url, **overrides)
+        self._settings: SettingsBase = resolved
         self._use_pool = pool
         self._pool: ConnectionPool[Connection] | None = None
         self._state = _ConnectState()
         self._lock = threading.Lock()
         self._secret = (
-            SecretProvider(settings.secret_arn, region=settings.aws_region, client=secrets_client)
-            if settings.secret_arn
+            SecretProvider(resolved.secret_arn, region=resolved.aws_region, client=secrets_client)
+            if resolved.secret_arn
             else None
         )
         self._rds_client = rds_client
@@ -126,20 +129,22 @@ class Database:
         self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._counters = Counters()
         self._retry = RetryPolicy(
-            attempts=settings.retry_attempts,
-            backoff=settings.retry_backoff,
-            backoff_max=settings.retry_backoff_max,
+            attempts=resolved.retry_attempts,
+            backoff=resolved.retry_backoff,
+            backoff_max=resolved.retry_backoff_max,
         )
 
     @classmethod
     def from_env(cls, *, pool: bool = True, **overrides: Any) -> Self:
         """A `Database` configured from ``CIRA_DB_*`` variables (plus ``overrides``)."""
-        return cls(settings=DatabaseSettings.load(**overrides), pool=pool)
+        # load_settings is DatabaseSettings.load without pydantic for plainly valid values;
+        # its light Settings may stand in here, as __init__ reads only what they share.
+        return cls(settings=cast("DatabaseSettings", load_settings(**overrides)), pool=pool)
 
     @property
     def settings(self) -> DatabaseSettings:
         """The settings this database was built with."""
-        return self._settings
+        return self._settings.as_model()
 
     @property
     def is_open(self) -> bool:
@@ -494,7 +499,7 @@ class Database:
         return pool_stats(self._pool, self._settings, self._counters.retries)
 
 
-def _opened(settings: DatabaseSettings, name: str, min_size: int, max_size: int) -> None:
+def _opened(settings: SettingsBase, name: str, min_size: int, max_size: int) -> None:
     """Log a pool's opening (INFO, ``cira_db.pool``): where to, and how big; no secret."""
     if not pool_log.isEnabledFor(logging.INFO):
         return

@@ -90,7 +90,9 @@ _LOGIN_REFUSALS = (
     "not permitted to log in",
     "no such user",  # pgbouncer
 )
-_ROLE_MISSING = re.compile(r'role "[^"]*" does not exist')
+# Patterns of this module are compiled (and cached by `re`) when an error needs them,
+# not at import: a cold start meets none.
+_ROLE_MISSING = r'role "[^"]*" does not exist'
 
 _TLS_REFUSALS = (
     "certificate verify failed",
@@ -131,12 +133,12 @@ _LASTING_MARKERS = (
     "no address associated",
 )
 # libpq refusing its own parameters ('invalid sslmode value: "x"', 'invalid port number').
-_INVALID_PARAMETER = re.compile(r"\binvalid [a-z_ ]+ (value|number)\b")
+_INVALID_PARAMETER = r"\binvalid [a-z_ ]+ (value|number)\b"
 
 # Never copy anything that may be a password, even if libpq ever quotes one.
 _SECRETS = (
-    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1***"),
-    (re.compile(r"(\w+://[^:/@\s]*):[^@\s]*@"), r"\1:***@"),
+    (r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE, r"\1***"),
+    (r"(\w+://[^:/@\s]*):[^@\s]*@", 0, r"\1:***@"),
 )
 _REASON_LIMIT = 500
 
@@ -148,8 +150,8 @@ def libpq_reason(exc: BaseException) -> str:
         if text.startswith(prefix):
             text = text[len(prefix) :]
     text = " ".join(text.split())
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
+    for pattern, flags, replacement in _SECRETS:
+        text = re.sub(pattern, replacement, text, flags=flags)
     if len(text) > _REASON_LIMIT:
         text = text[: _REASON_LIMIT - 3] + "..."
     return text
@@ -170,7 +172,7 @@ def _login_refused(exc: BaseException) -> bool:
     if not _connect_failure(exc):
         return False
     text = str(exc).lower()
-    return any(marker in text for marker in _LOGIN_REFUSALS) or bool(_ROLE_MISSING.search(text))
+    return any(marker in text for marker in _LOGIN_REFUSALS) or bool(re.search(_ROLE_MISSING, text))
 
 
 def is_tls_refusal(exc: BaseException) -> bool:
@@ -200,7 +202,7 @@ def _reason_will_not_pass(exc: psycopg.Error) -> bool:
         _login_refused(exc)
         or is_tls_refusal(exc)
         or any(marker in text for marker in _LASTING_MARKERS)
-        or _INVALID_PARAMETER.search(text) is not None
+        or re.search(_INVALID_PARAMETER, text) is not None
     )
 
 

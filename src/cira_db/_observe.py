@@ -8,8 +8,10 @@ counted is decided here (docs/observability.md).
 
 Cost: with DEBUG off and no OpenTelemetry SDK configured, a call costs two
 ``perf_counter`` readings, one cached ``isEnabledFor`` and one context
-variable set and reset. opentelemetry is imported on the first call only if
-it is installed (``cira-db[otel]``); ``import cira_db`` never loads it.
+variable set and reset. ``import cira_db`` never loads opentelemetry, and a call
+looks for an SDK only once something else has imported its API (the application
+or its instrumentation: no SDK can be set before) or ``OTEL_PYTHON_TRACER_PROVIDER``
+names one.
 
 Never recorded: parameter values other than ``client_id`` and a single
 ``job_id``/``id``, row contents, error messages of psycopg (they can quote
@@ -18,8 +20,11 @@ values), passwords and tokens.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -92,6 +97,12 @@ class _Otel:
     context: Any = None
     proxy: Any = None  # the API's ProxyTracerProvider class (no SDK set yet)
 
+    @staticmethod
+    @functools.cache
+    def named_provider() -> bool:
+        """OTEL_PYTHON_TRACER_PROVIDER names one: the API's getter would load it."""
+        return bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+
 
 def _tracer() -> Any:
     tracer = _Otel.tracer
@@ -99,6 +110,10 @@ def _tracer() -> Any:
         return tracer
     trace: Any = _Otel.trace
     if trace is None:
+        if "opentelemetry.trace" not in sys.modules and not _Otel.named_provider():
+            # No SDK can be set before the API is imported: spare a cold start its
+            # import until someone (the app, the instrumentation) has loaded it.
+            return None
         try:
             from opentelemetry import context
             from opentelemetry import trace as api

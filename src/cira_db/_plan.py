@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from cira_db._settings import DatabaseSettings, SslMode, default_ca_bundle, is_proxy_host
+from cira_db._settings import SettingsBase, SslMode, default_ca_bundle, is_proxy_host
 from cira_db.errors import ConfigurationError
 
 __all__ = ["ConnectionPlan", "Purpose", "is_local_host", "plan_connection"]
@@ -135,7 +135,7 @@ class ConnectionPlan:
 
 
 def plan_connection(
-    settings: DatabaseSettings,
+    settings: SettingsBase,
     purpose: Purpose = "app",
     *,
     secret: Mapping[str, Any] | None = None,
@@ -233,7 +233,7 @@ def plan_connection(
 # -- the source -------------------------------------------------------------------
 
 
-def _refuse_migrations_through_a_pooler(settings: DatabaseSettings) -> None:
+def _refuse_migrations_through_a_pooler(settings: SettingsBase) -> None:
     if settings.secret_arn is None and settings.behind_proxy():
         variable = "CIRA_DB_URL" if settings.url is not None else "CIRA_DB_HOST"
         raise ConfigurationError(
@@ -468,7 +468,7 @@ def _all_local(hosts: tuple[str, ...], hostaddrs: tuple[str, ...]) -> bool:
 
 
 def _apply_tls(
-    settings: DatabaseSettings,
+    settings: SettingsBase,
     params: dict[str, Any],
     effective: Mapping[str, str],
     *,
@@ -496,7 +496,7 @@ def _apply_tls(
 
 
 def _apply_options(
-    settings: DatabaseSettings, params: dict[str, Any], *, purpose: Purpose, behind_proxy: bool
+    settings: SettingsBase, params: dict[str, Any], *, purpose: Purpose, behind_proxy: bool
 ) -> None:
     if behind_proxy and params.get("options"):
         raise ConfigurationError(

@@ -3,46 +3,47 @@
 Settings are values and their validation only. Where a connection goes, with
 what TLS and credentials, is decided from them by the connection plan
 (`cira_db._plan`).
+
+The public model, `DatabaseSettings`, is a pydantic model (`cira_db._settings_model`),
+and pydantic is the one that validates. It is built on first use, not at import:
+importing pydantic costs more than the rest of a Lambda cold start together.
+`load_settings` (what `Database` uses) settles the common case without it: when
+every given value is one pydantic is known to accept unchanged (a string for a
+string field, a plain number in range, ``true``/``false``...), it keeps them in
+a light `Settings`; anything else goes to the pydantic model, which accepts it
+or raises the `ConfigurationError`. A `Settings` becomes the equal
+`DatabaseSettings` (validated from the same values) when someone asks for it
+(`Database.settings`). tests/test_settings.py checks that both ways agree.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
-import tempfile
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-    model_validator,
-)
-from pydantic import ValidationError as PydanticValidationError
-
-from cira_db.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DatabaseSettings", "SslMode"]
+    from cira_db._settings_model import DatabaseSettings as DatabaseSettings
+
+__all__ = ["DatabaseSettings", "Settings", "SettingsBase", "SslMode", "load_settings"]
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES: Final = frozenset(("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))
 
 _PROXY_HOST = re.compile(
     r"^[a-z0-9-]+\.(?:endpoint\.)?proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?$"
 )
-_ENV_PREFIX = "CIRA_DB_"
-# A PostgreSQL duration setting in milliseconds: a number and an optional unit.
-_DURATION = re.compile(r"^(\d+)(ms|s|min|h)?$")
+ENV_PREFIX: Final = "CIRA_DB_"
+# A PostgreSQL duration setting in milliseconds: a number and an optional unit. This
+# and the patterns below are compiled (and cached by `re`) on first use, not at import.
+_DURATION = r"^(\d+)(ms|s|min|h)?$"
 _UNIT_MS = {None: 1, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
 # PostgreSQL keeps these timeouts in an int of milliseconds.
 _MAX_TIMEOUT_MS = 2_147_483_647
@@ -53,10 +54,11 @@ def is_proxy_host(host: str) -> bool:
     return bool(_PROXY_HOST.match(host.strip().rstrip(".").lower()))
 
 
-def _check_duration(value: str | None) -> str | None:
+def check_duration(value: str | None) -> str | None:
+    """A PostgreSQL duration in milliseconds (``30s``, ``15min``), within its int limit."""
     if value is None:
         return None
-    match = _DURATION.match(value)
+    match = re.match(_DURATION, value)
     if match is None:
         raise ValueError("use a whole number with an optional unit ms, s, min or h (e.g. '30s')")
     if int(match.group(1)) * _UNIT_MS[match.group(2)] > _MAX_TIMEOUT_MS:
@@ -66,184 +68,76 @@ def _check_duration(value: str | None) -> str | None:
     return value
 
 
-class DatabaseSettings(BaseModel):
-    """How to reach PostgreSQL, and how the pool and retries behave.
+class SecretLike(Protocol):
+    """What the library reads of a secret setting (`pydantic.SecretStr` or `Secret`)."""
 
-    Every field is an argument, and `load` also reads it from the environment
-    variable ``CIRA_DB_<FIELD>`` (for example ``CIRA_DB_URL``,
-    ``CIRA_DB_SSLMODE``); the constructor reads no environment. A bad value
-    raises `ConfigurationError` naming the variable, never a pydantic error.
-    Secrets are held as `pydantic.SecretStr`, so ``repr()`` never shows them.
+    def get_secret_value(self) -> str: ...
+
+
+class Secret:
+    """A secret string that ``repr()`` and ``str()`` never show (as `pydantic.SecretStr`)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """The secret itself; never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class SettingsBase:
+    """What the library reads of settings, and the values derived from them.
+
+    Shared by the pydantic `DatabaseSettings` and the light `Settings`, so the
+    derived values have one implementation.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    __slots__ = ()
 
-    url: SecretStr | None = Field(
-        default=None, description="libpq URL or key=value string; may carry the password."
-    )
-    host: str | None = None
-    port: int = Field(default=5432, ge=1, le=65535)
-    dbname: str | None = None
-    user: str | None = None
-    password: SecretStr | None = None
+    if TYPE_CHECKING:
+        url: SecretLike | None
+        host: str | None
+        port: int
+        dbname: str | None
+        user: str | None
+        password: SecretLike | None
+        secret_arn: str | None
+        iam_auth: bool
+        aws_region: str | None
+        migration_url: SecretLike | None
+        sslmode: SslMode | None
+        sslrootcert: str | None
+        allow_unverified_tls: bool
+        application_name: str
+        connect_timeout: int
+        tcp_user_timeout: int
+        statement_timeout: str | None
+        retry_attempts: int
+        retry_backoff: float
+        retry_backoff_max: float
+        slow_call_ms: int
+        via_proxy: bool | None
+        prepare_statements: bool | None
+        pool_min_size: int | None
+        pool_max_size: int | None
+        pool_timeout: float
+        pool_max_lifetime: float
+        pool_max_idle: float
+        pool_check_after: float
+        migration_lock_wait: float
+        migration_lock_timeout: str
+        migration_statement_timeout: str
 
-    secret_arn: str | None = Field(
-        default=None,
-        description="Secrets Manager secret (RDS JSON: username, password, host, port, dbname).",
-    )
-    iam_auth: bool = Field(
-        default=False, description="Authenticate with an RDS IAM token made per new connection."
-    )
-    aws_region: str | None = Field(
-        default=None, description="Region for Secrets Manager and IAM tokens; default AWS_REGION."
-    )
-
-    migration_url: SecretStr | None = Field(
-        default=None,
-        description="Direct (not pooled) URL for the migrator, when `url` points at a pooler.",
-    )
-
-    sslmode: SslMode | None = Field(
-        default=None,
-        description="None: verify-full for remote hosts, libpq's default for local ones.",
-    )
-    sslrootcert: str | None = None
-    allow_unverified_tls: bool = Field(
-        default=False,
-        description="Permit an sslmode weaker than verify-full for a non-local host.",
-    )
-
-    application_name: str = Field(default="cira_db", pattern=r"^[A-Za-z0-9_.:@/ -]{0,63}$")
-    connect_timeout: int = Field(default=10, ge=1)
-    tcp_user_timeout: int = Field(
-        default=10_000,
-        ge=0,
-        le=2_147_483_647,
-        description="Milliseconds sent data may stay unacknowledged before the connection is "
-        "dropped (libpq tcp_user_timeout; 0: the kernel's default, minutes). With TCP "
-        "keepalives (on by default) it ends calls on a cut network instead of letting them hang.",
-    )
-    statement_timeout: str | None = Field(
-        default=None,
-        description="statement_timeout for direct connections, e.g. '30s'. Behind a proxy, "
-        "set it on the role instead (ALTER ROLE ... SET statement_timeout).",
-    )
-
-    retry_attempts: int = Field(
-        default=3, ge=1, le=10, description="Tries for harmless calls, the first included."
-    )
-    retry_backoff: float = Field(default=0.05, ge=0, description="First backoff, seconds.")
-    retry_backoff_max: float = Field(default=2.0, ge=0, description="Backoff cap, seconds.")
-
-    slow_call_ms: int = Field(
-        default=1000,
-        ge=0,
-        description="A repository call slower than this many milliseconds is logged at "
-        "WARNING (logger cira_db.calls); 0 turns the warning off.",
-    )
-
-    via_proxy: bool | None = Field(
-        default=None,
-        description="A transaction pooler (RDS Proxy, pgbouncer) sits in between; None: detect.",
-    )
-    prepare_statements: bool | None = Field(
-        default=None,
-        description="Server-side prepared statements; None: off behind a proxy or in Lambda.",
-    )
-
-    pool_min_size: int | None = Field(default=None, ge=0, description="None: 0 in Lambda, else 1.")
-    pool_max_size: int | None = Field(default=None, ge=1, description="None: 1 in Lambda, else 4.")
-    pool_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
-    pool_max_lifetime: float = Field(
-        default=900.0, gt=0, description="Seconds; below RDS Proxy's 1800 s idle client timeout."
-    )
-    pool_max_idle: float = Field(default=300.0, gt=0)
-    pool_check_after: float = Field(
-        default=5.0,
-        ge=0,
-        description="Check a pooled connection (one empty query) before use when it sat idle "
-        "this many seconds; 0 checks on every checkout. Catches connections that died while a "
-        "Lambda environment was frozen, without a round trip on every busy call.",
-    )
-
-    migration_lock_wait: float = Field(
-        default=60.0, gt=0, description="Seconds to wait for another migration runner."
-    )
-    migration_lock_timeout: str = Field(
-        default="10s", description="lock_timeout for migration statements."
-    )
-    migration_statement_timeout: str = Field(
-        default="15min", description="statement_timeout for migration statements."
-    )
-
-    @field_validator("statement_timeout", "migration_lock_timeout", "migration_statement_timeout")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        return _check_duration(value)
-
-    @model_validator(mode="after")
-    def _check_sources(self) -> DatabaseSettings:
-        if self.url is not None and self.host is not None:
-            raise ValueError("both CIRA_DB_URL and CIRA_DB_HOST are set; set one of them, not both")
-        if self.iam_auth and self.password is not None:
-            raise ValueError(
-                "CIRA_DB_IAM_AUTH and CIRA_DB_PASSWORD are both set; an IAM token replaces "
-                "the password, so unset CIRA_DB_PASSWORD"
-            )
-        if (
-            self.pool_min_size is not None
-            and self.pool_max_size is not None
-            and self.pool_min_size > self.pool_max_size
-        ):
-            raise ValueError("CIRA_DB_POOL_MIN_SIZE is larger than CIRA_DB_POOL_MAX_SIZE")
-        return self
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _configuration_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        # Defined last, so it wraps every other validator. Any invalid value,
-        # whichever way the settings are built, is a ConfigurationError naming
-        # the variable; raised outside the except block so that no pydantic
-        # error (and no input) rides along as its context.
-        try:
-            return handler(data)
-        except PydanticValidationError as exc:
-            message = _describe_pydantic_error(exc)
-        raise ConfigurationError(message)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # pydantic's own "frozen" error quotes the value, which may be a password.
-        raise ConfigurationError(
-            f"DatabaseSettings are frozen (setting {name!r}); "
-            "build new ones with settings.model_copy(update={...}) or DatabaseSettings.load(...)"
-        )
-
-    def __delattr__(self, name: str) -> None:
-        raise ConfigurationError(f"DatabaseSettings are frozen (deleting {name!r})")
-
-    # -- construction -------------------------------------------------------
-
-    @classmethod
-    def load(cls, **overrides: Any) -> DatabaseSettings:
-        """Build settings from ``CIRA_DB_*`` environment variables plus ``overrides``.
-
-        Arguments win over variables; an empty variable counts as unset. An
-        explicit ``url`` is the whole target: no ``CIRA_DB_HOST``, ``_DBNAME``,
-        ``_USER``, ``_PASSWORD``, ``_MIGRATION_URL``, ``_SECRET_ARN`` or
-        ``_IAM_AUTH`` variable may redirect it; an explicit ``host`` replaces
-        ``CIRA_DB_URL``. Raises `ConfigurationError` naming the variable to fix.
-        """
-        values = _environment_values(cls.model_fields)
-        explicit = {k: v for k, v in overrides.items() if v is not None}
-        if "url" in explicit:
-            for name in _TARGET_FIELDS:
-                values.pop(name, None)
-        elif "host" in explicit:
-            values.pop("url", None)
-        values.update(explicit)
-        return cls(**values)
-
-    # -- derived values -----------------------------------------------------
+    def as_model(self) -> DatabaseSettings:
+        """These settings as the public pydantic `DatabaseSettings`."""
+        raise NotImplementedError
 
     def pool_sizes(self) -> tuple[int, int]:
         """(min_size, max_size) after applying the Lambda-aware defaults."""
@@ -291,8 +185,139 @@ class DatabaseSettings(BaseModel):
         return plan_connection(self, purpose).describe()
 
 
+# -- the light path -------------------------------------------------------------------------
+
+# Every field of DatabaseSettings: (kind, default, lower bound, upper bound, lower bound open).
+# The kinds say what `_light_value` accepts; tests/test_settings.py checks this table
+# against the pydantic model (names, defaults, bounds), so the two cannot drift apart.
+_S, _STR, _INT, _FLOAT, _BOOL = "secret", "str", "int", "float", "bool"
+_OPT_INT, _OPT_BOOL, _SSL, _DUR, _MODEL = "int?", "bool?", "sslmode", "duration", "model"
+_INT_MAX = 2_147_483_647
+FIELDS: Final[dict[str, tuple[str, Any, float | None, float | None, bool]]] = {
+    "url": (_S, None, None, None, False),
+    "host": (_STR, None, None, None, False),
+    "port": (_INT, 5432, 1, 65535, False),
+    "dbname": (_STR, None, None, None, False),
+    "user": (_STR, None, None, None, False),
+    "password": (_S, None, None, None, False),
+    "secret_arn": (_STR, None, None, None, False),
+    "iam_auth": (_BOOL, False, None, None, False),
+    "aws_region": (_STR, None, None, None, False),
+    "migration_url": (_S, None, None, None, False),
+    "sslmode": (_SSL, None, None, None, False),
+    "sslrootcert": (_STR, None, None, None, False),
+    "allow_unverified_tls": (_BOOL, False, None, None, False),
+    "application_name": (_MODEL, "cira_db", None, None, False),  # a pattern: pydantic checks
+    "connect_timeout": (_INT, 10, 1, None, False),
+    "tcp_user_timeout": (_INT, 10_000, 0, _INT_MAX, False),
+    "statement_timeout": (_DUR, None, None, None, False),
+    "retry_attempts": (_INT, 3, 1, 10, False),
+    "retry_backoff": (_FLOAT, 0.05, 0, None, False),
+    "retry_backoff_max": (_FLOAT, 2.0, 0, None, False),
+    "slow_call_ms": (_INT, 1000, 0, None, False),
+    "via_proxy": (_OPT_BOOL, None, None, None, False),
+    "prepare_statements": (_OPT_BOOL, None, None, None, False),
+    "pool_min_size": (_OPT_INT, None, 0, None, False),
+    "pool_max_size": (_OPT_INT, None, 1, None, False),
+    "pool_timeout": (_FLOAT, 10.0, 0, None, True),
+    "pool_max_lifetime": (_FLOAT, 900.0, 0, None, True),
+    "pool_max_idle": (_FLOAT, 300.0, 0, None, True),
+    "pool_check_after": (_FLOAT, 5.0, 0, None, False),
+    "migration_lock_wait": (_FLOAT, 60.0, 0, None, True),
+    "migration_lock_timeout": (_DUR, "10s", None, None, False),
+    "migration_statement_timeout": (_DUR, "15min", None, None, False),
+}
+
+# Strings pydantic turns into a number or a bool in exactly one way; anything else
+# (signs, spaces, underscores, exponents, other spellings) is left to pydantic.
+_WHOLE = r"0|[1-9][0-9]{0,14}"
+_DECIMAL = r"(?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,15})?"
+_BOOLS: Final = {"true": True, "false": False, "1": True, "0": False}
+
+
+class _UnsureError(Exception):
+    """A value the light path leaves to pydantic (it may be valid or not)."""
+
+
+def _number(value: Any, kind: str) -> float:
+    if type(value) is int or (kind == _FLOAT and type(value) is float and math.isfinite(value)):
+        return value
+    if type(value) is str and re.fullmatch(_WHOLE if kind == _INT else _DECIMAL, value):
+        return int(value) if kind == _INT else float(value)
+    raise _UnsureError
+
+
+def _light_value(name: str, value: Any) -> Any:
+    """``value`` as pydantic would store it in field ``name``; `_UnsureError` if not certain."""
+    kind, _default, low, high, open_low = FIELDS[name]
+    text = type(value) is str
+    if kind == _S and text:
+        return Secret(value)
+    if kind == _STR and text:
+        return value
+    if kind == _SSL and text and value in SSL_MODES:
+        return value
+    if kind == _DUR and text:
+        try:
+            return check_duration(value)
+        except ValueError:
+            raise _UnsureError from None
+    if kind in (_BOOL, _OPT_BOOL):
+        if type(value) is bool:
+            return value
+        if text and value in _BOOLS:
+            return _BOOLS[value]
+        raise _UnsureError
+    if kind in (_INT, _OPT_INT, _FLOAT):
+        number = _number(value, _FLOAT if kind == _FLOAT else _INT)
+        if kind == _FLOAT:
+            number = float(number)
+        too_low = low is not None and (number <= low if open_low else number < low)
+        if too_low or (high is not None and number > high):
+            raise _UnsureError
+        return number
+    raise _UnsureError
+
+
+class Settings(SettingsBase):
+    """Settings checked without pydantic; `as_model` gives the equal `DatabaseSettings`.
+
+    Made only by `load_settings`, from values pydantic is known to accept as
+    they are. Frozen; its ``repr`` shows no value.
+    """
+
+    __slots__ = ("_given", "_model", *FIELDS)
+    _given: dict[str, Any]
+    _model: DatabaseSettings | None
+
+    def __init__(self, given: dict[str, Any], values: dict[str, Any]) -> None:
+        setter = object.__setattr__
+        setter(self, "_given", given)
+        setter(self, "_model", None)
+        for name, spec in FIELDS.items():
+            setter(self, name, values.get(name, spec[1]))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from cira_db.errors import ConfigurationError
+
+        raise ConfigurationError(f"settings are frozen (setting {name!r})")
+
+    def __repr__(self) -> str:
+        return "<cira_db settings (values not shown)>"
+
+    def as_model(self) -> DatabaseSettings:
+        """The pydantic `DatabaseSettings`, validated from the same values (built once)."""
+        model: DatabaseSettings | None = self._model
+        if model is None:
+            from cira_db._settings_model import DatabaseSettings
+
+            model = DatabaseSettings(**self._given)
+            object.__setattr__(self, "_model", model)
+        return model
+
+
 # Settings that name the target: an explicit URL ignores their variables.
-_TARGET_FIELDS = (
+TARGET_FIELDS: Final = (
     "host",
     "dbname",
     "user",
@@ -303,9 +328,9 @@ _TARGET_FIELDS = (
 )
 
 
-def _environment_values(fields: Mapping[str, Any]) -> dict[str, str]:
+def environment_values(fields: Mapping[str, Any] = FIELDS) -> dict[str, str]:
     """``CIRA_DB_<FIELD>`` variables (any case) that name a field and are not empty."""
-    prefix = _ENV_PREFIX.lower()
+    prefix = ENV_PREFIX.lower()
     values: dict[str, str] = {}
     for name, value in os.environ.items():
         key = name.lower()
@@ -314,18 +339,54 @@ def _environment_values(fields: Mapping[str, Any]) -> dict[str, str]:
     return values
 
 
-def _describe_pydantic_error(exc: PydanticValidationError) -> str:
-    parts: list[str] = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = [str(item) for item in error.get("loc", ()) if item != "__root__"]
-        message = str(error.get("msg", "invalid value"))
-        message = message.removeprefix("Value error, ")
-        if loc:
-            variable = _ENV_PREFIX + loc[0].upper()
-            parts.append(f"{variable}: {message}")
-        else:
-            parts.append(message)
-    return "invalid settings: " + "; ".join(parts)
+def gather(overrides: Mapping[str, Any], fields: Mapping[str, Any] = FIELDS) -> dict[str, Any]:
+    """The values `DatabaseSettings.load` validates: variables, then ``overrides`` on top."""
+    values: dict[str, Any] = environment_values(fields)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    if "url" in explicit:
+        for name in TARGET_FIELDS:
+            values.pop(name, None)
+    elif "host" in explicit:
+        values.pop("url", None)
+    values.update(explicit)
+    return values
+
+
+def load_settings(**overrides: Any) -> SettingsBase:
+    """`DatabaseSettings.load`, without loading pydantic when the values are plainly valid.
+
+    Raises `ConfigurationError` (from the pydantic model) exactly as ``load`` does.
+    """
+    given = gather(overrides)
+    try:
+        values = {name: _light_value(name, value) for name, value in given.items()}
+    except (_UnsureError, KeyError):
+        values = None
+    if values is not None and _consistent(values):
+        return Settings(given, values)
+    from cira_db._settings_model import DatabaseSettings
+
+    return DatabaseSettings(**given)
+
+
+def _consistent(values: Mapping[str, Any]) -> bool:
+    """The model's checks across fields (the pydantic model words the refusal)."""
+    if values.get("url") is not None and values.get("host") is not None:
+        return False
+    if values.get("iam_auth") and values.get("password") is not None:
+        return False
+    low, high = values.get("pool_min_size"), values.get("pool_max_size")
+    return low is None or high is None or low <= high
+
+
+def __getattr__(name: str) -> Any:
+    # `from cira_db._settings import DatabaseSettings` works as before, building
+    # the pydantic model on this first use.
+    if name == "DatabaseSettings":
+        from cira_db._settings_model import DatabaseSettings
+
+        return DatabaseSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
@@ -335,6 +396,10 @@ def default_ca_bundle() -> str:
     A direct RDS instance endpoint needs the RDS CA bundle instead: set
     ``CIRA_DB_SSLROOTCERT`` to it (docs/connections.md).
     """
+    import tempfile
+    from importlib import resources
+    from pathlib import Path
+
     resource = resources.files("cira_db.certs").joinpath("amazon-trust-roots.pem")
     if isinstance(resource, Path) and resource.is_file():
         return str(resource)

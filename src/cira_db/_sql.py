@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, LiteralString
 
 __all__ = ["Query", "load_queries", "query"]
@@ -79,8 +79,20 @@ def parse_queries(text: str, *, source: str) -> dict[str, Query]:
 @cache
 def load_queries(resource: str) -> Mapping[str, Query]:
     """Load and cache the named queries of ``cira_db/sql/<resource>``."""
-    text = resources.files("cira_db.sql").joinpath(resource).read_text(encoding="utf-8")
-    return parse_queries(text, source=resource)
+    return parse_queries(_read(resource), source=resource)
+
+
+def _read(resource: str) -> str:
+    """The text of ``cira_db/sql/<resource>``: a plain file read when the package is one."""
+    import cira_db.sql
+
+    path = Path(cira_db.sql.__file__ or "").parent / resource
+    if path.is_file():  # not when imported from a zip
+        return path.read_text(encoding="utf-8")
+    # importlib.resources costs a few milliseconds of import on a cold start: only here.
+    from importlib import resources
+
+    return resources.files("cira_db.sql").joinpath(resource).read_text(encoding="utf-8")
 
 
 def query(resource: str, name: str) -> Query:

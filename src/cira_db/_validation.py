@@ -18,15 +18,12 @@ import ipaddress
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID
-
-from pydantic import ValidationError as PydanticValidationError
 
 from cira_db._models import STATUS_BY_LABEL, JobStatus
 from cira_db.errors import ValidationError
@@ -131,7 +128,8 @@ _HIDDEN_CATEGORIES: Final = {
 # Invisible characters outside those categories: the Default_Ignorable_Code_Point
 # code points (Unicode DerivedCoreProperties) that are letters or combining marks,
 # such as the Hangul fillers, the combining grapheme joiner and variation selectors.
-_IGNORABLE = re.compile(
+# Compiled (and cached by `re`) on first use: only text beyond ASCII needs it.
+_IGNORABLE = (
     r"[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
     r"\U000e0100-\U000e01ef]"
 )
@@ -202,12 +200,14 @@ def check_client_id(value: object, field: str = "client_id") -> str:
         if _CONTROL.search(value):
             raise ValidationError(field, "must not contain control characters")
         return value
+    import unicodedata  # only for text beyond ASCII: a cold start need not load it
+
     for char in value:
         category = unicodedata.category(char)
         if (category == "Zs" and char != " ") or category in _HIDDEN_CATEGORIES:
             reason = _HIDDEN_CATEGORIES.get(category, "whitespace other than the ASCII space")
             raise ValidationError(field, f"must not contain U+{ord(char):04X} ({reason})")
-    ignorable = _IGNORABLE.search(value)
+    ignorable = re.search(_IGNORABLE, value)
     if ignorable:
         code = ord(ignorable.group())
         raise ValidationError(field, f"must not contain U+{code:04X} (an invisible character)")
@@ -266,6 +266,8 @@ def check_pdf_url(value: object, field: str = "pdf_url") -> str:
         raise ValidationError(field, "must not carry a user name or password")
     if not parts.hostname:
         raise ValidationError(field, "not a valid http(s) URL (no host)")
+    from pydantic import ValidationError as PydanticValidationError  # loaded with _http_url
+
     try:
         url = _http_url().validate_python(value)
     except PydanticValidationError as exc:

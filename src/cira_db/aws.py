@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cira_db._database import Database
 from cira_db._errors_map import wrap_errors
-from cira_db._settings import DatabaseSettings
 from cira_db._validation import check_client_id
 from cira_db.errors import CiraDbError, MigrationError, ValidationError
 from cira_db.migrations import Migrator
 
 if TYPE_CHECKING:
+    from cira_db._settings import DatabaseSettings
     from cira_db.migrations import Migration, MigrationStatus
 
 __all__ = ["client_id_from_event", "migrate_handler"]

@@ -28,7 +28,7 @@ from cira_db._database import Database
 from cira_db._errors_map import translate, wrap_errors
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, Usage
 from cira_db._observe import Observation
-from cira_db._settings import DatabaseSettings
+from cira_db._settings import FIELDS, SettingsBase
 from cira_db._sql import Query
 from cira_db.errors import (
     CiraDbError,
@@ -222,10 +222,12 @@ def slow_call_ms(executor: Any) -> int:
 
     A caller's connection has no settings: the setting's default applies.
     """
-    settings = getattr(executor, "settings", None)
-    if isinstance(settings, DatabaseSettings):
+    settings = getattr(executor, "_settings", None)  # a Database's, light or pydantic
+    if not isinstance(settings, SettingsBase):
+        settings = getattr(executor, "settings", None)
+    if isinstance(settings, SettingsBase):
         return settings.slow_call_ms
-    default: int = DatabaseSettings.model_fields["slow_call_ms"].default
+    default: int = FIELDS["slow_call_ms"][1]
     return default
 
 

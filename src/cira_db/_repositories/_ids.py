@@ -14,9 +14,9 @@ section 6.2, method 2, with a random start).
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
+from random import SystemRandom
 from typing import Final
 from uuid import UUID
 
@@ -30,6 +30,8 @@ _COUNTER_BITS: Final = 74
 _START_BITS: Final = _COUNTER_BITS - 1
 
 _lock = threading.Lock()
+# secrets.randbits is this generator's getrandbits; random is loaded already, secrets is not.
+_SYSTEM_RANDOM: Final = SystemRandom()
 _last_ms = -1
 _next_counter = 0
 
@@ -40,11 +42,11 @@ def _reserve(count: int) -> tuple[int, int]:
     with _lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > _last_ms:
-            _last_ms, _next_counter = now_ms, secrets.randbits(_START_BITS)
+            _last_ms, _next_counter = now_ms, _SYSTEM_RANDOM.getrandbits(_START_BITS)
         counter = _next_counter
         _next_counter += count
         if _next_counter >> _COUNTER_BITS:  # pragma: no cover - needs 2**73 ids in one ms
-            _last_ms, _next_counter = _last_ms + 1, secrets.randbits(_START_BITS)
+            _last_ms, _next_counter = _last_ms + 1, _SYSTEM_RANDOM.getrandbits(_START_BITS)
             counter = _next_counter
             _next_counter += count
         return _last_ms, counter

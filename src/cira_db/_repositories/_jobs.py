@@ -23,7 +23,6 @@ from cira_db._models import (
     Page,
     QueueStats,
 )
-from cira_db._repositories import _core_batches as _batches
 from cira_db._repositories._base import Executor, Runner
 from cira_db._repositories._core_jobs import JobLogic
 from cira_db._repositories._heartbeat import Heartbeat
@@ -479,6 +478,8 @@ class JobRepository:
         try whose reply was lost is found by the next one and its items are
         reported ``"done"`` with the results it stored.
         """
+        from cira_db._repositories import _core_batches as _batches  # loaded on first use
+
         return self._run.drive(_batches.complete_many(items, client_id=client_id, atomic=atomic))
 
     def fail_many(
@@ -504,6 +505,8 @@ class JobRepository:
         would find the jobs failed (or re-queued) and misreport them; the
         call raises `DatabaseUnavailableError` instead.
         """
+        from cira_db._repositories import _core_batches as _batches  # loaded on first use
+
         return self._run.drive(_batches.fail_many(items, client_id=client_id, atomic=atomic))
 
     def extend_leases(
@@ -526,6 +529,8 @@ class JobRepository:
         ``"claimed_again"``). Safe to repeat (retried on transient failures):
         a second try moves the leases again and reports the same outcomes.
         """
+        from cira_db._repositories import _core_batches as _batches  # loaded on first use
+
         return self._run.drive(
             _batches.extend_leases(job_ids, lease=lease, attempts=attempts, client_id=client_id)
         )
