@@ -570,6 +570,72 @@ def test_create_many_ids_copy_is_all_or_nothing(cira_db: Database, monkeypatch: 
     assert _count_jobs(cira_db) == 1
 
 
+def test_create_many_jobs_are_the_stored_rows_sharing_the_given_urls(
+    jobs: JobRepository,
+) -> None:
+    # returning="jobs": COPY, then the rows read back in the same transaction.
+    urls = [_url(n) for n in range(300)] + ["s3://invoices-2025/a.pdf"]
+    made = jobs.create_many(client_id=A, pdf_urls=urls, priority=7)
+    assert [job.pdf_url for job in made] == urls
+    assert all(job.pdf_url is url for job, url in zip(made, urls, strict=True))  # no copies
+    for job in (made[0], made[150], made[-1]):
+        assert jobs.get(job.id, client_id=A) == job  # each field as stored
+    assert {(job.status, job.priority, job.attempts, job.run_after) for job in made} == {
+        (JobStatus.QUEUED, 7, 0, None)
+    }
+    assert len({job.id for job in made}) == len(urls)
+
+
+def test_create_many_jobs_copy_is_all_or_nothing(cira_db: Database, monkeypatch: Any) -> None:
+    import cira_db._repositories._core_jobs as core
+
+    jobs = JobRepository(cira_db)
+    existing = jobs.create(client_id=A, pdf_url=_url(0))
+    real = core.uuid7_batch  # type: ignore[attr-defined]
+
+    def with_a_clash(count: int) -> list[uuid.UUID]:
+        ids = real(count)
+        ids[50] = existing.id
+        return ids
+
+    monkeypatch.setattr(core, "uuid7_batch", with_a_clash)
+    with pytest.raises(ConflictError):
+        jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(100)])
+    assert _count_jobs(cira_db) == 1
+
+
+def test_create_many_jobs_leaves_out_another_calls_job_in_its_id_range(
+    jobs: JobRepository, monkeypatch: Any
+) -> None:
+    # The rows are read back by id range: a job of another call whose id falls
+    # between the batch's ids (same client) is not part of the answer.
+    import cira_db._repositories._core_jobs as core
+
+    low, high = uuid.UUID(int=(1 << 120)), uuid.UUID(int=(3 << 120))
+    between = jobs.create(client_id=A, pdf_url=_url(99), job_id=uuid.UUID(int=(2 << 120)))
+    elsewhere = jobs.create(client_id=B, pdf_url=_url(98), job_id=uuid.UUID(int=(2 << 120) + 1))
+    monkeypatch.setattr(core, "uuid7_batch", lambda count: [low, high][:count])
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)])
+    assert [(job.id, job.pdf_url) for job in made] == [(low, _url(1)), (high, _url(2))]
+    assert between.id not in {job.id for job in made}
+    assert elsewhere.id not in {job.id for job in made}
+
+
+def test_create_many_jobs_copy_joins_the_callers_transaction(cira_db: Database) -> None:
+    def unit() -> None:
+        with cira_db.transaction() as conn:
+            made = JobRepository(conn).create_many(
+                client_id=A, pdf_urls=[_url(n) for n in range(10)]
+            )
+            assert [job.pdf_url for job in made] == [_url(n) for n in range(10)]
+            assert _count_jobs(cira_db) == 0  # not committed yet: not visible outside
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        unit()
+    assert _count_jobs(cira_db) == 0
+
+
 def test_create_many_ids_copy_joins_the_callers_transaction(cira_db: Database) -> None:
     def unit() -> None:
         with cira_db.transaction() as conn:

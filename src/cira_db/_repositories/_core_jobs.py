@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import dict_row, kwargs_row, tuple_row
+from psycopg.rows import BaseRowFactory, RowMaker, dict_row, kwargs_row, tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page, QueueStats
@@ -75,6 +75,7 @@ _INSERT_JOBS_BY_ID: Final = query("jobs.sql", "insert_jobs_by_id")
 _INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
 _INSERT_JOBS_COUNT: Final = query("jobs.sql", "insert_jobs_count")
 _COPY_NEW_JOBS: Final = query("jobs.sql", "copy_new_jobs")
+_GET_NEW_JOBS: Final = query("jobs.sql", "get_new_jobs")
 _GET_JOB: Final = query("jobs.sql", "get_job")
 _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
@@ -103,6 +104,85 @@ def _created(*, outcome: str, n: int | None, **columns: Any) -> tuple[str, int |
 
 
 _CREATED_ROWS: Final = kwargs_row(_created)
+
+
+def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> BaseRowFactory[Job]:
+    """Rows of ``get_new_jobs`` (in the ids' order) -> `Job`, sharing equal values.
+
+    A value equal to the one the call sent (the id, the URL, the client) is
+    replaced by the caller's object, and a timestamp equal to the previous
+    row's (``created_at`` of a whole batch) is that row's object: 100,000
+    jobs then hold no second copy of their URLs and timestamps. Each value
+    is still the stored one; a row of another call (an id in the range that
+    is not one of ``ids``) is built as it is.
+    """
+    position = [0]
+    count = len(ids)
+    last: list[Any] = [None]
+
+    def factory(cursor: Any) -> RowMaker[Job]:
+        def make(values: Sequence[Any]) -> Job:
+            (
+                job_id,
+                client_id,
+                status,
+                pdf_url,
+                created_at,
+                updated_at,
+                completed_at,
+                error_message,
+                attempts,
+                lease_expires_at,
+                priority,
+                run_after,
+                progress,
+                cancel_requested_at,
+            ) = values
+            at = position[0]
+            if at < count and job_id == ids[at]:
+                position[0] = at + 1
+                job_id = ids[at]
+                if pdf_url == urls[at]:
+                    pdf_url = urls[at]
+            if client_id == client:
+                client_id = client
+            if created_at == last[0]:
+                created_at = last[0]
+            else:
+                last[0] = created_at
+            if updated_at == created_at:
+                updated_at = created_at
+            return Job(
+                id=job_id,
+                client_id=client_id,
+                status=STATUS_BY_LABEL[status],
+                pdf_url=pdf_url,
+                created_at=created_at,
+                updated_at=updated_at,
+                completed_at=completed_at,
+                error_message=error_message,
+                attempts=attempts,
+                lease_expires_at=lease_expires_at,
+                priority=priority,
+                run_after=run_after,
+                progress=progress,
+                cancel_requested_at=cancel_requested_at,
+            )
+
+        return make
+
+    return factory
+
+
+def _in_order(jobs: builtins.list[Job], ids: builtins.list[UUID]) -> builtins.list[Job]:
+    """``jobs`` in the order of ``ids``; as they are when each holds its id's object."""
+    if len(jobs) == len(ids) and all(
+        job.id is new_id for job, new_id in zip(jobs, ids, strict=True)
+    ):
+        return jobs
+    by_id = {job.id: job for job in jobs}
+    return [by_id[new_id] for new_id in ids]
+
 
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
@@ -237,27 +317,45 @@ class JobLogic:
         # Not repeated on a transient failure: if the lost reply was a commit,
         # a second try would fail on the ids and hide the jobs made by the
         # first (pass job_ids to make a retry safe).
-        if returning == "ids":
-            # No rows come back and no Job is built. COPY streams the rows
-            # (memory stays near the input's, and it is the fastest load;
-            # docs/connections.md); a run_after relative to the server's
-            # now() needs the statement, so that case binds arrays instead.
-            if run_after_in is None:
-                priority_value = 0 if params["priority"] is None else params["priority"]
-
-                def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
-                    for new_id, url in zip(ids, urls, strict=True):
-                        yield new_id, client, url, run_after_at, priority_value
-
-                yield Call.copy(_COPY_NEW_JOBS, rows, "create jobs", idempotent=False)
-            else:
+        if run_after_in is not None:
+            # A run_after relative to the server's now() needs a statement that
+            # computes it: the array statements (rare for big batches).
+            if returning == "ids":
                 yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
+                return ids
+            inserted: builtins.list[Job] = yield Call.all(
+                _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
+            )
+            return _in_order(inserted, ids)
+        # COPY streams the rows straight into jobs: memory stays near the
+        # input's and it is the fastest load; no temporary table, no statement
+        # text growing with the rows, so nothing pins an RDS Proxy session
+        # (docs/connections.md). The client, schedule and priority are checked
+        # once for the batch; only the id and the URL differ per row.
+        priority_value = 0 if params["priority"] is None else params["priority"]
+
+        def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
+            for new_id, url in zip(ids, urls, strict=True):
+                yield new_id, client, url, run_after_at, priority_value
+
+        if returning == "ids":
+            yield Call.copy(_COPY_NEW_JOBS, rows, "create jobs", idempotent=False)
             return ids
-        jobs: builtins.list[Job] = yield Call.all(
-            _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
+        # returning="jobs": the same COPY, then the new rows read back in the
+        # same transaction (streamed in chunks) and built into Jobs that share
+        # the caller's URL strings and one object per repeated value.
+        made: builtins.list[Job] = yield Call.copy_all(
+            _COPY_NEW_JOBS,
+            rows,
+            _GET_NEW_JOBS,
+            # uuid7_batch's ids increase: the range holds them all (and
+            # nothing else, unless another process drew ids in the same range).
+            {"first_id": ids[0], "last_id": ids[-1], "client_id": client},
+            _new_job_rows(ids, urls, client),
+            "create jobs",
+            idempotent=False,
         )
-        by_id = {job.id: job for job in jobs}
-        return [by_id[new_id] for new_id in ids]
+        return _in_order(made, ids)
 
     def _create_many_by_id(
         self, params: dict[str, Any]

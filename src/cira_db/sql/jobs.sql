@@ -738,6 +738,18 @@ FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NU
 -- rows: nothing that pins an RDS Proxy session). One statement: all or nothing.
 COPY jobs (id, client_id, pdf_url, run_after, priority) FROM STDIN
 
+-- name: get_new_jobs
+-- Bulk create (create_many returning="jobs"), after copy_new_jobs in the same
+-- transaction: the client's jobs with ids from the first to the last one
+-- copied, in id order (the order they were given: their UUIDv7 ids
+-- increase). A range scan of jobs_pkey; the caller keeps the rows it copied.
+SELECT id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
+FROM jobs
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND client_id = %(client_id)s
+ORDER BY id
+
 -- name: insert_jobs_count
 -- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
