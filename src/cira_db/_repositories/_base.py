@@ -16,7 +16,7 @@ can share the caller's transaction).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
@@ -48,6 +48,7 @@ __all__ = [
     "job_row",
     "result_outcome_row",
     "result_row",
+    "savepoint_in_transaction",
     "stream_size",
     "usage_row",
 ]
@@ -259,6 +260,20 @@ def stream_size() -> int:
     return STREAM_CHUNK if psycopg.pq.version() >= 170000 else 1
 
 
+def savepoint_in_transaction(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> Any:
+    """A savepoint when ``conn`` is in a caller's transaction, else nothing.
+
+    A failed COPY then leaves the caller's transaction usable. On an idle
+    autocommit connection the one statement is atomic on its own, and
+    BEGIN and COMMIT would only add round trips.
+    """
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return nullcontext()
+    return conn.transaction()
+
+
 def _copy_all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
     """Run a ``copy_all`` call on ``conn``: the COPY, then ``call.then``, in one transaction."""
     assert call.rows is not None  # a copy_all call has its rows
@@ -372,7 +387,7 @@ class Runner:
             sql = call.query.sql
 
             def work(conn: psycopg.Connection[Any]) -> int:
-                with conn.cursor() as cur:
+                with savepoint_in_transaction(conn), conn.cursor() as cur:
                     with cur.copy(sql) as copy:
                         for row in make_rows():
                             copy.write_row(row)

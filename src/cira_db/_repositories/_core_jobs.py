@@ -12,7 +12,7 @@ statement is thrown back in at the ``yield`` that asked for it.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeVar
@@ -76,6 +76,7 @@ _INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
 _INSERT_JOBS_COUNT: Final = query("jobs.sql", "insert_jobs_count")
 _COPY_NEW_JOBS: Final = query("jobs.sql", "copy_new_jobs")
 _GET_NEW_JOBS: Final = query("jobs.sql", "get_new_jobs")
+_GET_JOBS_BY_IDS: Final = query("jobs.sql", "get_jobs_by_ids")
 _GET_JOB: Final = query("jobs.sql", "get_job")
 _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
@@ -174,6 +175,23 @@ def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> Base
     return factory
 
 
+def _copy_rows(
+    ids: Sequence[UUID],
+    urls: Sequence[str],
+    client: str,
+    run_after: datetime | None,
+    priority: int | None,
+) -> Callable[[], Iterator[tuple[UUID, str, str, datetime | None, int]]]:
+    """The rows ``copy_new_jobs`` streams: only the id and the URL differ per row."""
+    rank = 0 if priority is None else priority
+
+    def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
+        for new_id, url in zip(ids, urls, strict=True):
+            yield new_id, client, url, run_after, rank
+
+    return rows
+
+
 def _in_order(jobs: builtins.list[Job], ids: builtins.list[UUID]) -> builtins.list[Job]:
     """``jobs`` in the order of ``ids``; as they are when each holds its id's object."""
     if len(jobs) == len(ids) and all(
@@ -184,6 +202,10 @@ def _in_order(jobs: builtins.list[Job], ids: builtins.list[UUID]) -> builtins.li
     return [by_id[new_id] for new_id in ids]
 
 
+# From this many rows create_many loads with COPY (then, for Jobs back, reads
+# the rows in the same transaction: BEGIN, COPY, SELECT, COMMIT); below it
+# one INSERT ... unnest statement, one round trip, costs less.
+_COPY_FROM: Final = 1000
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
 # row nor the other one (statement snapshot); running it again resolves it.
@@ -317,9 +339,9 @@ class JobLogic:
         # Not repeated on a transient failure: if the lost reply was a commit,
         # a second try would fail on the ids and hide the jobs made by the
         # first (pass job_ids to make a retry safe).
-        if run_after_in is not None:
-            # A run_after relative to the server's now() needs a statement that
-            # computes it: the array statements (rare for big batches).
+        if run_after_in is not None or (returning == "jobs" and len(ids) < _COPY_FROM):
+            # One statement: a small batch (one round trip), or a run_after
+            # relative to the server's now(), which COPY cannot compute.
             if returning == "ids":
                 yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
                 return ids
@@ -332,12 +354,7 @@ class JobLogic:
         # text growing with the rows, so nothing pins an RDS Proxy session
         # (docs/connections.md). The client, schedule and priority are checked
         # once for the batch; only the id and the URL differ per row.
-        priority_value = 0 if params["priority"] is None else params["priority"]
-
-        def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
-            for new_id, url in zip(ids, urls, strict=True):
-                yield new_id, client, url, run_after_at, priority_value
-
+        rows = _copy_rows(ids, urls, client, run_after_at, params["priority"])
         if returning == "ids":
             yield Call.copy(_COPY_NEW_JOBS, rows, "create jobs", idempotent=False)
             return ids
@@ -362,6 +379,31 @@ class JobLogic:
     ) -> Logic[builtins.list[Job] | builtins.list[UUID]]:
         """``create_many`` with caller-chosen ids: stored ones returned, clashes refused."""
         ids: builtins.list[UUID] = params["ids"]
+        if params["run_after_in"] is None and len(ids) >= _COPY_FROM:
+            # First, COPY every row as if every id were new (a first request:
+            # as fast as create_many without ids). One id stored already (a
+            # retried request, a clash, a concurrent insert) fails the COPY as
+            # a whole (jobs_pkey; a savepoint inside a caller's transaction),
+            # and the statement below sorts each id out. Repeating is harmless
+            # for the same reason.
+            client, urls = params["client_id"], params["pdf_urls"]
+            copied = _copy_rows(ids, urls, client, params["run_after_at"], params["priority"])
+            try:
+                if not params["return_rows"]:
+                    yield Call.copy(_COPY_NEW_JOBS, copied, "create jobs", idempotent=True)
+                    return ids
+                made: builtins.list[Job] = yield Call.copy_all(
+                    _COPY_NEW_JOBS,
+                    copied,
+                    _GET_JOBS_BY_IDS,
+                    {"ids": ids, "client_id": client},
+                    _new_job_rows(ids, urls, client),
+                    "create jobs",
+                    idempotent=True,
+                )
+                return _in_order(made, ids)
+            except ConflictError:
+                pass  # an id exists: the statement below tells "existing" from "conflict"
         for _ in range(_CREATE_TRIES):
             try:
                 # Repeating is harmless: the rows of a try whose reply was lost

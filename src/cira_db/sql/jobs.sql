@@ -750,6 +750,18 @@ FROM jobs
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND client_id = %(client_id)s
 ORDER BY id
 
+-- name: get_jobs_by_ids
+-- Bulk create with caller-chosen ids (create_many job_ids=, returning="jobs"),
+-- after copy_new_jobs in the same transaction: the client's jobs of these
+-- ids, in the order given. The ids are one bound array, not statement text.
+SELECT jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at, jobs.updated_at,
+       jobs.completed_at, jobs.error_message, jobs.attempts, jobs.lease_expires_at,
+       jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at
+FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS given (id, n)
+JOIN jobs ON jobs.id = given.id
+WHERE jobs.client_id = %(client_id)s
+ORDER BY given.n
+
 -- name: insert_jobs_count
 -- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
