@@ -653,6 +653,7 @@ def test_create_many_job_ids_copy_first_still_names_the_clash(
     assert _count_jobs(cira_db) == 1
     made = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)], job_ids=ids[::2])
     assert [(job.id, job.pdf_url) for job in made] == [(ids[0], _url(1)), (ids[2], _url(2))]
+    assert made == [jobs.get(job_id, client_id=A) for job_id in ids[::2]]  # as stored
 
 
 def test_create_many_jobs_copy_joins_the_callers_transaction(

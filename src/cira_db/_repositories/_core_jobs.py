@@ -108,24 +108,25 @@ _CREATED_ROWS: Final = kwargs_row(_created)
 
 
 def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> BaseRowFactory[Job]:
-    """Rows of ``get_new_jobs`` (in the ids' order) -> `Job`, sharing equal values.
+    """Rows of ``get_new_jobs`` / ``get_jobs_by_ids`` (in the ids' order) -> `Job`.
 
-    A value equal to the one the call sent (the id, the URL, the client) is
-    replaced by the caller's object, and a timestamp equal to the previous
-    row's (``created_at`` of a whole batch) is that row's object: 100,000
-    jobs then hold no second copy of their URLs and timestamps. Each value
-    is still the stored one; a row of another call (an id in the range that
-    is not one of ``ids``) is built as it is.
+    The statements leave out what the client knows: ``client_id`` (the one
+    the rows were selected by), and a ``created_at`` / ``updated_at`` equal
+    to the transaction's ``now()`` (NULL; ``now`` itself comes in the first
+    row). A value equal to the one the call sent (the id, the URL) is the
+    caller's object, and the timestamps are one object: 100,000 jobs then
+    hold no second copy of their URLs and timestamps. Each value is still
+    the stored one; a row of another call (an id in the range that is not
+    one of ``ids``) is built as it is.
     """
     position = [0]
     count = len(ids)
-    last: list[Any] = [None]
+    now: list[datetime | None] = [None]
 
     def factory(cursor: Any) -> RowMaker[Job]:
         def make(values: Sequence[Any]) -> Job:
             (
                 job_id,
-                client_id,
                 status,
                 pdf_url,
                 created_at,
@@ -138,24 +139,25 @@ def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> Base
                 run_after,
                 progress,
                 cancel_requested_at,
+                first_now,
             ) = values
+            if first_now is not None:
+                now[0] = first_now
             at = position[0]
             if at < count and job_id == ids[at]:
                 position[0] = at + 1
                 job_id = ids[at]
                 if pdf_url == urls[at]:
                     pdf_url = urls[at]
-            if client_id == client:
-                client_id = client
-            if created_at == last[0]:
-                created_at = last[0]
-            else:
-                last[0] = created_at
-            if updated_at == created_at:
-                updated_at = created_at
+            if created_at is None:  # a NOT NULL column: NULL means "equal to now()"
+                created_at = now[0]
+            if updated_at is None:
+                updated_at = now[0]
+            if created_at is None or updated_at is None:  # pragma: no cover - first row has now
+                raise DatabaseError("create jobs: the new rows came back without now()")
             return Job(
                 id=job_id,
-                client_id=client_id,
+                client_id=client,
                 status=STATUS_BY_LABEL[status],
                 pdf_url=pdf_url,
                 created_at=created_at,
