@@ -136,6 +136,33 @@ async def test_async_repositories_join_the_callers_transaction(
     assert await AsyncJobResultRepository(cira_db_async).get_for_job(job.id, client_id=A) == result
 
 
+@pytest.mark.anyio
+async def test_async_create_many_copy_inside_the_callers_transaction(
+    cira_db_async: AsyncDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A big batch (COPY) with a stored id: the COPY fails in a savepoint and the
+    # caller's transaction goes on to the statement that finds the stored job.
+    import cira_db._repositories._core_jobs as core
+
+    monkeypatch.setattr(core, "_COPY_FROM", 1)
+    ids = [uuid.uuid4() for _ in range(3)]
+    urls = [_url(n) for n in range(3)]
+    stored = await AsyncJobRepository(cira_db_async).create(
+        client_id=A, pdf_url=urls[1], job_id=ids[1]
+    )
+    async with cira_db_async.transaction() as conn:
+        tx = AsyncJobRepository(conn)
+        made = await tx.create_many(client_id=A, pdf_urls=urls, job_ids=ids)
+        assert [job.id for job in made] == ids
+        assert made[1] == stored
+        again = await tx.create_many(client_id=A, pdf_urls=urls, job_ids=ids, returning="ids")
+        assert again == ids
+        fresh = await tx.create_many(client_id=A, pdf_urls=urls)
+        assert [job.pdf_url for job in fresh] == urls
+    counts = await AsyncJobRepository(cira_db_async).count_by_status(client_id=A)
+    assert counts[JobStatus.QUEUED] == 6
+
+
 # -- many tasks ---------------------------------------------------------------------------------
 
 

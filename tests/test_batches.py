@@ -570,6 +570,135 @@ def test_create_many_ids_copy_is_all_or_nothing(cira_db: Database, monkeypatch: 
     assert _count_jobs(cira_db) == 1
 
 
+def _copy_from(monkeypatch: Any, rows: int) -> None:
+    """Make create_many use COPY from ``rows`` rows on (1000 in the library)."""
+    import cira_db._repositories._core_jobs as core
+
+    monkeypatch.setattr(core, "_COPY_FROM", rows)
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "statement"])
+def test_create_many_jobs_are_the_stored_rows(
+    jobs: JobRepository, monkeypatch: Any, copy: bool
+) -> None:
+    # returning="jobs": COPY, then the rows read back in the same transaction
+    # (a big batch), or one INSERT ... RETURNING (a small one).
+    _copy_from(monkeypatch, 1 if copy else 10**6)
+    urls = [_url(n) for n in range(300)] + ["s3://invoices-2025/a.pdf"]
+    made = jobs.create_many(client_id=A, pdf_urls=urls, priority=7)
+    assert [job.pdf_url for job in made] == urls
+    if copy:  # the Jobs hold the caller's URL strings, no copies
+        assert all(job.pdf_url is url for job, url in zip(made, urls, strict=True))
+    for job in (made[0], made[150], made[-1]):
+        assert jobs.get(job.id, client_id=A) == job  # each field as stored
+    assert {(job.status, job.priority, job.attempts, job.run_after) for job in made} == {
+        (JobStatus.QUEUED, 7, 0, None)
+    }
+    assert len({job.id for job in made}) == len(urls)
+
+
+def test_create_many_jobs_copy_is_all_or_nothing(cira_db: Database, monkeypatch: Any) -> None:
+    import cira_db._repositories._core_jobs as core
+
+    _copy_from(monkeypatch, 1)
+
+    jobs = JobRepository(cira_db)
+    existing = jobs.create(client_id=A, pdf_url=_url(0))
+    real = core.uuid7_batch  # type: ignore[attr-defined]
+
+    def with_a_clash(count: int) -> list[uuid.UUID]:
+        ids = real(count)
+        ids[50] = existing.id
+        return ids
+
+    monkeypatch.setattr(core, "uuid7_batch", with_a_clash)
+    with pytest.raises(ConflictError):
+        jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(100)])
+    assert _count_jobs(cira_db) == 1
+
+
+def test_create_many_jobs_leaves_out_another_calls_job_in_its_id_range(
+    jobs: JobRepository, monkeypatch: Any
+) -> None:
+    # The rows are read back by id range: a job of another call whose id falls
+    # between the batch's ids (same client) is not part of the answer.
+    import cira_db._repositories._core_jobs as core
+
+    _copy_from(monkeypatch, 1)
+
+    low, high = uuid.UUID(int=(1 << 120)), uuid.UUID(int=(3 << 120))
+    between = jobs.create(client_id=A, pdf_url=_url(99), job_id=uuid.UUID(int=(2 << 120)))
+    elsewhere = jobs.create(client_id=B, pdf_url=_url(98), job_id=uuid.UUID(int=(2 << 120) + 1))
+    monkeypatch.setattr(core, "uuid7_batch", lambda count: [low, high][:count])
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)])
+    assert [(job.id, job.pdf_url) for job in made] == [(low, _url(1)), (high, _url(2))]
+    assert between.id not in {job.id for job in made}
+    assert elsewhere.id not in {job.id for job in made}
+
+
+@pytest.mark.parametrize("returning", ["jobs", "ids"])
+def test_create_many_job_ids_copy_first_still_names_the_clash(
+    jobs: JobRepository, cira_db: Database, monkeypatch: Any, returning: str
+) -> None:
+    _copy_from(monkeypatch, 1)
+    taken = jobs.create(client_id=B, pdf_url=_url(0))
+    ids = [uuid.uuid4(), taken.id, uuid.uuid4()]
+    with pytest.raises(ConflictError, match=r"job_ids\[1\]"):
+        jobs.create_many(
+            client_id=A,
+            pdf_urls=[_url(5), _url(0), _url(9)],
+            job_ids=ids,
+            returning=returning,  # type: ignore[call-overload]
+        )
+    assert _count_jobs(cira_db) == 1
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)], job_ids=ids[::2])
+    assert [(job.id, job.pdf_url) for job in made] == [(ids[0], _url(1)), (ids[2], _url(2))]
+    assert made == [jobs.get(job_id, client_id=A) for job_id in ids[::2]]  # as stored
+
+
+def test_create_many_jobs_copy_joins_the_callers_transaction(
+    cira_db: Database, monkeypatch: Any
+) -> None:
+    _copy_from(monkeypatch, 1)
+
+    def unit() -> None:
+        with cira_db.transaction() as conn:
+            made = JobRepository(conn).create_many(
+                client_id=A, pdf_urls=[_url(n) for n in range(10)]
+            )
+            assert [job.pdf_url for job in made] == [_url(n) for n in range(10)]
+            assert _count_jobs(cira_db) == 0  # not committed yet: not visible outside
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        unit()
+    assert _count_jobs(cira_db) == 0
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "statement"])
+def test_create_many_job_ids_retry_inside_the_callers_transaction(
+    cira_db: Database, monkeypatch: Any, copy: bool
+) -> None:
+    # job_ids= on a big batch: the COPY is tried first; a stored id fails it (in
+    # a savepoint), and the caller's transaction goes on to the statement that
+    # finds it. A small batch runs that statement at once.
+    _copy_from(monkeypatch, 1 if copy else 10**6)
+    ids = [uuid.uuid4() for _ in range(4)]
+    urls = [_url(n) for n in range(4)]
+    stored = JobRepository(cira_db).create(client_id=A, pdf_url=urls[2], job_id=ids[2])
+    with cira_db.transaction() as conn:
+        made = JobRepository(conn).create_many(client_id=A, pdf_urls=urls, job_ids=ids)
+        assert [job.id for job in made] == ids
+        assert made[2] == stored
+        assert (
+            JobRepository(conn).create_many(
+                client_id=A, pdf_urls=urls, job_ids=ids, returning="ids"
+            )
+            == ids
+        )
+    assert _count_jobs(cira_db) == 4
+
+
 def test_create_many_ids_copy_joins_the_callers_transaction(cira_db: Database) -> None:
     def unit() -> None:
         with cira_db.transaction() as conn:

@@ -222,6 +222,23 @@ def test_every_single_job_call_is_one_round_trip(conn: psycopg.Connection[Any]) 
     assert jobs.get(job(), client_id=A).status is JobStatus.COMPLETED
 
 
+def test_a_big_create_many_loads_with_copy(conn: psycopg.Connection[Any]) -> None:
+    # From 1000 rows: COPY into jobs (no statement text growing with the rows).
+    jobs = JobRepository(conn)
+    urls = [f"https://e.com/{n}.pdf" for n in range(1000)]
+    with traced(conn) as wire:
+        jobs.create_many(client_id=A, pdf_urls=urls, returning="ids")
+    (ids_only,) = wire
+    assert ids_only.count("F", "CopyData") >= 1
+    assert ids_only.round_trips == 1
+    with traced(conn) as wire:
+        made = jobs.create_many(client_id=A, pdf_urls=urls)
+    (with_jobs,) = wire
+    assert with_jobs.count("F", "CopyData") >= 1
+    assert with_jobs.round_trips == 4  # BEGIN, COPY, the new rows read back, COMMIT
+    assert [job.pdf_url for job in made] == urls
+
+
 def test_fail_and_retry_are_one_round_trip_each(conn: psycopg.Connection[Any]) -> None:
     jobs = JobRepository(conn)
     jobs.create(client_id=A, pdf_url="https://e.com/1.pdf")

@@ -32,6 +32,7 @@ from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._validation import (
     EXTRACTED_DATA_MAX_BYTES,
     EXTRACTED_DATA_MAX_DEPTH,
+    PdfUrlChecker,
     check_client_id,
     check_confidence_score,
     check_error_message,
@@ -122,64 +123,64 @@ def test_bad_client_ids(value: object, reason: str) -> None:
     assert info.value.field == "client_id"
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        "https://example.com/a.pdf",
-        "http://localhost:8080/files/a.pdf",
-        "HTTPS://EXAMPLE.COM/A.PDF",
-        "https://bucket.s3.amazonaws.com/k/a.pdf?X-Amz-Signature=abc&X-Amz-Expires=900",
-        "https://[::1]/a.pdf",
-        "https://例え.jp/文書.pdf",
-        "https://xn--strae-oqa.de/a.pdf",  # straße.de, written in its xn-- form
-        "https://example.com:/a.pdf",
-        "https://example.com:0443/a.pdf",
-        "http://[::ffff:1.2.3.4]/a.pdf",
-        "https://example.com/a@b.pdf?next=@x#@y",  # "@" after the host is just data
-        "https://example.com/" + "a" * (2048 - len("https://example.com/")),
-    ],
-)
+_GOOD_URLS: Final = [
+    "https://example.com/a.pdf",
+    "http://localhost:8080/files/a.pdf",
+    "HTTPS://EXAMPLE.COM/A.PDF",
+    "https://bucket.s3.amazonaws.com/k/a.pdf?X-Amz-Signature=abc&X-Amz-Expires=900",
+    "https://[::1]/a.pdf",
+    "https://例え.jp/文書.pdf",
+    "https://xn--strae-oqa.de/a.pdf",  # straße.de, written in its xn-- form
+    "https://example.com:/a.pdf",
+    "https://example.com:0443/a.pdf",
+    "http://[::ffff:1.2.3.4]/a.pdf",
+    "https://example.com/a@b.pdf?next=@x#@y",  # "@" after the host is just data
+    "https://example.com/" + "a" * (2048 - len("https://example.com/")),
+]
+
+
+@pytest.mark.parametrize("value", _GOOD_URLS)
 def test_good_pdf_urls(value: str) -> None:
     assert check_pdf_url(value) == value  # stored exactly as given
 
 
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [
-        ("", "http"),
-        ("example.com/a.pdf", "http"),
-        ("ftp://example.com/a.pdf", "http"),
-        ("file:///etc/passwd", "http"),
-        ("javascript:alert(1)", "http"),
-        ("https:example.com", "http"),
-        ("https://", "valid"),
-        ("https://exa mple.com/a.pdf", "whitespace"),
-        ("https://example.com/a b.pdf", "whitespace"),
-        (" https://example.com/a.pdf", "http"),
-        ("https://example.com/a.pdf\n", "whitespace"),
-        ("https://example.com/\x00.pdf", "control"),
-        ("https://example.com:99999/a.pdf", "valid"),
-        ("https://user:secret@example.com/a.pdf", "user name or password"),
-        ("https://@example.com/a.pdf", "user name or password"),
-        ("https://:@example.com/a.pdf", "user name or password"),
-        ("https://secret@example.com/a.pdf", "user name or password"),
-        ("https://evil.com\\@good.com/a.pdf", "backslash"),
-        ("https://good.com\\a.pdf", "backslash"),
-        ("https://good.com/a\\b.pdf", "backslash"),
-        ("https:///a.pdf", "no host"),
-        ("https://:443/a.pdf", "no host"),
-        ("https://e%78ample.com/a.pdf", "reads differently"),
-        ("http://0x7f.1/a.pdf", "reads differently"),
-        ("http://127.1/a.pdf", "reads differently"),
-        ("http://0177.0.0.1/a.pdf", "reads differently"),
-        ("https://straße.de/a.pdf", "reads differently"),
-        ("https://[::1/a.pdf", "valid"),
-        ("https://example.com:+443/a.pdf", "valid"),
-        ("https://example.com/" + "a" * 2048, "at most 2048"),
-        (None, "string"),
-        (["https://example.com/a.pdf"], "string"),
-    ],
-)
+_BAD_URLS: Final[list[tuple[object, str]]] = [
+    ("", "http"),
+    ("example.com/a.pdf", "http"),
+    ("ftp://example.com/a.pdf", "http"),
+    ("file:///etc/passwd", "http"),
+    ("javascript:alert(1)", "http"),
+    ("https:example.com", "http"),
+    ("https://", "valid"),
+    ("https://exa mple.com/a.pdf", "whitespace"),
+    ("https://example.com/a b.pdf", "whitespace"),
+    (" https://example.com/a.pdf", "http"),
+    ("https://example.com/a.pdf\n", "whitespace"),
+    ("https://example.com/\x00.pdf", "control"),
+    ("https://example.com:99999/a.pdf", "valid"),
+    ("https://user:secret@example.com/a.pdf", "user name or password"),
+    ("https://@example.com/a.pdf", "user name or password"),
+    ("https://:@example.com/a.pdf", "user name or password"),
+    ("https://secret@example.com/a.pdf", "user name or password"),
+    ("https://evil.com\\@good.com/a.pdf", "backslash"),
+    ("https://good.com\\a.pdf", "backslash"),
+    ("https://good.com/a\\b.pdf", "backslash"),
+    ("https:///a.pdf", "no host"),
+    ("https://:443/a.pdf", "no host"),
+    ("https://e%78ample.com/a.pdf", "reads differently"),
+    ("http://0x7f.1/a.pdf", "reads differently"),
+    ("http://127.1/a.pdf", "reads differently"),
+    ("http://0177.0.0.1/a.pdf", "reads differently"),
+    ("https://straße.de/a.pdf", "reads differently"),
+    ("https://[::1/a.pdf", "valid"),
+    ("https://example.com:+443/a.pdf", "valid"),
+    ("https://example.com/" + "a" * 2048, "at most 2048"),
+    (None, "string"),
+    (["https://example.com/a.pdf"], "string"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), _BAD_URLS)
 def test_bad_pdf_urls(value: object, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason) as info:
         check_pdf_url(value)
@@ -661,6 +662,84 @@ def test_any_userinfo_is_refused(user: str, password: str | None, host: str) -> 
     # (A "/", "?" or "#" would end the authority: the "@" would be part of the path.)
     userinfo = user if password is None else f"{user}:{password}"
     assert _field(lambda: check_pdf_url(f"https://{userinfo}@{host}/a.pdf")) == "pdf_url"
+
+
+# -- the batch URL check (one host check per origin) decides like check_pdf_url -------------------
+
+
+def _decision(check: Callable[[object, str], str], value: object) -> tuple[object, ...]:
+    """What a URL check says about ``value``: accepted as given, or the exact refusal."""
+    try:
+        return ("accepted", check(value, "pdf_url"))
+    except ValidationError as exc:
+        return ("refused", exc.field, str(exc))
+
+
+def _origin(value: object) -> str | None:
+    """``scheme://authority`` of a URL-looking string (written independently of the checker)."""
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    scheme, _, rest = value.partition("://")
+    end = min([len(rest)] + [i for i in (rest.find(c) for c in "/?#") if i >= 0])
+    return f"{scheme}://{rest[:end]}"
+
+
+# Text after an origin: the characters that end an authority, start a user, or are refused.
+_tail_chars = st.sampled_from(
+    [
+        *"ab/?#@:.%[]0x\\ \t\n",
+        *("%2e", "%40", "//", "é", "例", "\x00", "\x7f", "\x85", "\u3000", "\udcff", "\uff0e"),
+        *(":443", ":99999", "@evil.com"),
+    ]
+)
+_tails = st.lists(_tail_chars, max_size=10).map("".join)
+_schemes = st.sampled_from(["http://", "https://", "HTTPS://", "hTtP://", "ftp://", "s3://", ""])
+_url_origins = st.tuples(_schemes, _authorities).map("".join) | st.sampled_from(
+    [_origin(url) for url in _GOOD_URLS]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@example(origins=["https://example.com"], picks=[(0, "/a.pdf"), (0, "@evil.com/a.pdf")])
+@example(origins=["https://example.com"], picks=[(0, "/a.pdf"), (0, ":99999/a.pdf")])
+@example(origins=["https://example.com"], picks=[(0, "/a"), (0, "/a b"), (0, "/\\x")])
+@example(origins=["https://a.b"], picks=[(0, "?x"), (0, "\\@evil.com/"), (0, "#/\udcff")])
+@given(
+    origins=st.lists(_url_origins, min_size=1, max_size=4),
+    picks=st.lists(st.tuples(st.integers(0, 3), _tails), min_size=1, max_size=16),
+)
+def test_the_batch_url_check_decides_like_the_full_check(
+    origins: list[str], picks: list[tuple[int, str]]
+) -> None:
+    # Many URLs on a few origins through one checker: each decision (and each
+    # refusal's text) is check_pdf_url's, whatever the checker saw before.
+    checker = PdfUrlChecker()
+    for index, tail in picks:
+        url = origins[index % len(origins)] + tail
+        assert _decision(checker.check, url) == _decision(check_pdf_url, url), url
+
+
+@pytest.mark.parametrize("value", [*_GOOD_URLS, *(value for value, _ in _BAD_URLS)])
+def test_the_batch_url_check_decides_the_listed_cases_like_the_full_check(value: object) -> None:
+    # Primed first with URLs of the same origin, so the case meets the short path.
+    checker = PdfUrlChecker()
+    origin = _origin(value)
+    if origin is not None:
+        for primer in (origin, origin + "/p.pdf", origin + "?q=1", origin + "#f"):
+            _decision(checker.check, primer)
+    assert _decision(checker.check, value) == _decision(check_pdf_url, value)
+    for tail in ("/x.pdf", "/a b", "/\\", "/\x00", "?@evil.com", "@evil.com/", ":1/"):
+        url = (origin or "") + tail
+        assert _decision(checker.check, url) == _decision(check_pdf_url, url), url
+
+
+def test_pdf_urls_refuses_a_bad_entry_on_a_checked_host_like_the_full_check() -> None:
+    many = [URL] * 5 + ["https://example.com/a b.pdf"]
+    with pytest.raises(ValidationError) as info:
+        check_pdf_urls(many)
+    with pytest.raises(ValidationError) as full:
+        check_pdf_url(many[-1], "pdf_urls[5]")
+    assert (info.value.field, str(info.value)) == ("pdf_urls[5]", str(full.value))
 
 
 # -- hypothesis: a client id that looks like another one is refused -------------------------------

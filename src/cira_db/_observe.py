@@ -286,7 +286,7 @@ class Observation:
 
     def got(self, kind: str, value: Any) -> None:
         """Count the rows of one call's reply."""
-        if kind == "all":
+        if kind in ("all", "copy_all"):
             self.rows += len(value)
         elif kind == "one":
             self.rows += value is not None

@@ -43,6 +43,7 @@ __all__ = [
     "PDF_URL_MAX",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
+    "PdfUrlChecker",
     "check_aware_datetime",
     "check_backoff",
     "check_client_id",
@@ -103,6 +104,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Whitespace or control characters anywhere: a URL must have them percent-encoded.
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _URL_PREFIX = re.compile(r"^https?://", re.IGNORECASE)
+# An ASCII http(s) URL without whitespace, control characters or backslashes;
+# group 1 is its origin: the scheme and the authority, which ends (for
+# urllib.parse and WHATWG alike, backslashes aside) at the first "/", "?" or "#".
+_PLAIN_URL = re.compile(r"((?i:https?)://[^/?#\x00-\x20\x7f\\]*)[^\x00-\x20\x7f\\]*")
 _S3_PREFIX: Final = "s3://"
 # S3 bucket names (general purpose buckets): lowercase letters, digits, dots and
 # hyphens, starting and ending with a letter or digit; length checked apart.
@@ -347,16 +352,62 @@ def _same_host(whatwg: str, python: str) -> bool:
         return False
 
 
+class PdfUrlChecker:
+    """`check_pdf_url` for many URLs, checking each host (scheme, authority) once.
+
+    The expensive part of `check_pdf_url` is the host: the WHATWG parse and
+    its comparison with `urllib.parse`. Both read only the URL's origin, the
+    text ``scheme://authority`` up to the first ``/``, ``?`` or ``#``; what
+    follows it is not parsed by either in a way that can refuse the URL or
+    change its host. So a URL is accepted here without the host check when
+    it is plain ASCII text with none of the characters `check_pdf_url`
+    refuses anywhere (whitespace, control characters, backslash), is at most
+    `PDF_URL_MAX` characters, and its origin, character for character, is
+    one an earlier URL passed the full check with. Every other URL (an
+    ``s3://`` URI, non-ASCII text, a new origin, anything refused) gets the
+    full `check_pdf_url`, so a refusal is the same error, naming the same
+    field. tests/test_validation.py checks with hypothesis that both give
+    the same decision on generated and adversarial URLs.
+    """
+
+    __slots__ = ("_origins",)
+
+    def __init__(self) -> None:
+        self._origins: set[str] = set()
+
+    def check(self, value: object, field: str = "pdf_url") -> str:
+        """`check_pdf_url`'s decision on ``value``; the value, as given."""
+        if isinstance(value, str) and len(value) <= PDF_URL_MAX and value.isascii():
+            plain = _PLAIN_URL.fullmatch(value)
+            if plain is not None:
+                origin = plain.group(1)
+                if origin not in self._origins:
+                    check_pdf_url(value, field)
+                    self._origins.add(origin)
+                return value
+        return check_pdf_url(value, field)
+
+
 def check_pdf_urls(value: object, field: str = "pdf_urls") -> list[str]:
     """A list (or other sequence) of 1 to 100,000 URLs, each as `check_pdf_url`.
 
-    A bad entry is named with its index, for example ``pdf_urls[3]``.
+    A bad entry is named with its index, for example ``pdf_urls[3]``. Each
+    distinct host is checked once (`PdfUrlChecker`): same decisions, faster.
     """
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise ValidationError(field, f"must be a list of URLs, not {_type_name(value)}")
     if len(value) > CREATE_MANY_MAX:
         raise ValidationError(field, f"at most {CREATE_MANY_MAX} URLs per call")
-    return [check_pdf_url(url, f"{field}[{index}]") for index, url in enumerate(value)]
+    checker = PdfUrlChecker()
+    check = checker.check
+    urls: list[str] = []
+    for index, url in enumerate(value):
+        try:
+            urls.append(check(url, field))
+        except ValidationError:
+            check_pdf_url(url, f"{field}[{index}]")  # the same refusal, naming the item
+            raise  # pragma: no cover - the full check refuses what the checker refused
+    return urls
 
 
 def check_job_id(value: object, field: str = "job_id") -> UUID:

@@ -17,7 +17,14 @@ import psycopg
 from cira_db._aio_database import AsyncConnection, AsyncDatabase
 from cira_db._errors_map import wrap_errors
 from cira_db._observe import Observation
-from cira_db._repositories._base import Call, Logic, map_error, slow_call_ms
+from cira_db._repositories._base import (
+    Call,
+    Logic,
+    map_error,
+    savepoint_in_transaction,
+    slow_call_ms,
+    stream_size,
+)
 from cira_db.errors import CiraDbError
 
 __all__ = ["AsyncExecutor", "AsyncRunner"]
@@ -90,11 +97,21 @@ class AsyncRunner:
         async def work(conn: AsyncConnection) -> Any:
             if call.kind == "copy":
                 assert call.rows is not None  # every copy call has its rows
-                async with conn.cursor() as cur:
+                async with savepoint_in_transaction(conn), conn.cursor() as cur:
                     async with cur.copy(call.query.sql) as copy:
                         for row in call.rows():
                             await copy.write_row(row)
                     return cur.rowcount
+            if call.kind == "copy_all":
+                assert call.rows is not None  # a copy_all call has its rows
+                assert call.then is not None  # and its query
+                assert call.row_factory is not None  # and its row factory
+                async with conn.transaction(), conn.cursor(row_factory=call.row_factory) as cur:
+                    async with cur.copy(call.query.sql) as copy:
+                        for row in call.rows():
+                            await copy.write_row(row)
+                    streamed = cur.stream(call.then.sql, call.params, size=stream_size())
+                    return [row async for row in streamed]
             if call.row_factory is None:
                 async with conn.cursor() as cur:
                     await cur.execute(call.query.sql, call.params)

@@ -16,8 +16,9 @@ can share the caller's transaction).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import psycopg
@@ -47,6 +48,8 @@ __all__ = [
     "job_row",
     "result_outcome_row",
     "result_row",
+    "savepoint_in_transaction",
+    "stream_size",
     "usage_row",
 ]
 
@@ -131,20 +134,23 @@ class Call(Generic[R]):
     ``kind`` says what the logic gets back: ``"one"`` the first row or None,
     ``"all"`` every row, ``"rowcount"`` how many rows changed, ``"copy"`` how
     many rows a ``COPY ... FROM STDIN`` statement loaded (``rows()`` yields
-    them, streamed: never all in memory at once). ``params`` are
+    them, streamed: never all in memory at once), ``"copy_all"`` every row of
+    the query ``then`` run after such a COPY in the same transaction (rows
+    streamed from the server in chunks, not held twice). ``params`` are
     checked against the query's placeholders when the request is made, so a
     mistake shows up the same way whichever runner would have run it.
     ``idempotent`` says whether a runner may repeat it after a transient
     failure (only on a `Database`; never inside a caller's transaction).
     """
 
-    kind: Literal["one", "all", "rowcount", "copy"]
+    kind: Literal["one", "all", "rowcount", "copy", "copy_all"]
     query: Query
     params: Mapping[str, Any]
     row_factory: BaseRowFactory[Any] | None
     operation: str
     idempotent: bool
     rows: Callable[[], Iterable[Sequence[Any]]] | None = None
+    then: Query | None = None
 
     @staticmethod
     def one(
@@ -188,6 +194,22 @@ class Call(Generic[R]):
         """Ask for a ``COPY ... FROM STDIN`` of ``rows()`` (one statement); the row count."""
         return Call("copy", query, query.bind({}), None, operation, idempotent, rows)
 
+    @staticmethod
+    def copy_all(
+        query: Query,
+        rows: Callable[[], Iterable[Sequence[Any]]],
+        then: Query,
+        params: Mapping[str, Any],
+        row_factory: BaseRowFactory[T],
+        operation: str,
+        *,
+        idempotent: bool,
+    ) -> Call[list[T]]:
+        """A ``COPY ... FROM STDIN`` of ``rows()``, then every row of ``then``: one transaction."""
+        return Call(
+            "copy_all", query, then.bind(params), row_factory, operation, idempotent, rows, then
+        )
+
 
 Logic: TypeAlias = Generator[Call[Any], Any, T]
 """A repository method's logic: yields `Call` requests, receives their results, returns."""
@@ -229,6 +251,41 @@ def slow_call_ms(executor: Any) -> int:
         return settings.slow_call_ms
     default: int = FIELDS["slow_call_ms"][1]
     return default
+
+
+STREAM_CHUNK: Final = 2000
+"""Rows per chunk when a long reply is streamed (libpq 17's chunked mode)."""
+
+
+def stream_size() -> int:
+    """Rows per chunk for `Cursor.stream`: `STREAM_CHUNK` on libpq 17 or later, else 1."""
+    return STREAM_CHUNK if psycopg.pq.version() >= 170000 else 1
+
+
+def savepoint_in_transaction(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> Any:
+    """A savepoint when ``conn`` is in a caller's transaction, else nothing.
+
+    A failed COPY then leaves the caller's transaction usable. On an idle
+    autocommit connection the one statement is atomic on its own, and
+    BEGIN and COMMIT would only add round trips.
+    """
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return nullcontext()
+    return conn.transaction()
+
+
+def _copy_all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
+    """Run a ``copy_all`` call on ``conn``: the COPY, then ``call.then``, in one transaction."""
+    assert call.rows is not None  # a copy_all call has its rows
+    assert call.then is not None  # and its query
+    assert call.row_factory is not None  # and its row factory
+    with conn.transaction(), conn.cursor(row_factory=call.row_factory) as cur:
+        with cur.copy(call.query.sql) as copy:
+            for row in call.rows():
+                copy.write_row(row)
+        return list(cur.stream(call.then.sql, call.params, size=stream_size()))
 
 
 class Runner:
@@ -332,7 +389,7 @@ class Runner:
             sql = call.query.sql
 
             def work(conn: psycopg.Connection[Any]) -> int:
-                with conn.cursor() as cur:
+                with savepoint_in_transaction(conn), conn.cursor() as cur:
                     with cur.copy(sql) as copy:
                         for row in make_rows():
                             copy.write_row(row)
@@ -340,6 +397,11 @@ class Runner:
 
             loaded: Any = self.call(call.operation, work, idempotent=call.idempotent)
             return loaded  # type: ignore[no-any-return]
+        if call.kind == "copy_all":
+            copied: Any = self.call(
+                call.operation, partial(_copy_all, call), idempotent=call.idempotent
+            )
+            return copied  # type: ignore[no-any-return]
         if call.kind == "rowcount":
             count: Any = self.rowcount(
                 call.query, call.params, call.operation, idempotent=call.idempotent

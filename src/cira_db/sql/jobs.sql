@@ -734,6 +734,39 @@ FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NU
 -- rows: nothing that pins an RDS Proxy session). One statement: all or nothing.
 COPY jobs (id, client_id, pdf_url, run_after, priority) FROM STDIN
 
+-- name: get_new_jobs
+-- Bulk create (create_many returning="jobs"), after copy_new_jobs in the same
+-- transaction: the client's jobs with ids from the first to the last one
+-- copied, in id order (the order they were given: their UUIDv7 ids
+-- increase). A range scan of jobs_pkey; the caller keeps the rows it copied.
+-- Cheap to read back: client_id is the one asked for (not sent again), and a
+-- created_at or updated_at equal to now() (this transaction's time, as for
+-- every row the COPY made) comes as NULL, now() itself once, in the first row.
+SELECT id, status, pdf_url,
+       nullif(created_at, now()) AS created_at, nullif(updated_at, now()) AS updated_at,
+       completed_at, error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at,
+       CASE WHEN id = %(first_id)s THEN now() END AS now
+FROM jobs
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND client_id = %(client_id)s
+ORDER BY id
+
+-- name: get_jobs_by_ids
+-- Bulk create with caller-chosen ids (create_many job_ids=, returning="jobs"),
+-- after copy_new_jobs in the same transaction: the client's jobs of these
+-- ids, in the order given. The ids are one bound array, not statement text.
+-- The columns as get_new_jobs (now() in the first row).
+SELECT jobs.id, jobs.status, jobs.pdf_url,
+       nullif(jobs.created_at, now()) AS created_at,
+       nullif(jobs.updated_at, now()) AS updated_at,
+       jobs.completed_at, jobs.error_message, jobs.attempts, jobs.lease_expires_at,
+       jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at,
+       CASE WHEN given.n = 1 THEN now() END AS now
+FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS given (id, n)
+JOIN jobs ON jobs.id = given.id
+WHERE jobs.client_id = %(client_id)s
+ORDER BY given.n
+
 -- name: insert_jobs_count
 -- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
