@@ -54,7 +54,7 @@ AsyncConnection = psycopg.AsyncConnection[Any]
 _IDLE = TransactionStatus.IDLE
 _log = logging.getLogger("psycopg")  # where psycopg's own `async with conn` warns
 _LAST_USED = "_cira_db_last_used"
-"""The attribute of a pooled connection holding when it was last given back (``time.time()``)."""
+"""The attribute of a pooled connection holding when it was made or last checked out."""
 
 
 class AsyncDatabase:
@@ -212,12 +212,18 @@ class AsyncDatabase:
     async def _check_connection(self, conn: AsyncConnection) -> None:
         """Check a connection that sat idle long enough to have been dropped meanwhile.
 
-        When it was last given back is an attribute of the connection (the
-        pool's own class), not a weak mapping: this runs on every checkout.
+        The pool calls this on every checkout, whoever asks (a repository
+        call or a caller's ``pool.connection()``), so the time is noted here:
+        the time since the last checkout is never shorter than the time the
+        connection sat idle, so no needed check is skipped, and no checkout
+        pays a round trip because an earlier one did not note its return. It
+        is an attribute of the pool's connection, not a weak mapping.
         """
+        now = time.time()
         last = getattr(conn, _LAST_USED, None)
-        if last is None or time.time() - last >= self._check_after:
+        if last is None or now - last >= self._check_after:
             await AsyncConnectionPool.check_connection(conn)
+        setattr(conn, _LAST_USED, now)
 
     # -- credentials (the sync Database's, off the event loop) -------------------
 
@@ -348,7 +354,6 @@ class AsyncDatabase:
     ) -> None:
         """Give a checked-out connection back (or close a probe's); see `_borrow`."""
         if pooled:
-            setattr(conn, _LAST_USED, time.time())
             await pool.putconn(conn)
         else:
             await conn.close()
