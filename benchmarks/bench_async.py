@@ -6,7 +6,8 @@ leaves rows as tuples.
 
 * per-call latency: ``await jobs.get(...)`` and ``await jobs.list(...)``
   against ``pool.connection()`` + ``execute`` + ``fetch``, one call at a
-  time, interleaved in blocks;
+  time, interleaved in blocks; a third variant runs the raw call with the
+  library's row factory (``Job`` rows), to show what building rows costs;
 * a queue drained by 100 concurrent tasks, each claiming one job and
   completing it until the queue is empty: `AsyncJobRepository` against a
   hand-written loop, rounds alternating between the two sides.
@@ -37,6 +38,7 @@ from bench_common import (
     truncate_jobs,
     uuid7,
 )
+from cira_db._repositories._base import job_row
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
 
 __all__ = ["run_async"]
@@ -91,25 +93,44 @@ async def _latency(db: AsyncDatabase, n: int) -> Table:
             cur = await conn.execute(statement, params)
             return await (cur.fetchall() if many else cur.fetchone())
 
-    pairs: list[tuple[str, AsyncCall, AsyncCall]] = [
+    async def raw_jobs(statement: str, params: dict[str, Any], *, many: bool) -> object:
+        # The raw call with the library's row factory: what building `Job`s costs.
+        async with pool.connection() as conn, conn.cursor(row_factory=job_row) as cur:
+            await cur.execute(statement, params)
+            return await (cur.fetchall() if many else cur.fetchone())
+
+    get_params = {"id": job_id, "client_id": CLIENT}
+    pairs: list[tuple[str, AsyncCall, AsyncCall, AsyncCall]] = [
         (
             "`await jobs.get`",
             lambda: jobs.get(job_id, client_id=CLIENT),
-            lambda: raw(get_sql, {"id": job_id, "client_id": CLIENT}, many=False),
+            lambda: raw(get_sql, get_params, many=False),
+            lambda: raw_jobs(get_sql, get_params, many=False),
         ),
         (
             "`await jobs.list` (50 rows)",
             lambda: jobs.list(client_id=CLIENT, limit=50),
             lambda: raw(list_sql, list_params, many=True),
+            lambda: raw_jobs(list_sql, list_params, many=True),
         ),
     ]
     table = Table(
-        ["call", "library median", "raw median", "ratio", "library p99", "raw p99", "n"],
+        [
+            "call",
+            "library median",
+            "raw median",
+            "ratio",
+            "library p99",
+            "raw p99",
+            "n",
+            "raw with the library's `Job` rows: median, ratio to raw",
+        ],
         title=f"Awaited calls on one AsyncDatabase (pool of {POOL}), one at a time",
     )
-    for label, library, raw_call in pairs:
-        got = await _measure({"library": library, "raw": raw_call}, n, block=50, warmup=min(n, 200))
-        lib, ref = got["library"], got["raw"]
+    for label, library, raw_call, raw_rows in pairs:
+        variants = {"library": library, "raw": raw_call, "rows": raw_rows}
+        got = await _measure(variants, n, block=50, warmup=min(n, 200))
+        lib, ref, rows = got["library"], got["raw"], got["rows"]
         table.add(
             label,
             fmt_us(lib.median_us),
@@ -118,6 +139,7 @@ async def _latency(db: AsyncDatabase, n: int) -> Table:
             fmt_us(lib.p99_us),
             fmt_us(ref.p99_us),
             fmt_int(lib.n),
+            f"{fmt_us(rows.median_us)}, {fmt_ratio(rows.median_us / ref.median_us)}",
         )
     return table
 

@@ -298,6 +298,43 @@ async def test_idempotent_calls_are_retried_after_a_terminated_backend(cira_db_u
             await jobs.get(job.id, client_id="client-b")
 
 
+@pytest.mark.anyio
+async def test_busy_async_connections_skip_the_check_and_idle_ones_get_it(
+    cira_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    original = psycopg.AsyncConnection.execute
+
+    async def counting(
+        self: psycopg.AsyncConnection[Any], query: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        statements.append(str(query))
+        return await original(self, query, *args, **kwargs)
+
+    settings: dict[str, Any] = {"pool_min_size": 1, "pool_max_size": 1, "pool_check_after": 0.2}
+    async with AsyncDatabase(cira_db_url, **settings) as db:
+        pool = db.pool
+        assert pool is not None
+        async with db.connection() as conn:
+            await conn.execute("SELECT 1")
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
+        async with db.connection() as conn:  # just used: no check, one statement only
+            await conn.execute("SELECT 2")
+        assert statements == ["SELECT 2"]
+        statements.clear()
+        await asyncio.sleep(0.3)
+        async with db.connection() as conn:  # idle past the threshold: checked first
+            await conn.execute("SELECT 3")
+        assert statements == ["", "SELECT 3"]
+        statements.clear()
+        await asyncio.sleep(0.3)
+        async with pool.connection() as conn:  # the pool's own checkout: checked the same
+            await conn.execute("SELECT 4")
+        async with db.connection() as conn:  # and it counts as use: no second check
+            await conn.execute("SELECT 5")
+        assert statements == ["", "SELECT 4", "SELECT 5"]
+
+
 # -- credentials off the event loop, the same fail-fast rules -------------------------------------
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from psycopg import pq
 import cira_db
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._sql import load_queries
+from cira_db.aio import AsyncDatabase, AsyncJobRepository
 from cira_db.errors import (
     CiraDbError,
     ConflictError,
@@ -304,6 +305,82 @@ def test_on_a_database_each_call_runs_one_statement(
         call()
         assert len(statements) == 1, statements
         assert statements[0].strip()
+
+
+@pytest.mark.anyio
+async def test_the_async_face_sends_what_the_benchmarks_raw_loop_sends(cira_db_url: str) -> None:
+    """``AsyncJobRepository`` and raw psycopg async on its pool (benchmarks/bench_async.py).
+
+    On the pool's one connection, traced: each awaited call and its raw twin
+    (the same named statement and parameters) send the same messages with the
+    same statement text, in one round trip each, with no pool check on either
+    side.
+    """
+    sql = {name: q.sql for name, q in load_queries("jobs.sql").items()}
+    async with AsyncDatabase(
+        cira_db_url, pool_min_size=1, pool_max_size=1, prepare_statements=False
+    ) as db:
+        pool = db.pool
+        assert pool is not None
+        jobs = AsyncJobRepository(db)
+        client = f"trips-{uuid.uuid4()}"
+        made = await jobs.create_many(client_id=client, pdf_urls=["https://e.com/a"] * 3)
+        async with db.connection() as conn:
+            pgconn = conn.pgconn
+
+        async def raw(name: str, params: dict[str, Any]) -> None:
+            async with pool.connection() as conn:
+                cur = await conn.execute(sql[name], params)
+                await cur.fetchall()
+
+        async def sent(call: Callable[[], Awaitable[object]]) -> Wire:
+            with tempfile.TemporaryFile() as sink:
+                pgconn.trace(sink.fileno())
+                pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                try:
+                    await call()
+                finally:
+                    pgconn.untrace()
+                sink.seek(0)
+                return Wire(sink.read().decode("utf-8", "replace"))
+
+        job_id = made[0].id
+        complete = {
+            "id": job_id,
+            "result_id": uuid.uuid4(),
+            "extracted_data": "{}",
+            "confidence_score": 1,
+            "tokens_used": 1,
+            "client_id": None,
+            "attempt": None,
+        }
+        list_params = {"client_id": client, "after_created_at": None, "after_id": None}
+        pairs: list[tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[object]]]] = [
+            (
+                lambda: jobs.get(job_id, client_id=client),
+                lambda: raw("get_job", {"id": job_id, "client_id": client}),
+            ),
+            (
+                lambda: jobs.list(client_id=client, limit=50),
+                lambda: raw("list_jobs", {**list_params, "limit": 51}),
+            ),
+            (
+                lambda: jobs.claim_next(lease=LEASE),
+                lambda: raw("claim_jobs", {"limit": 1, "lease": LEASE}),
+            ),
+            (
+                lambda: jobs.complete(job_id, extracted_data={}, confidence_score=1, tokens_used=1),
+                lambda: raw("complete_job", {**complete, "id": made[1].id}),
+            ),
+        ]
+        for library, raw_call in pairs:
+            lib_wire, raw_wire = await sent(library), await sent(raw_call)
+            assert lib_wire.round_trips == raw_wire.round_trips == 1
+            lib_sent = [m[2] for m in lib_wire.messages if m[0] == "F"]
+            assert lib_sent == [m[2] for m in raw_wire.messages if m[0] == "F"]
+            assert lib_sent.count("Parse") == 1, lib_sent
+            parse = [m[3:] for m in lib_wire.messages if m[0] == "F" and m[2] == "Parse"]
+            assert parse == [m[3:] for m in raw_wire.messages if m[0] == "F" and m[2] == "Parse"]
 
 
 # -- the SQL files and the code agree -------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -27,6 +26,7 @@ from typing import Any, Self, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from cira_db._aws_auth import is_auth_failure
@@ -42,7 +42,7 @@ from cira_db._database import (
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._observe import PoolStats, pool_event, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
-from cira_db._retry import async_call_with_retries
+from cira_db._retry import next_pause
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
@@ -50,6 +50,11 @@ __all__ = ["AsyncConnection", "AsyncDatabase"]
 
 T = TypeVar("T")
 AsyncConnection = psycopg.AsyncConnection[Any]
+
+_IDLE = TransactionStatus.IDLE
+_log = logging.getLogger("psycopg")  # where psycopg's own `async with conn` warns
+_LAST_USED = "_cira_db_last_used"
+"""The attribute of a pooled connection holding when it was made or last checked out."""
 
 
 class AsyncDatabase:
@@ -90,9 +95,9 @@ class AsyncDatabase:
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
         self._state = _ConnectState()
         self._opening: asyncio.Lock | None = None
-        self._last_used: weakref.WeakKeyDictionary[AsyncConnection, float] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Read on every checkout: kept here rather than asked of the settings each time.
+        self._timeout = self._config.settings.pool_timeout
+        self._check_after = self._config.settings.pool_check_after
 
     @classmethod
     def from_env(cls, *, pool: bool = True, **overrides: Any) -> Self:
@@ -202,13 +207,23 @@ class AsyncDatabase:
     # -- pool callbacks ---------------------------------------------------------
 
     async def _configure(self, conn: AsyncConnection) -> None:
-        self._last_used[conn] = time.time()
+        setattr(conn, _LAST_USED, time.time())
 
     async def _check_connection(self, conn: AsyncConnection) -> None:
-        """Check a connection that sat idle long enough to have been dropped meanwhile."""
-        last = self._last_used.get(conn)
-        if last is None or time.time() - last >= self.settings.pool_check_after:
+        """Check a connection that sat idle long enough to have been dropped meanwhile.
+
+        The pool calls this on every checkout, whoever asks (a repository
+        call or a caller's ``pool.connection()``), so the time is noted here:
+        the time since the last checkout is never shorter than the time the
+        connection sat idle, so no needed check is skipped, and no checkout
+        pays a round trip because an earlier one did not note its return. It
+        is an attribute of the pool's connection, not a weak mapping.
+        """
+        now = time.time()
+        last = getattr(conn, _LAST_USED, None)
+        if last is None or now - last >= self._check_after:
             await AsyncConnectionPool.check_connection(conn)
+        setattr(conn, _LAST_USED, now)
 
     # -- credentials (the sync Database's, off the event loop) -------------------
 
@@ -276,7 +291,7 @@ class AsyncDatabase:
         self, pool: AsyncConnectionPool[AsyncConnection], state: _ConnectState
     ) -> tuple[AsyncConnection, bool]:
         """`Database._getconn`, awaited: the same fail-fast rules, the same messages."""
-        timeout = self.settings.pool_timeout
+        timeout = self._timeout
         deadline = time.monotonic() + timeout
         known = state.permanent
         if known is not None:
@@ -321,6 +336,30 @@ class AsyncDatabase:
         state.error = None
         return conn
 
+    def _checkout_pool(self) -> AsyncConnectionPool[AsyncConnection]:
+        pool = self._pool
+        if pool is None:
+            raise ConfigurationError(
+                "the AsyncDatabase is not open: use `async with db:` or await db.open()"
+            )
+        return pool
+
+    async def _checkin(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection],
+        conn: AsyncConnection,
+        *,
+        pooled: bool,
+        broken: bool,
+    ) -> None:
+        """Give a checked-out connection back (or close a probe's); see `_borrow`."""
+        if pooled:
+            await pool.putconn(conn)
+        else:
+            await conn.close()
+        if broken:
+            await pool.check()  # discard every idle connection that died with this one
+
     @asynccontextmanager
     async def _borrow(self) -> AsyncIterator[AsyncConnection]:
         """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw.
@@ -338,12 +377,8 @@ class AsyncDatabase:
             finally:
                 await conn.close()
             return
-        pool, state = self._pool, self._state
-        if pool is None:
-            raise ConfigurationError(
-                "the AsyncDatabase is not open: use `async with db:` or await db.open()"
-            )
-        conn, pooled = await self._getconn(pool, state)
+        pool = self._checkout_pool()
+        conn, pooled = await self._getconn(pool, self._state)
         broken = False
         try:
             async with conn:  # as psycopg_pool's own connection(): roll back on error
@@ -352,13 +387,39 @@ class AsyncDatabase:
             broken = conn.broken
             raise
         finally:
-            if pooled:
-                self._last_used[conn] = time.time()
-                await pool.putconn(conn)
-            else:
-                await conn.close()
-            if broken:
-                await pool.check()  # discard every idle connection that died with this one
+            await self._checkin(pool, conn, pooled=pooled, broken=broken)
+
+    async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on a connection of `_borrow`'s, without a context manager per call.
+
+        `run` calls this for every repository statement: the same checkout,
+        the same give-back (a cancelled task's connection too) and, for the
+        pool's connections, psycopg's ``async with conn`` spelt out: on
+        success ``COMMIT`` only if ``work`` left a transaction open (never
+        for an autocommit statement, so no lock or wait for a no-op); on
+        error psycopg's own rollback.
+        """
+        if not self._use_pool:
+            async with self._borrow() as fresh:
+                return await work(fresh)
+        pool = self._checkout_pool()
+        conn, pooled = await self._getconn(pool, self._state)
+        broken = False
+        try:
+            result = await work(conn)
+            if conn.pgconn.transaction_status != _IDLE and not conn.closed:
+                await conn.commit()
+            return result
+        except BaseException:
+            broken = conn.broken
+            if not conn.closed:
+                try:
+                    await conn.rollback()
+                except Exception as exc2:
+                    _log.warning("error ignored in rollback on %s: %s", conn, exc2)
+            raise
+        finally:
+            await self._checkin(pool, conn, pooled=pooled, broken=broken)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -394,22 +455,23 @@ class AsyncDatabase:
     ) -> T:
         """Await ``work`` on a pooled connection, retrying transient failures if idempotent.
 
-        The rules of `Database.run` (the same policy and retry decision, the
-        same ``mapper``); only the pause between tries is ``asyncio.sleep``.
+        The rules of `Database.run` (the same policy and retry decision,
+        `next_pause`, the same ``mapper``); only the pause between tries is
+        ``asyncio.sleep``. The loop is written out here rather than wrapped
+        in closures, since every awaited repository call comes through it.
         """
-
-        async def once() -> T:
-            async with self._borrow() as conn:
-                return await work(conn)
-
-        return await async_call_with_retries(
-            self._config._retry,
-            operation,
-            once,
-            idempotent=idempotent,
-            mapper=mapper,
-            sleep=self._pause,
-        )
+        policy = self._config._retry
+        tries = policy.attempts if idempotent else 1
+        attempt = 1
+        while True:
+            try:
+                return await self._once(work)
+            except psycopg.Error as exc:
+                pause = next_pause(policy, operation, exc, attempt, tries)
+                if pause is None:
+                    raise mapper(exc, operation) from exc
+            await self._pause(pause)
+            attempt += 1
 
     async def _pause(self, seconds: float) -> None:
         """The pause before a retry, counted for `stats`."""

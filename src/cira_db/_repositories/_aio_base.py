@@ -70,6 +70,7 @@ class AsyncRunner:
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
         observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms, task=True)
+        executor = self._database if self._database is not None else self._connection
         try:
             while True:
                 try:
@@ -77,7 +78,7 @@ class AsyncRunner:
                 except StopIteration as stop:
                     result: T = stop.value
                     break
-                self._server = observation.begin(call, self.executor, self._server)
+                self._server = observation.begin(call, executor, self._server)
                 value, error = None, None
                 try:
                     value = await self.execute(call)
