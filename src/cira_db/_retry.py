@@ -8,11 +8,10 @@ else gets one try; its failure surfaces as a cira_db error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,7 +21,7 @@ from cira_db._errors_map import is_transient, translate
 from cira_db._observe import FIELD, note_retry
 from cira_db.errors import CiraDbError
 
-__all__ = ["RetryPolicy", "async_call_with_retries", "call_with_retries", "next_pause"]
+__all__ = ["RetryPolicy", "call_with_retries", "next_pause"]
 
 T = TypeVar("T")
 _log = logging.getLogger("cira_db.retry")
@@ -106,26 +105,4 @@ def call_with_retries(
             if pause is None:
                 raise mapper(exc, operation) from exc
         sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def async_call_with_retries(
-    policy: RetryPolicy,
-    operation: str,
-    work: Callable[[], Awaitable[T]],
-    *,
-    idempotent: bool,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    mapper: Callable[[psycopg.Error, str], CiraDbError] = translate,
-) -> T:
-    """`call_with_retries` for coroutines: the same decision, ``asyncio.sleep`` between tries."""
-    tries = policy.attempts if idempotent else 1
-    for attempt in range(1, tries + 1):
-        try:
-            return await work()
-        except psycopg.Error as exc:
-            pause = next_pause(policy, operation, exc, attempt, tries)
-            if pause is None:
-                raise mapper(exc, operation) from exc
-        await sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
