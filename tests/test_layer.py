@@ -196,15 +196,26 @@ def test_every_layer_is_sound_from_its_zip(target: str, layers: dict[str, Path])
         names = archive.namelist()
         assert sum(info.file_size for info in archive.infolist()) < 250 * MB
         assert all(name.startswith("python/") for name in names)
-        assert not [n for n in names if "__pycache__" in n or n.startswith("python/bin/")]
+        assert not [n for n in names if n.startswith("python/bin/")]
+        sources = {n for n in names if n.endswith(".py")}
+        bytecode = [n for n in names if "/__pycache__/" in n]
+        pycs = {n: archive.read(n)[4:8] for n in bytecode}
         assert not [n for n in names if n.split("/")[1] in {"boto3", "botocore", "pytest"}]
         assert not [n for n in names if n.startswith("python/cira_db/testing/")]
         assert f"python/cira_db-{__version__}.dist-info/METADATA" in names
         machines = {archive.read(n)[18:20] for n in names if archive.read(n)[:4] == b"\x7fELF"}
         tags = _wheel_tags(archive)
     assert machines == {ELF_MACHINE[arch].to_bytes(2, "little")}
-    driver = next(d for d in tags if d.startswith("psycopg_binary-"))
     cp = "cp" + version.replace(".", "")
+    if _builder().interpreter_for(version) is None:  # no such Python here: sources only
+        assert not bytecode
+    else:  # every module compiled by the target's own Python, unchecked-hash (flags 0b01)
+        tag = f".cpython-{version.replace('.', '')}.pyc"
+        assert all(n.endswith(tag) for n in bytecode)
+        assert set(pycs.values()) == {(1).to_bytes(4, "little")}
+        compiled = {n.replace("/__pycache__/", "/").removesuffix(tag) + ".py" for n in bytecode}
+        assert compiled == sources
+    driver = next(d for d in tags if d.startswith("psycopg_binary-"))
     assert all(t.startswith(f"{cp}-{cp}-") for t in tags[driver])
     platforms = {t.split("-")[2] for t in tags[driver]}
     if arch == "x86_64":
@@ -294,3 +305,43 @@ def test_what_a_layer_must_not_hold_is_refused(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
     with pytest.raises(builder.LayerError, match="boto3, pkg/__pycache__"):
         builder.check_contents(tmp_path)
+
+
+def _pyc(flags: int) -> bytes:
+    return b"\x00" * 4 + flags.to_bytes(4, "little") + b"\x00" * 8
+
+
+def test_only_the_targets_own_unchecked_bytecode_may_ship(tmp_path: Path) -> None:
+    builder = _builder()
+    cache = tmp_path / "pkg" / "__pycache__"
+    cache.mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("X = 1\n")
+    (cache / "mod.cpython-312.pyc").write_bytes(_pyc(0b01))
+    assert builder.stale_bytecode(tmp_path, "3.12") == []
+    assert builder.stale_bytecode(tmp_path, None) == ["pkg/__pycache__"]  # sources-only layer
+    assert builder.stale_bytecode(tmp_path, "3.13") == ["pkg/__pycache__/mod.cpython-312.pyc"]
+    (cache / "mod.cpython-312.pyc").write_bytes(_pyc(0b00))  # timestamp: a zip blurs mtimes
+    assert builder.stale_bytecode(tmp_path, "3.12") == ["pkg/__pycache__/mod.cpython-312.pyc"]
+    (cache / "mod.cpython-312.pyc").write_bytes(_pyc(0b11))  # checked hash: reads the source
+    assert builder.stale_bytecode(tmp_path, "3.12") == ["pkg/__pycache__/mod.cpython-312.pyc"]
+    (cache / "mod.cpython-312.pyc").write_bytes(_pyc(0b01))
+    (cache / "gone.cpython-312.pyc").write_bytes(_pyc(0b01))  # its source was removed
+    assert builder.stale_bytecode(tmp_path, "3.12") == ["pkg/__pycache__/gone.cpython-312.pyc"]
+
+
+def test_layer_bytecode_comes_from_the_targets_python(tmp_path: Path) -> None:
+    builder = _builder()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("X = 1\n")
+    builder.compile_bytecode(tmp_path, Path(sys.executable))
+    assert builder.stale_bytecode(tmp_path, version) == []
+    assert [p.name for p in (tmp_path / "pkg" / "__pycache__").iterdir()] == [
+        f"__init__.{sys.implementation.cache_tag}.pyc"
+    ]
+    found = builder.interpreter_for(version)
+    if found is not None:  # what it found is that version, checked by running it
+        done = subprocess.run([str(found), "-c", "import sys; print(sys.version_info[:2])"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert done.stdout.strip() == str(sys.version_info[:2])
+    assert builder.interpreter_for("2.9") is None

@@ -6,8 +6,14 @@
 Each layer holds cira_db and its runtime dependencies under ``python/``,
 installed by pip from manylinux wheels only (``--only-binary=:all:``) for the
 target's interpreter and platform, never from the build machine's. Then:
-no ``bin/`` scripts, no ``__pycache__``, no ``cira_db.testing`` (a pytest
-plugin a function never loads), and no boto3/botocore (the runtime has them).
+no ``bin/`` scripts, no ``cira_db.testing`` (a pytest plugin a function never
+loads), no boto3/botocore (the runtime has them), and no bytecode but the
+target's own: when an interpreter of the target's Python version is found
+here, every module is compiled by it as ``unchecked-hash`` ``.pyc`` files
+(``/opt`` is read-only in Lambda, so without them each cold start compiles
+cira_db and psycopg again; a zip does not keep exact mtimes, so the hash kind
+that never looks at the source is the one that always loads). ``--no-bytecode``
+or no such interpreter: the layer ships sources only, and says so.
 Every build checks each wheel's tags against the runtime's glibc, each shared
 library's ELF machine against the architecture, and the sizes against
 Lambda's limits; any failure stops the build with the reason.
@@ -16,6 +22,7 @@ Lambda's limits; any failure stops the build with the reason.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +40,7 @@ ELF_MACHINES = {"x86_64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
 WHEEL_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
 LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 NEVER_IN_A_LAYER = ("boto3", "botocore", "s3transfer", "pytest", "testcontainers")
+PYC_UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source never checked
 
 
 class LayerError(RuntimeError):
@@ -120,7 +128,7 @@ def pip_install(target: Target, wheel: Path, site: Path) -> None:
 
 
 def prune(site: Path) -> None:
-    """Remove what a function never needs: scripts, bytecode, the pytest plugin."""
+    """Remove what a function never needs: scripts, the build's bytecode, the pytest plugin."""
     shutil.rmtree(site / "bin", ignore_errors=True)
     for cache in list(site.rglob("__pycache__")):
         shutil.rmtree(cache)
@@ -137,11 +145,72 @@ def _kept(record_line: str, site: Path) -> bool:
     )
 
 
-def check_contents(site: Path) -> None:
-    """Refuse scripts, bytecode and packages the runtime already has or never needs."""
+def interpreter_for(version: str) -> Path | None:
+    """An interpreter of Python ``version`` on this machine (pyenv, then PATH), or None.
+
+    Each candidate is run once to confirm its version (a pyenv shim on PATH may
+    refuse a version that is installed but not selected).
+    """
+    roots = {Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser(), Path.home() / ".pyenv"}
+    found = [p for root in roots for p in root.glob(f"versions/{version}.*/bin/python{version}")]
+    candidates = sorted(found, key=_version_key, reverse=True)
+    on_path = shutil.which(f"python{version}")
+    for python in [*candidates, *([Path(on_path)] if on_path else [])]:
+        done = subprocess.run(
+            [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0 and done.stdout.strip() == version:
+            return python
+    return None
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    release = path.parents[1].name
+    return tuple(int(part) for part in re.findall(r"\d+", release))
+
+
+def compile_bytecode(site: Path, python: Path) -> None:
+    """Compile every module in ``site`` with ``python`` as unchecked-hash ``.pyc`` files."""
+    command = [str(python), "-m", "compileall", "-q", "-j", "0"]
+    _run([*command, "--invalidation-mode", "unchecked-hash", str(site)])
+
+
+def _cache_tag(python_version: str) -> str:
+    return "cpython-" + python_version.replace(".", "")
+
+
+def stale_bytecode(site: Path, python_version: str | None) -> list[str]:
+    """Files in ``__pycache__`` the target would not load as they are, relative to ``site``.
+
+    With ``python_version`` None no bytecode may ship at all; otherwise only that
+    version's ``.pyc`` files, hash-based and unchecked, each beside its source.
+    """
+    stale = []
+    for cache in sorted(site.rglob("__pycache__")):
+        entries = sorted(cache.iterdir())
+        if python_version is None or not entries:
+            stale.append(str(cache.relative_to(site)))
+            continue
+        for pyc in entries:
+            module, _, rest = pyc.name.partition(".")
+            fits = (
+                rest == f"{_cache_tag(python_version)}.pyc"
+                and (cache.parent / f"{module}.py").is_file()
+                and int.from_bytes(pyc.read_bytes()[4:8], "little") == PYC_UNCHECKED_HASH
+            )
+            if not fits:
+                stale.append(str(pyc.relative_to(site)))
+    return stale
+
+
+def check_contents(site: Path, python_version: str | None = None) -> None:
+    """Refuse scripts, foreign bytecode and packages the runtime already has or never needs."""
     found = [name for name in NEVER_IN_A_LAYER if (site / name).exists()]
     found += [p.name for p in (site / "bin",) if p.exists()]
-    found += [str(p.relative_to(site)) for p in site.rglob("__pycache__")]
+    found += stale_bytecode(site, python_version)
     if found:
         raise LayerError(f"the layer must not contain {', '.join(sorted(found))}")
     if not list(site.glob("cira_db-*.dist-info/METADATA")):
@@ -235,34 +304,47 @@ def check_sizes(layer: Layer) -> None:
         raise LayerError(f"{layer.path.name}: {_mb(layer.unzipped)} unzipped, over Lambda's 250 MB")
 
 
-def build_layer(target: Target, wheel: Path, out: Path, version: str) -> Layer:
-    """Install, prune, check and zip one layer; raises LayerError when it must not ship."""
+def build_layer(
+    target: Target, wheel: Path, out: Path, version: str, *, bytecode: bool = True
+) -> Layer:
+    """Install, prune, compile, check and zip one layer; LayerError when it must not ship."""
     if target.refused:
         raise LayerError(f"{target.name} is not built: {target.refused}")
+    python = interpreter_for(target.python) if bytecode else None
     with tempfile.TemporaryDirectory(prefix=f"cira-layer-{target.name}-") as tmp:
         site = Path(tmp) / "python"
         pip_install(target, wheel, site)
         prune(site)
-        check_contents(site)
+        if python is not None:
+            compile_bytecode(site, python)
+        check_contents(site, target.python if python is not None else None)
         check_tags(site, target)
         libraries = check_elf(site, target)
         driver = ", ".join(p.name[: -len(".dist-info")] for p in site.glob("psycopg_binary-*"))
         layer = write_zip(site, out / f"cira-db-{version}-{target.name}.zip")
     check_sizes(layer)
     glibc = f"{target.glibc[0]}.{target.glibc[1]}"
+    compiled = (
+        f"bytecode by {python}"
+        if python is not None
+        else "no bytecode (--no-bytecode)"
+        if not bytecode
+        else f"no bytecode: no python{target.python} here, a cold start compiles the sources"
+    )
     print(
         f"{layer.path.name}: {_mb(layer.zipped)} zipped, {_mb(layer.unzipped)} unzipped; "
-        f"{libraries} shared libraries, all {target.arch}; wheels fit glibc {glibc}; {driver}"
+        f"{libraries} shared libraries, all {target.arch}; wheels fit glibc {glibc}; {driver}; "
+        f"{compiled}"
     )
     return layer
 
 
-def build_all(targets: Iterable[Target], out: Path) -> list[Layer]:
+def build_all(targets: Iterable[Target], out: Path, *, bytecode: bool = True) -> list[Layer]:
     """Build cira_db's wheel once, then one layer per target."""
     version = project_version()
     with tempfile.TemporaryDirectory(prefix="cira-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
-        return [build_layer(target, wheel, out, version) for target in targets]
+        return [build_layer(t, wheel, out, version, bytecode=bytecode) for t in targets]
 
 
 def _mb(size: int) -> str:
@@ -280,10 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--target", action="append", help="e.g. python3.12-arm64 (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "dist" / "layers")
+    parser.add_argument(
+        "--no-bytecode", action="store_true", help="ship sources only (slower cold starts)"
+    )
     args = parser.parse_args(argv)
     try:
         targets = [find_target(n) for n in args.target] if args.target else list(TARGETS)
-        build_all(targets, args.out)
+        build_all(targets, args.out, bytecode=not args.no_bytecode)
     except LayerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
