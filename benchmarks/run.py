@@ -16,6 +16,7 @@ The database is dropped and the embedded server stopped at the end.
 8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool;
 9. fair share between clients, and the claims on 1,000,000 scheduled, prioritised jobs.
 10. what observing a call costs: logs off and on, with and without an OpenTelemetry SDK.
+11. the peer queues (pgqueuer, procrastinate) and SQLAlchemy 2 Core (the ``bench`` extra).
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
 and writes a report only if ``--output`` is given.
@@ -44,6 +45,7 @@ from bench_ids import run_ids
 from bench_latency import run_latency
 from bench_migration import run_migration
 from bench_observe import run_observe
+from bench_peers import run_peers
 from bench_plans import run_plans
 from bench_queue import run_queue
 from bench_report import (
@@ -70,6 +72,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
     "fair": ("9. Fair share, the claim, cancel and queue_stats at scale", run_fair),
     "observe": ("10. Observability overhead", run_observe),
+    "peers": ("11. Peer queues and SQLAlchemy Core", run_peers),
 }
 # report order
 ORDER = (
@@ -83,6 +86,7 @@ ORDER = (
     "coldstart",
     "fair",
     "observe",
+    "peers",
 )
 
 
