@@ -67,6 +67,8 @@ LEASE = timedelta(minutes=15)
 NOOP = "noop"  # the peers' entrypoint / task name and queue
 CHUNK = 1_000  # jobs per enqueue statement when filling a peer's queue
 TARGETS = {"pgqueuer": 1.2, "procrastinate": 2.5}
+# runs per cell (the median is reported); procrastinate's take minutes and are far off target
+ROUNDS = {"cira_db": 3, "pgqueuer": 3, "procrastinate": 1}
 SYSTEMS = {
     "cira_db": "cira_db `claim_batch(10)` + `complete_many`",
     "pgqueuer": "pgqueuer, `batch_size=10`",
@@ -349,19 +351,22 @@ def _one_run(pool: Workers, system: str, url: str, total: int, workers: int) -> 
 
 
 def _queues(ctx: Context, total: int) -> dict[tuple[str, int], Run]:
-    """One run per system and worker count, systems interleaved."""
-    runs: dict[tuple[str, int], Run] = {}
+    """Per system and worker count, the run with the median rate (systems interleaved)."""
+    rounds = dict.fromkeys(SYSTEMS, 1) if ctx.quick else ROUNDS
+    got: dict[tuple[str, int], list[Run]] = {}
     with (
         _peer_database(ctx.url, "pgq") as pgq_url,
         _peer_database(ctx.url, "proc") as proc_url,
         _workers(2) as pool,
     ):
         urls = {"cira_db": ctx.url, "pgqueuer": pgq_url, "procrastinate": proc_url}
-        for workers, system in itertools.product((1, 2), SYSTEMS):
-            ctx.log(f"peers: {system}, {workers} worker process(es), {fmt_int(total)} jobs")
-            runs[(system, workers)] = _one_run(pool, system, urls[system], total, workers)
+        for workers, turn, system in itertools.product((1, 2), range(3), SYSTEMS):
+            if turn < rounds[system]:
+                ctx.log(f"peers: {system}, {workers} worker process(es), {fmt_int(total)} jobs")
+                run = _one_run(pool, system, urls[system], total, workers)
+                got.setdefault((system, workers), []).append(run)
     truncate_jobs(ctx.url)
-    return runs
+    return {cell: sorted(runs, key=lambda r: r.rate)[len(runs) // 2] for cell, runs in got.items()}
 
 
 def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
@@ -600,7 +605,16 @@ def _call_verdicts(found: Found) -> list[str]:
 # -- the section --------------------------------------------------------------------------
 
 
-def _intro(total: int, n: int, prepares: tuple[bool, ...]) -> list[str]:
+def _intro(total: int, n: int, prepares: tuple[bool, ...], *, quick: bool) -> list[str]:
+    runs = (
+        "**One run per cell**"
+        if quick
+        else "**The median of "
+        + ", ".join(
+            f"{count} run{'s' if count > 1 else ''} of {system}" for system, count in ROUNDS.items()
+        )
+        + " per cell** (a run of procrastinate takes minutes)"
+    )
     modes = " and ".join("on" if p else "off (behind RDS Proxy)" for p in prepares)
     return [
         f"**Queues.** {fmt_int(total)} no-op jobs, drained by 1 or 2 worker processes "
@@ -616,7 +630,7 @@ def _intro(total: int, n: int, prepares: tuple[bool, ...]) -> list[str]:
         "finished (for the peers: the last no-op returned, before its acknowledgement is "
         "written, which favours them slightly); what a worker spends before (connecting, "
         "pgqueuer's schema checks) and after (stopping) is the last column, from the "
-        "1-worker run. **One run per cell**, systems interleaved, every queue refilled and "
+        f"1-worker run. {runs}, systems interleaved, every queue refilled and "
         "`VACUUM (ANALYZE)`d before each run; after each run the benchmark checks that every "
         "job was finished exactly once.",
         "",  # a paragraph break in the report
@@ -643,7 +657,7 @@ def run_peers(ctx: Context) -> Section:
     runs = _queues(ctx, total)
     found = _per_call(ctx, n, prepares)
     section.tables = [*_queue_tables(runs), _call_table(found)]
-    section.intro = _intro(total, n, prepares)
+    section.intro = _intro(total, n, prepares, quick=ctx.quick)
     section.notes = [*_queue_verdicts(runs), *_call_verdicts(found)]
     section.headlines = [
         f"Peers, {fmt_int(total)} no-op jobs, jobs/s with 1 / 2 workers: cira_db batched "
