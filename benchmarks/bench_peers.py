@@ -408,7 +408,7 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
             verdict = (
                 f"met ({got / target:.2f} times the target)"
                 if got >= target
-                else f"**missed** by {(1 - got / target) * 100:.0f}%"
+                else f"**missed** by {(1 - got / target) * 100:.1f}%"
             )
             lines.append(
                 f"cira_db ÷ {peer}, {workers} worker{'s' if workers > 1 else ''}: "
