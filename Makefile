@@ -48,7 +48,9 @@ images: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py
 
+# the bench extra (pgqueuer, procrastinate, SQLAlchemy: section 11's peers) first
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/run.py
 
 wheel: $(STAMP)

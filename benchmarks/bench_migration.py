@@ -1,4 +1,4 @@
-"""Benchmark 6: which locks migrations 0003 and 0004 take on ``jobs``, and for how long.
+"""Benchmark 6: which locks migrations 0003 to 0005 take on ``jobs``, and for how long.
 
 The database is rolled back to version 2, ``jobs`` is filled with 1,000,000
 rows (100,000 in a quick run) by the plans benchmark's ``generate_series``
@@ -147,7 +147,7 @@ def _run_0004(
 
 def run_migration(ctx: Context) -> Section:
     total = 100_000 if ctx.quick else 1_000_000
-    section = Section("migration", "6. Migrations 0003 and 0004 on a large table")
+    section = Section("migration", "6. Migrations 0003 to 0005 on a large table")
     migrations = {m.version: m for m in load_migrations()}
     lock_timeout = Database(ctx.url, pool=False).settings.migration_lock_timeout
     truncate_jobs(ctx.url)

@@ -11,11 +11,12 @@ The database is dropped and the embedded server stopped at the end.
 3. bulk insert: ``create_many`` against COPY, and peak memory;
 5. time-ordered against random ids (before 4, while the table is small);
 4. index plans on 1,000,000 jobs, the library's indexes against the story's;
-6. the locks migrations 0003 and 0004 take on 1,000,000 jobs, and for how long;
+6. the locks migrations 0003 to 0005 take on 1,000,000 jobs, and for how long;
 7. the asyncio face against raw psycopg async on the same pool;
 8. a Lambda cold start: fresh processes, the library against psycopg + psycopg_pool;
 9. fair share between clients, and the claims on 1,000,000 scheduled, prioritised jobs.
 10. what observing a call costs: logs off and on, with and without an OpenTelemetry SDK.
+11. the peer queues (pgqueuer, procrastinate) and SQLAlchemy 2 Core (the ``bench`` extra).
 12. 50 clients through pgbouncer (TLS), steady and across a server restart.
 
 ``--quick`` runs everything on small sizes as a smoke test (under a minute)
@@ -46,6 +47,7 @@ from bench_latency import run_latency
 from bench_load import run_load_section
 from bench_migration import run_migration
 from bench_observe import run_observe
+from bench_peers import run_peers
 from bench_plans import run_plans
 from bench_queue import run_queue
 from bench_report import (
@@ -67,11 +69,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "bulk": ("3. Bulk insert", run_bulk),
     "ids": ("5. Time-ordered ids against random ids", run_ids),
     "plans": ("4. Index plans at scale", run_plans),
-    "migration": ("6. Migrations 0003 and 0004 on a large table", run_migration),
+    "migration": ("6. Migrations 0003 to 0005 on a large table", run_migration),
     "async": ("7. The asyncio face", run_async),
     "coldstart": ("8. Cold start of a Lambda function", run_coldstart),
     "fair": ("9. Fair share, the claim, cancel and queue_stats at scale", run_fair),
     "observe": ("10. Observability overhead", run_observe),
+    "peers": ("11. Peer queues and SQLAlchemy Core", run_peers),
     "load": ("12. Under load through pgbouncer", run_load_section),
 }
 # report order
@@ -86,6 +89,7 @@ ORDER = (
     "coldstart",
     "fair",
     "observe",
+    "peers",
     "load",
 )
 
