@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -42,6 +41,18 @@ Mapper = Callable[[psycopg.Error, str], CiraDbError]
 _FAIL_FAST_POLL = 0.05
 _CONNECT = "connect to the database"
 _log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollback
+
+
+class _PoolConnection(psycopg.Connection[Any]):
+    """A connection of a `Database` pool, stamped when last created or returned.
+
+    Wall-clock time, not monotonic: it must also count the time a Lambda
+    environment spent frozen, which is when the proxy drops idle clients. An
+    attribute of the connection (not a weak mapping) so that stamping it on
+    every return costs one store.
+    """
+
+    cira_db_used_at: float | None = None
 
 
 class _ConnectState:
@@ -122,10 +133,6 @@ class Database:
             else None
         )
         self._rds_client = rds_client
-        # Wall-clock time each pooled connection was last created or returned. Wall
-        # time, not monotonic: it must also count the time a Lambda environment spent
-        # frozen, which is when the proxy drops idle clients.
-        self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._counters = Counters()
         self._retry = RetryPolicy(
             attempts=settings.retry_attempts,
@@ -241,11 +248,12 @@ class Database:
     # -- pool callbacks ---------------------------------------------------------
 
     def _mark_used(self, conn: Connection) -> None:
-        self._last_used[conn] = time.time()
+        if isinstance(conn, _PoolConnection):
+            conn.cira_db_used_at = time.time()
 
     def _check_connection(self, conn: Connection) -> None:
         """Check a connection that sat idle long enough to have been dropped meanwhile."""
-        last = self._last_used.get(conn)
+        last = conn.cira_db_used_at if isinstance(conn, _PoolConnection) else None
         if last is None or time.time() - last >= self._settings.pool_check_after:
             ConnectionPool.check_connection(conn)
 
@@ -290,7 +298,7 @@ class Database:
         """
         database = self
 
-        class _Connection(psycopg.Connection[Any]):
+        class _Connection(_PoolConnection):
             @classmethod
             def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
                 try:

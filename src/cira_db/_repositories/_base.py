@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
 import psycopg.errors as pg_errors
@@ -249,8 +249,7 @@ usage_row: Final[BaseRowFactory[Usage]] = model_row(Usage)
 # -- statement requests -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[R]):
+class Call(NamedTuple, Generic[R]):
     """One statement a repository's logic asks a runner to run (one round trip).
 
     ``kind`` says what the logic gets back: ``"one"`` the first row or None,
@@ -261,6 +260,7 @@ class Call(Generic[R]):
     mistake shows up the same way whichever runner would have run it.
     ``idempotent`` says whether a runner may repeat it after a transient
     failure (only on a `Database`; never inside a caller's transaction).
+    A named tuple: immutable, and made on every call for the price of a tuple.
     """
 
     kind: Literal["one", "all", "rowcount", "copy"]
