@@ -1,15 +1,19 @@
 """Benchmark 1: per-call latency, one call at a time, the library against raw psycopg.
 
-Four variants of every operation run interleaved in blocks (library and raw,
-each with server-side prepares on and off), so that drift in the machine's
-speed hits all of them alike and the ratios compare like with like:
+Six variants of every operation run interleaved in blocks (library, raw and
+raw on the library's pool, each with server-side prepares on and off), so
+that drift in the machine's speed hits all of them alike and the ratios
+compare like with like:
 
 * ``Database(url, prepare_statements=True)`` (psycopg ``prepare_threshold=5``,
   the default off a proxy) and ``prepare_statements=False``
   (``prepare_threshold=None``, required behind RDS Proxy);
 * one raw ``psycopg.connect(url, autocommit=True, prepare_threshold=...)``
   connection with the same setting, sending the same statement text with the
-  same parameters, rows left as tuples.
+  same parameters, rows left as tuples;
+* the same raw calls on a connection checked out of the `Database`'s own
+  psycopg pool for each call (``with db.pool.connection()``): same SQL, same
+  pool, so the ratio is what the library itself adds.
 """
 
 from __future__ import annotations
@@ -156,6 +160,26 @@ def _fetch_all(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) 
 
 
 Factory = Callable[[], dict[str, Call]]
+
+
+def _on_pool(plain: Callable[..., object], db: Database) -> Call:
+    """``plain`` (a raw variant: its first parameter is the connection) on a connection
+    checked out of ``db``'s own psycopg pool for each call: raw psycopg, same pool."""
+    pool = db.pool
+    assert pool is not None  # the fixture opened it
+
+    def call() -> object:
+        with pool.connection() as conn:
+            return plain(conn)
+
+    return call
+
+
+def _with_pool(variants: dict[str, Call], fx: _Fixture) -> dict[str, Call]:
+    """Add ``pool-on``/``pool-off``: each raw variant through the library's own pool."""
+    for tag, db in (("on", fx.db_on), ("off", fx.db_off)):
+        variants[f"pool-{tag}"] = _on_pool(variants[f"raw-{tag}"], db)
+    return variants
 
 
 def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
@@ -553,7 +577,7 @@ def run_latency(ctx: Context) -> Section:
         results: list[tuple[str, str, dict[str, Samples]]] = []
         for label, what, factory in _operations(fx):
             ctx.log(f"latency: {label.replace('`', '')}")
-            variants = factory()
+            variants = _with_pool(factory(), fx)
             pin()
             results.append((label, what, measure(variants, n, block=block, warmup=warmup)))
         ctx.log("latency: SELECT 1 breakdown")
@@ -570,14 +594,17 @@ def run_latency(ctx: Context) -> Section:
         fx.close()
 
     section.intro = [
-        "One call at a time from one Python thread. Every operation runs in four variants, "
-        f"interleaved in blocks of {block} calls so that drift in machine speed hits all four "
+        "One call at a time from one Python thread. Every operation runs in six variants, "
+        f"interleaved in blocks of {block} calls so that drift in machine speed hits all six "
         "alike: the library through a pooled `Database` (pool defaults: min 1, max 4 "
         "connections) with `prepare_statements=True` (psycopg `prepare_threshold=5`) and with "
         "`prepare_statements=False` (`prepare_threshold=None`, as behind RDS Proxy), and raw "
         "psycopg on one autocommit connection with the same prepare setting, sending **the same "
         "statement text with the same parameters** (read from the packaged "
-        "`cira_db/sql/*.sql`), rows left as tuples. "
+        "`cira_db/sql/*.sql`), rows left as tuples; and the same raw calls on a connection "
+        "checked out of the `Database`'s own psycopg pool for each call "
+        "(`with db.pool.connection()`: same SQL, same pool, so that ratio is what the library "
+        "adds on top of psycopg and psycopg_pool). "
         f"Each variant: {warmup} warm-up calls, then n timed calls; median and p99 (nearest "
         "rank) of the per-call wall time. Ratios are library \u00f7 raw medians from this run.",
         "",
@@ -616,11 +643,14 @@ def run_latency(ctx: Context) -> Section:
                 "p99 µs",
                 "library ÷ raw",
                 "extra µs",
+                "raw on the same pool, median µs",
+                "library ÷ raw on the pool",
             ],
             title=title,
         )
         for label, _what, samples in results:
             lib, raw = samples[f"lib-{tag}"], samples[f"raw-{tag}"]
+            pooled = samples[f"pool-{tag}"]
             table.add(
                 label,
                 fmt_int(lib.n),
@@ -630,6 +660,8 @@ def run_latency(ctx: Context) -> Section:
                 fmt_us(raw.p99_us),
                 fmt_ratio(lib.median_us / raw.median_us),
                 fmt_us(lib.median_us - raw.median_us),
+                fmt_us(pooled.median_us),
+                fmt_ratio(lib.median_us / pooled.median_us),
             )
         tables.append(table)
     prep = Table(
@@ -660,6 +692,14 @@ def run_latency(ctx: Context) -> Section:
         f"`jobs.get`: {fmt_us(lib_get)} \u00b5s vs raw {fmt_us(raw_get)} \u00b5s "
         f"({fmt_ratio(lib_get / raw_get)}); claim + complete pair: {fmt_us(lib_pair)} \u00b5s "
         f"vs raw {fmt_us(raw_pair)} \u00b5s ({fmt_ratio(lib_pair / raw_pair)}).",
+        "Prepares off, library \u00f7 raw psycopg on the same pool (target: at most 1.10\u00d7, "
+        "a list page 1.3\u00d7): "
+        + ", ".join(
+            f"{label.replace('`', '')} "
+            f"{fmt_ratio(samples['lib-off'].median_us / samples['pool-off'].median_us)}"
+            for label, _what, samples in results
+        )
+        + ".",
     ]
     section.notes = [
         _floor_note(floor_rows),

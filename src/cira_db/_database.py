@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -43,6 +43,19 @@ Mapper = Callable[[psycopg.Error, str], CiraDbError]
 # waits in slices this long, looking between them for a failure that will not pass.
 _FAIL_FAST_POLL = 0.05
 _CONNECT = "connect to the database"
+_log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollback
+
+
+class _PoolConnection(psycopg.Connection[Any]):
+    """A connection of a `Database` pool, stamped when last created or returned.
+
+    Wall-clock time, not monotonic: it must also count the time a Lambda
+    environment spent frozen, which is when the proxy drops idle clients. An
+    attribute of the connection (not a weak mapping) so that stamping it on
+    every return costs one store.
+    """
+
+    cira_db_used_at: float | None = None
 
 
 class _ConnectState:
@@ -123,10 +136,6 @@ class Database:
             else None
         )
         self._rds_client = rds_client
-        # Wall-clock time each pooled connection was last created or returned. Wall
-        # time, not monotonic: it must also count the time a Lambda environment spent
-        # frozen, which is when the proxy drops idle clients.
-        self._last_used: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._counters = Counters()
         self._retry = RetryPolicy(
             attempts=resolved.retry_attempts,
@@ -244,11 +253,12 @@ class Database:
     # -- pool callbacks ---------------------------------------------------------
 
     def _mark_used(self, conn: Connection) -> None:
-        self._last_used[conn] = time.time()
+        if isinstance(conn, _PoolConnection):
+            conn.cira_db_used_at = time.time()
 
     def _check_connection(self, conn: Connection) -> None:
         """Check a connection that sat idle long enough to have been dropped meanwhile."""
-        last = self._last_used.get(conn)
+        last = conn.cira_db_used_at if isinstance(conn, _PoolConnection) else None
         if last is None or time.time() - last >= self._settings.pool_check_after:
             ConnectionPool.check_connection(conn)
 
@@ -293,7 +303,7 @@ class Database:
         """
         database = self
 
-        class _Connection(psycopg.Connection[Any]):
+        class _Connection(_PoolConnection):
             @classmethod
             def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
                 try:
@@ -349,6 +359,15 @@ class Database:
         psycopg errors come out raw.
         """
         timeout = self._settings.pool_timeout
+        if state.healthy:
+            # The usual case: the pool has connected and its last attempt worked, so
+            # nothing is known to fail; wait in one piece, as the loop below would.
+            try:
+                return pool.getconn(timeout=timeout), True
+            except psycopg_pool.PoolTimeout:
+                if state.healthy:
+                    raise  # pool exhausted by load: every connection is busy
+                raise _timed_out(timeout) from state.error or _no_attempt(timeout)
         deadline = time.monotonic() + timeout
         known = state.permanent
         if known is not None:
@@ -368,13 +387,7 @@ class Database:
                     continue  # only a slice of the wait is over
                 if state.healthy:
                     raise  # pool exhausted by load: every connection is busy
-                last = state.error or psycopg.OperationalError(
-                    f"no connection attempt finished within {timeout:g} s; check the host "
-                    "and CIRA_DB_CONNECT_TIMEOUT"
-                )
-                raise psycopg_pool.PoolTimeout(
-                    f"couldn't get a connection after {timeout:.2f} sec"
-                ) from last
+                raise _timed_out(timeout) from state.error or _no_attempt(timeout)
 
     def _probe(self, state: _ConnectState) -> Connection | None:
         """One direct attempt after a failure that will not pass: raise it if it still fails.
@@ -399,54 +412,42 @@ class Database:
 
     @contextmanager
     def _borrow(self) -> Iterator[Connection]:
-        """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw.
+        """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw."""
+        with _Borrowed(self) as conn:
+            yield conn
+
+    def _release(
+        self,
+        pool: ConnectionPool[Connection],
+        conn: Connection,
+        *,
+        pooled: bool,
+        broken: bool,
+    ) -> None:
+        """Give a checked-out connection back (a direct one is closed).
 
         When the connection broke during use, the pool's idle connections are
         checked before the next checkout: after a failover or a proxy restart
         they all died at once, and a retry must not land on another one.
         """
-        if not self._use_pool:
-            conn = self._connect()
-            try:
-                yield conn
-            finally:
-                conn.close()
-            return
-        pool, state = self._pool, self._state
-        if pool is None:
-            raise ConfigurationError("the Database is not open: use `with db:` or db.open()")
-        conn, pooled = self._getconn(pool, state)
-        broken = False
-        try:
-            with conn:  # as psycopg_pool's own connection(): roll back on error
-                yield conn
-        except BaseException:
-            broken = conn.broken
-            raise
-        finally:
-            # Stamped here rather than in a pool `reset` callback: with one, the
-            # pool returns connections through a worker thread, and a caller's
-            # next checkout would find none idle and grow the pool.
-            if pooled:
-                self._mark_used(conn)
-                pool.putconn(conn)
-            else:
-                conn.close()
-            if broken:
-                pool.check()  # discard every idle connection that died with this one
+        # Stamped here rather than in a pool `reset` callback: with one, the
+        # pool returns connections through a worker thread, and a caller's
+        # next checkout would find none idle and grow the pool.
+        if pooled:
+            self._mark_used(conn)
+            pool.putconn(conn)
+        else:
+            conn.close()
+        if broken:
+            pool.check()  # discard every idle connection that died with this one
 
-    @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self) -> AbstractContextManager[Connection]:
         """A connection in autocommit mode, returned to the pool afterwards.
 
         Failing to get one raises a cira_db error (see `open`); what the block
         does with the connection is psycopg's, untranslated.
         """
-        operation = "get a connection from the pool" if self._use_pool else _CONNECT
-        with ExitStack() as stack:
-            with wrap_errors(operation):
-                conn = stack.enter_context(self._borrow())
-            yield conn
+        return _Borrowed(self, "get a connection from the pool" if self._use_pool else _CONNECT)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -475,14 +476,35 @@ class Database:
         (`cira_db._errors_map.translate` by default). A connection failure that
         will not pass is never retried.
         """
-
-        def once() -> T:
-            with self._borrow() as conn:
-                return work(conn)
-
         return call_with_retries(
-            self._retry, operation, once, idempotent=idempotent, mapper=mapper, sleep=self._pause
+            self._retry,
+            operation,
+            partial(self._use, work),
+            idempotent=idempotent,
+            mapper=mapper,
+            sleep=self._pause,
         )
+
+    def _use(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a borrowed connection; psycopg's errors stay raw (one try of `run`).
+
+        What ``with db._borrow() as conn: return work(conn)`` does, written out:
+        this is every repository call's path.
+        """
+        pool = self._pool
+        if pool is None:  # pool=False (a fresh connection), or not open (raises)
+            with _Borrowed(self) as conn:
+                return work(conn)
+        conn, pooled = self._getconn(pool, self._state)
+        try:
+            result = work(conn)
+            _end(conn, None)
+        except BaseException as exc:
+            _end(conn, exc)
+            self._release(pool, conn, pooled=pooled, broken=conn.broken)
+            raise
+        self._release(pool, conn, pooled=pooled, broken=False)
+        return result
 
     def _pause(self, seconds: float) -> None:
         """The pause before a retry, counted for `stats`."""
@@ -516,3 +538,91 @@ def _fresh(failure: BaseException) -> CiraDbError:
     if isinstance(failure, CiraDbError):
         return type(failure)(str(failure))
     return ConfigurationError(f"{_CONNECT}: {type(failure).__name__}")  # pragma: no cover
+
+
+def _no_attempt(timeout: float) -> psycopg.OperationalError:
+    return psycopg.OperationalError(
+        f"no connection attempt finished within {timeout:g} s; check the host "
+        "and CIRA_DB_CONNECT_TIMEOUT"
+    )
+
+
+def _timed_out(timeout: float) -> psycopg_pool.PoolTimeout:
+    """The timeout of a checkout while no connection could be made (raise it from the reason)."""
+    return psycopg_pool.PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
+
+
+_IDLE: Final = psycopg.pq.TransactionStatus.IDLE
+
+
+def _end(conn: Connection, exc: BaseException | None) -> None:
+    """End a pooled connection's use as ``with conn:`` does (psycopg_pool's ``connection()``).
+
+    Roll back after an error (a failure to do so is logged, never raised over
+    ``exc``); commit what is left open on success. An autocommit connection
+    with no transaction open skips psycopg's commit, which would do nothing.
+    """
+    if conn.closed:
+        return
+    if exc is not None:
+        try:
+            conn.rollback()
+        except Exception as exc2:
+            _log.warning("error ignored in rollback on %s: %s", conn, exc2)
+    elif conn.pgconn.transaction_status != _IDLE:
+        conn.commit()
+
+
+class _Borrowed:
+    """`Database.connection()`: a connection checked out on entry, given back on exit.
+
+    A class rather than generator-based context managers: this is on every
+    call's path. With ``operation`` set, failing to get a connection raises a
+    cira_db error; without it, psycopg's error stays raw (for the retry loop).
+    """
+
+    __slots__ = ("_conn", "_db", "_operation", "_pool", "_pooled")
+
+    def __init__(self, db: Database, operation: str | None = None) -> None:
+        self._db = db
+        self._operation = operation
+        self._conn: Connection | None = None
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pooled = False
+
+    def __enter__(self) -> Connection:
+        db = self._db
+        try:
+            if not db._use_pool:
+                conn = self._conn = db._connect()
+                return conn
+            pool = db._pool
+            if pool is None:
+                raise ConfigurationError("the Database is not open: use `with db:` or db.open()")
+            conn, self._pooled = db._getconn(pool, db._state)
+        except psycopg.Error as exc:
+            if self._operation is None:
+                raise
+            raise translate(exc, self._operation) from exc
+        self._conn, self._pool = conn, pool
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, pool = self._conn, self._pool
+        assert conn is not None  # entered
+        if pool is None:  # pool=False: the connection was made for this block
+            conn.close()
+            return
+        failed = exc is not None
+        try:
+            _end(conn, exc)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._db._release(pool, conn, pooled=self._pooled, broken=failed and conn.broken)

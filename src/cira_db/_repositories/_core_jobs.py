@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import BaseRowFactory, RowMaker, dict_row, kwargs_row, tuple_row
+from psycopg.rows import BaseRowFactory, RowMaker, dict_row, tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page, QueueStats
@@ -26,8 +26,10 @@ from cira_db._repositories._base import (
     Call,
     Logic,
     Outcome,
+    RowFactory,
     job_outcome_row,
     job_row,
+    prefixed_builder,
     result_outcome_row,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
@@ -97,14 +99,21 @@ _QUEUE_STATS: Final = query("jobs.sql", "queue_stats")
 _QUEUE_STATS_FOR_CLIENT: Final = query("jobs.sql", "queue_stats_for_client")
 
 
-def _created(*, outcome: str, n: int | None, **columns: Any) -> tuple[str, int | None, Job | None]:
-    if columns["id"] is None:
-        return outcome, n, None
-    status = STATUS_BY_LABEL[columns.pop("status")]
-    return outcome, n, Job(status=status, **columns)
+_Created = tuple[str, int | None, Job | None]
 
 
-_CREATED_ROWS: Final = kwargs_row(_created)
+def _created(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Created]:
+    """Rows of ``insert_jobs_by_id`` (``outcome``, ``n``, the job columns) -> tuples."""
+    _, make = prefixed_builder(Job, names, ("outcome", "n"))
+    at_n = names.index("n")
+
+    def build(values: Sequence[Any]) -> _Created:
+        return values[0], values[at_n], make(values)
+
+    return build
+
+
+_CREATED_ROWS: Final = RowFactory(_created)
 
 
 def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> BaseRowFactory[Job]:
