@@ -401,6 +401,16 @@ def savepoint_in_transaction(
     return conn.transaction()
 
 
+def _copy(call: Call[Any], conn: psycopg.Connection[Any]) -> int:
+    """Run a ``copy`` call on ``conn`` (in a savepoint inside a caller's transaction)."""
+    assert call.rows is not None  # every copy call has its rows
+    with savepoint_in_transaction(conn), conn.cursor() as cur:
+        with cur.copy(call.query.sql) as copy:
+            for row in call.rows():
+                copy.write_row(row)
+        return cur.rowcount
+
+
 def _copy_all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
     """Run a ``copy_all`` call on ``conn``: the COPY, then ``call.then``, in one transaction."""
     assert call.rows is not None  # a copy_all call has its rows
@@ -540,77 +550,12 @@ class Runner:
     def execute(self, call: Call[R]) -> R:
         """Run one `Call` and return its result (errors mapped, retried per ``idempotent``)."""
         kind = call.kind
+        work: Callable[[psycopg.Connection[Any]], Any]
         if kind == "copy":
-            assert call.rows is not None  # every copy call has its rows
-            make_rows = call.rows
-            sql = call.query.sql
-
-            def work(conn: psycopg.Connection[Any]) -> int:
-                with savepoint_in_transaction(conn), conn.cursor() as cur:
-                    with cur.copy(sql) as copy:
-                        for row in make_rows():
-                            copy.write_row(row)
-                    return cur.rowcount
-
-            loaded: Any = self.call(call.operation, work, idempotent=call.idempotent)
-            return loaded  # type: ignore[no-any-return]
-        if call.kind == "copy_all":
-            copied: Any = self.call(
-                call.operation, partial(_copy_all, call), idempotent=call.idempotent
-            )
-            return copied  # type: ignore[no-any-return]
-        # The parameters were bound (checked) when the call was made.
-        statement = _STATEMENTS[kind](call.query.sql, call.params, call.row_factory)
-        result: Any = self.call(call.operation, statement, idempotent=call.idempotent)
+            work = partial(_copy, call)
+        elif kind == "copy_all":
+            work = partial(_copy_all, call)
+        else:  # the parameters were bound (checked) when the call was made
+            work = _STATEMENTS[kind](call.query.sql, call.params, call.row_factory)
+        result: Any = self.call(call.operation, work, idempotent=call.idempotent)
         return result  # type: ignore[no-any-return]
-
-    def one(
-        self,
-        query: Query,
-        params: Mapping[str, Any],
-        row_factory: BaseRowFactory[R],
-        operation: str,
-        *,
-        idempotent: bool,
-    ) -> R | None:
-        """Run ``query`` (one round trip) and return its first row, if any."""
-        bound = query.bind(params)
-
-        def work(conn: psycopg.Connection[Any]) -> R | None:
-            with conn.cursor(row_factory=row_factory) as cur:
-                cur.execute(query.sql, bound)
-                return cur.fetchone()
-
-        return self.call(operation, work, idempotent=idempotent)
-
-    def all(
-        self,
-        query: Query,
-        params: Mapping[str, Any],
-        row_factory: BaseRowFactory[R],
-        operation: str,
-        *,
-        idempotent: bool,
-    ) -> list[R]:
-        """Run ``query`` (one round trip) and return every row."""
-        bound = query.bind(params)
-
-        def work(conn: psycopg.Connection[Any]) -> list[R]:
-            with conn.cursor(row_factory=row_factory) as cur:
-                cur.execute(query.sql, bound)
-                return cur.fetchall()
-
-        return self.call(operation, work, idempotent=idempotent)
-
-    def rowcount(
-        self, query: Query, params: Mapping[str, Any], operation: str, *, idempotent: bool
-    ) -> int:
-        """Run ``query`` (one round trip) and return how many rows it changed."""
-        bound = query.bind(params)
-
-        def work(conn: psycopg.Connection[Any]) -> int:
-            with conn.cursor() as cur:
-                cur.execute(query.sql, bound)
-                return cur.rowcount
-
-        return self.call(operation, work, idempotent=idempotent)
