@@ -10,10 +10,12 @@ From the bottom up:
 4. adapters: the CLI, AWS, the pytest plugin, and the tools built on them
    (doctor, demo, seeder), plus the package's own facade ``cira_db``.
 
-A module may import modules of its own layer or of layers below it, never above.
-Every import counts: module level, inside functions (lazy imports) and under
-``TYPE_CHECKING``. A module that is in no layer fails the test with its name, so
-a new module is placed on purpose, not by default.
+A module may import modules of its own layer or of layers below it, never above,
+and no module imports itself through others: there is no import circle, inside a
+layer either (`find_circles`). Every import counts: module level, inside functions
+(lazy imports, a module ``__getattr__``) and under ``TYPE_CHECKING``. A module that
+is in no layer fails the test with its name, so a new module is placed on purpose,
+not by default.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ LAYERS: dict[str, int] = {
     "cira_db.sql": 0,
     # 1: settings and SQL loading (and the values they check)
     "cira_db._settings": 1,
+    "cira_db._settings_base": 1,
     "cira_db._settings_model": 1,
     "cira_db._plan": 1,
     "cira_db._aws_auth": 1,
@@ -148,8 +151,78 @@ def check_layout(root: Path) -> list[str]:
     return problems
 
 
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Every cira_db module under ``root`` and the cira_db modules it imports (anywhere)."""
+    return {
+        module_name(path, root): imports_of(path, root)
+        for path in sorted((root / PACKAGE).rglob("*.py"))
+    }
+
+
+def find_circles(root: Path) -> list[str]:
+    """Every import circle among the modules under ``root/cira_db``, one sentence each.
+
+    A circle is a group of modules that reach each other through imports (a strongly
+    connected component of the import graph, found with Tarjan's algorithm); it is
+    reported as one path round it, from its first module by name.
+    """
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in graph:
+                continue
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group: set[str] = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1 or module in graph[module]:
+                groups.append(group)
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return sorted(f"import circle: {' -> '.join(_path_round(graph, group))}" for group in groups)
+
+
+def _path_round(graph: dict[str, set[str]], group: set[str]) -> list[str]:
+    """A shortest path from the group's first module back to itself, inside the group."""
+    start = min(group)
+    paths = {start: [start]}
+    queue = [start]
+    for module in queue:
+        for target in sorted(graph[module] & group):
+            if target == start:
+                return [*paths[module], start]
+            if target not in paths:
+                paths[target] = [*paths[module], target]
+                queue.append(target)
+    raise AssertionError("a strongly connected group always has a path round it")
+
+
 def test_imports_follow_one_direction() -> None:
     assert check_layout(SRC) == []
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert find_circles(SRC) == []
 
 
 def test_every_layer_is_in_use() -> None:
@@ -200,4 +273,46 @@ def test_importing_the_facade_from_inside_fails(copy_of_src: Path) -> None:
     _append(copy_of_src / PACKAGE / "_sql.py", "\nfrom cira_db import Database  # noqa\n")
     assert check_layout(copy_of_src) == [
         "cira_db._sql imports the package facade cira_db; import X directly"
+    ]
+
+
+def test_a_lazy_import_closing_a_circle_fails(copy_of_src: Path) -> None:
+    # Same layer, so only the circle check sees it.
+    _append(
+        copy_of_src / PACKAGE / "_plan.py",
+        "\n\ndef _late() -> None:\n    from cira_db._settings_base import FIELDS  # noqa\n",
+    )
+    assert check_layout(copy_of_src) == []
+    assert find_circles(copy_of_src) == [
+        "import circle: cira_db._plan -> cira_db._settings_base -> cira_db._plan"
+    ]
+
+
+def test_a_type_checking_import_closing_a_circle_fails(copy_of_src: Path) -> None:
+    _append(
+        copy_of_src / PACKAGE / "_repositories" / "_heartbeat.py",
+        "\nif TYPE_CHECKING:\n    from cira_db._repositories._jobs import JobRepository  # noqa\n",
+    )
+    assert find_circles(copy_of_src) == [
+        "import circle: cira_db._repositories._heartbeat -> cira_db._repositories._jobs"
+        " -> cira_db._repositories._heartbeat"
+    ]
+
+
+def test_a_module_getattr_closing_a_circle_fails(copy_of_src: Path) -> None:
+    _append(
+        copy_of_src / PACKAGE / "_settings_model.py",
+        "\n\ndef __getattr__(name: str) -> object:\n"
+        "    from cira_db import _settings\n\n    return getattr(_settings, name)\n",
+    )
+    assert find_circles(copy_of_src) == [
+        "import circle: cira_db._settings -> cira_db._settings_model -> cira_db._settings"
+    ]
+
+
+def test_a_circle_of_three_is_named_in_order(copy_of_src: Path) -> None:
+    _append(copy_of_src / PACKAGE / "_plan.py", "\nfrom cira_db import _settings  # noqa\n")
+    assert find_circles(copy_of_src) == [
+        "import circle: cira_db._plan -> cira_db._settings -> cira_db._settings_base"
+        " -> cira_db._plan"
     ]

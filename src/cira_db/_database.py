@@ -27,7 +27,7 @@ from cira_db._observe import (
 )
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
 from cira_db._retry import RetryPolicy, call_with_retries
-from cira_db._settings import SettingsBase, load_settings, running_in_lambda
+from cira_db._settings import SettingsBase, as_model, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Database:
     @property
     def settings(self) -> DatabaseSettings:
         """The settings this database was built with."""
-        return self._settings.as_model()
+        return as_model(self._settings)
 
     @property
     def is_open(self) -> bool:

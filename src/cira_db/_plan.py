@@ -25,21 +25,88 @@ Nothing here connects, calls AWS or logs. The plan holds the password, so its
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from cira_db._settings import SettingsBase, SslMode, default_ca_bundle, is_proxy_host
 from cira_db.errors import ConfigurationError
 
-__all__ = ["ConnectionPlan", "Purpose", "is_local_host", "plan_connection"]
+if TYPE_CHECKING:  # pragma: no cover - types for the type checker only
+    from typing import Protocol
+
+    class SecretLike(Protocol):  # pydantic.SecretStr or cira_db._settings_base.Secret
+        def get_secret_value(self) -> str: ...
+
+    # What the plan reads of settings (SettingsBase has it): a protocol, so that the
+    # settings, whose conninfo_dict and describe are this plan, build on the plan.
+    class PlannedSettings(Protocol):
+        @property
+        def url(self) -> SecretLike | None: ...
+        @property
+        def host(self) -> str | None: ...
+        @property
+        def port(self) -> int: ...
+        @property
+        def dbname(self) -> str | None: ...
+        @property
+        def user(self) -> str | None: ...
+        @property
+        def password(self) -> SecretLike | None: ...
+        @property
+        def secret_arn(self) -> str | None: ...
+        @property
+        def iam_auth(self) -> bool: ...
+        @property
+        def migration_url(self) -> SecretLike | None: ...
+        @property
+        def sslmode(self) -> str | None: ...
+        @property
+        def sslrootcert(self) -> str | None: ...
+        @property
+        def allow_unverified_tls(self) -> bool: ...
+        @property
+        def application_name(self) -> str: ...
+        @property
+        def connect_timeout(self) -> int: ...
+        @property
+        def tcp_user_timeout(self) -> int: ...
+        @property
+        def statement_timeout(self) -> str | None: ...
+        def behind_proxy(self) -> bool: ...
+        def prepare_threshold(self) -> int | None: ...
+
+
+__all__ = [
+    "SSL_MODES",
+    "ConnectionPlan",
+    "Purpose",
+    "SslMode",
+    "default_ca_bundle",
+    "is_local_host",
+    "is_proxy_host",
+    "plan_connection",
+]
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES: Final = frozenset(("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))
+
+_PROXY_HOST = re.compile(
+    r"^[a-z0-9-]+\.(?:endpoint\.)?proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(?:\.cn)?$"
+)
+
+
+def is_proxy_host(host: str) -> bool:
+    """True for an RDS Proxy endpoint name (default or custom endpoint)."""
+    return bool(_PROXY_HOST.match(host.strip().rstrip(".").lower()))
+
 
 # TCP keepalives for every connection (seconds): probe after 30 s idle, every 10 s, 3 times.
 _TCP_DEFAULTS = {
@@ -51,7 +118,6 @@ _TCP_DEFAULTS = {
 
 Purpose = Literal["app", "migrations"]
 
-_SSL_MODES = frozenset(get_args(SslMode))
 _DIGITS = re.compile(r"^[0-9]+$")
 # libpq parameters that must be whole numbers; libpq would refuse them only
 # when connecting, with a message the caller cannot map to a setting.
@@ -135,7 +201,7 @@ class ConnectionPlan:
 
 
 def plan_connection(
-    settings: SettingsBase,
+    settings: PlannedSettings,
     purpose: Purpose = "app",
     *,
     secret: Mapping[str, Any] | None = None,
@@ -233,7 +299,7 @@ def plan_connection(
 # -- the source -------------------------------------------------------------------
 
 
-def _refuse_migrations_through_a_pooler(settings: SettingsBase) -> None:
+def _refuse_migrations_through_a_pooler(settings: PlannedSettings) -> None:
     if settings.secret_arn is None and settings.behind_proxy():
         variable = "CIRA_DB_URL" if settings.url is not None else "CIRA_DB_HOST"
         raise ConfigurationError(
@@ -278,9 +344,9 @@ def _parse_url(text: str, variable: str) -> dict[str, Any]:
                 + (" of seconds" if name == "connect_timeout" else "")
             )
     sslmode = params.get("sslmode")
-    if sslmode is not None and sslmode not in _SSL_MODES:
+    if sslmode is not None and sslmode not in SSL_MODES:
         raise ConfigurationError(
-            f"{variable} has an invalid sslmode: use one of {', '.join(sorted(_SSL_MODES))}"
+            f"{variable} has an invalid sslmode: use one of {', '.join(sorted(SSL_MODES))}"
         )
     return params
 
@@ -468,7 +534,7 @@ def _all_local(hosts: tuple[str, ...], hostaddrs: tuple[str, ...]) -> bool:
 
 
 def _apply_tls(
-    settings: SettingsBase,
+    settings: PlannedSettings,
     params: dict[str, Any],
     effective: Mapping[str, str],
     *,
@@ -496,7 +562,7 @@ def _apply_tls(
 
 
 def _apply_options(
-    settings: SettingsBase, params: dict[str, Any], *, purpose: Purpose, behind_proxy: bool
+    settings: PlannedSettings, params: dict[str, Any], *, purpose: Purpose, behind_proxy: bool
 ) -> None:
     if behind_proxy and params.get("options"):
         raise ConfigurationError(
@@ -513,3 +579,22 @@ def _apply_options(
         option = f"-c statement_timeout={settings.statement_timeout}"
         existing = params.get("options")
         params["options"] = f"{existing} {option}" if existing else option
+
+
+@functools.cache
+def default_ca_bundle() -> str:
+    """Path of the packaged Amazon Trust Services roots (RDS Proxy's certificates chain to them).
+
+    A direct RDS instance endpoint needs the RDS CA bundle instead: set
+    ``CIRA_DB_SSLROOTCERT`` to it (docs/connections.md).
+    """
+    import tempfile
+    from importlib import resources
+
+    resource = resources.files("cira_db.certs").joinpath("amazon-trust-roots.pem")
+    if isinstance(resource, Path) and resource.is_file():
+        return str(resource)
+    # Imported from a zip: libpq needs a real file, so extract it once.
+    target = Path(tempfile.gettempdir()) / f"cira_db-{os.getpid()}-amazon-trust-roots.pem"
+    target.write_bytes(resource.read_bytes())
+    return str(target)

@@ -26,9 +26,31 @@ from cira_db._models import ItemOutcome, Job
 from cira_db._validation import check_lease
 from cira_db.errors import ValidationError
 
-if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
-    from cira_db._repositories._aio_jobs import AsyncJobRepository
-    from cira_db._repositories._jobs import JobRepository
+if TYPE_CHECKING:  # pragma: no cover - types for the type checker only
+    from typing import Protocol
+
+    # extend_leases of JobRepository and AsyncJobRepository: protocols, not those
+    # classes, as the repositories build on this module and not the reverse.
+    class LeaseExtender(Protocol):
+        def extend_leases(
+            self,
+            job_ids: Sequence[UUID],
+            *,
+            lease: timedelta,
+            attempts: list[int | None],
+            client_id: str | None,
+        ) -> list[ItemOutcome[Job]]: ...
+
+    class AsyncLeaseExtender(Protocol):
+        async def extend_leases(
+            self,
+            job_ids: Sequence[UUID],
+            *,
+            lease: timedelta,
+            attempts: list[int | None],
+            client_id: str | None,
+        ) -> list[ItemOutcome[Job]]: ...
+
 
 __all__ = ["AsyncHeartbeat", "Heartbeat"]
 
@@ -122,7 +144,7 @@ class Heartbeat(_Beats):
 
     def __init__(
         self,
-        jobs: JobRepository,
+        jobs: LeaseExtender,
         claimed: Sequence[Job],
         *,
         lease: timedelta,
@@ -178,7 +200,7 @@ class AsyncHeartbeat(_Beats):
 
     def __init__(
         self,
-        jobs: AsyncJobRepository,
+        jobs: AsyncLeaseExtender,
         claimed: Sequence[Job],
         *,
         lease: timedelta,
