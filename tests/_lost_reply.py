@@ -1,8 +1,10 @@
 """A TCP relay to the test server that can lose one reply, the way a network does.
 
 ``LostReply(server_url)`` listens on 127.0.0.1 and relays every connection to
-the server (its Unix socket or TCP address). ``lose_reply(marker, nth)``
-arms it: the ``nth`` client message holding ``marker`` (a piece of a
+the server (its Unix socket or TCP address). ``refuse(n)`` makes it hang up
+on the next ``n`` connections at once, as a server that is restarting does:
+the connection attempt fails before any statement could be sent.
+``lose_reply(marker, nth)`` arms it: the ``nth`` client message holding ``marker`` (a piece of a
 statement's SQL) is passed on, the server runs the statement to the end
 (``ReadyForQuery``: with autocommit it has committed), and then the reply is
 dropped and both sockets closed. The client sees its connection die with
@@ -41,6 +43,8 @@ class LostReply:
         relayed = {k: v for k, v in params.items() if k not in ("host", "hostaddr", "port")}
         self.url = make_conninfo("", **relayed, host="127.0.0.1", port=str(relay_port))
         self.lost = 0  # replies dropped so far
+        self.refused = 0  # connections hung up on so far
+        self._refusals = 0
         self._lock = threading.Lock()
         self._marker: bytes | None = None
         self._countdown = 0
@@ -61,6 +65,11 @@ class LostReply:
             self._marker = marker.encode()
             self._countdown = nth
 
+    def refuse(self, count: int) -> None:
+        """Hang up on the next ``count`` connections as soon as they are accepted."""
+        with self._lock:
+            self._refusals = count
+
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
@@ -75,6 +84,14 @@ class LostReply:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._lock:
+                refuse = self._refusals > 0
+                if refuse:
+                    self._refusals -= 1
+                    self.refused += 1
+            if refuse:
+                client.close()
+                continue
             thread = threading.Thread(target=self._relay, args=(client,), daemon=True)
             self._threads.append(thread)
             thread.start()

@@ -42,7 +42,7 @@ from cira_db._database import (
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._observe import PoolStats, pool_event, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
-from cira_db._retry import next_pause
+from cira_db._retry import CheckoutFailed, next_pause
 from cira_db._settings import DatabaseSettings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
@@ -400,10 +400,19 @@ class AsyncDatabase:
         error psycopg's own rollback.
         """
         if not self._use_pool:
-            async with self._borrow() as fresh:
+            try:
+                fresh = await self._connect()
+            except psycopg.Error as exc:  # nothing sent: any call may repeat
+                raise CheckoutFailed(exc) from exc
+            try:
                 return await work(fresh)
+            finally:
+                await fresh.close()
         pool = self._checkout_pool()
-        conn, pooled = await self._getconn(pool, self._state)
+        try:
+            conn, pooled = await self._getconn(pool, self._state)
+        except psycopg.Error as exc:  # nothing sent: any call may repeat
+            raise CheckoutFailed(exc) from exc
         broken = False
         try:
             result = await work(conn)
@@ -456,7 +465,8 @@ class AsyncDatabase:
         """Await ``work`` on a pooled connection, retrying transient failures if idempotent.
 
         The rules of `Database.run` (the same policy and retry decision,
-        `next_pause`, the same ``mapper``); only the pause between tries is
+        `next_pause`, the same ``mapper``, a failed checkout retried for any
+        call); only the pause between tries is
         ``asyncio.sleep``. The loop is written out here rather than wrapped
         in closures, since every awaited repository call comes through it.
         """
@@ -466,10 +476,14 @@ class AsyncDatabase:
         while True:
             try:
                 return await self._once(work)
-            except psycopg.Error as exc:
+            except CheckoutFailed as failed:  # no statement sent: as safe as idempotent
+                exc = failed.error
+                pause = next_pause(policy, operation, exc, attempt, policy.attempts)
+            except psycopg.Error as error:
+                exc = error
                 pause = next_pause(policy, operation, exc, attempt, tries)
-                if pause is None:
-                    raise mapper(exc, operation) from exc
+            if pause is None:
+                raise mapper(exc, operation) from exc
             await self._pause(pause)
             attempt += 1
 

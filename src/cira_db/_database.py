@@ -26,7 +26,7 @@ from cira_db._observe import (
     pool_stats,
 )
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
-from cira_db._retry import RetryPolicy, call_with_retries
+from cira_db._retry import CheckoutFailed, RetryPolicy, call_with_retries
 from cira_db._settings import SettingsBase, as_model, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
@@ -474,7 +474,8 @@ class Database:
         let psycopg's errors out untranslated: retries are decided on them, and
         the one that ends the call comes out as ``mapper(exc, operation)``
         (`cira_db._errors_map.translate` by default). A connection failure that
-        will not pass is never retried.
+        will not pass is never retried. A transient failure to get the
+        connection is retried for any call: no statement was sent yet.
         """
         return call_with_retries(
             self._retry,
@@ -493,9 +494,21 @@ class Database:
         """
         pool = self._pool
         if pool is None:  # pool=False (a fresh connection), or not open (raises)
+            if not self._use_pool:
+                try:
+                    conn = self._connect()
+                except psycopg.Error as exc:  # nothing sent: any call may repeat
+                    raise CheckoutFailed(exc) from exc
+                try:
+                    return work(conn)
+                finally:
+                    conn.close()
             with _Borrowed(self) as conn:
                 return work(conn)
-        conn, pooled = self._getconn(pool, self._state)
+        try:
+            conn, pooled = self._getconn(pool, self._state)
+        except psycopg.Error as exc:  # nothing sent: any call may repeat
+            raise CheckoutFailed(exc) from exc
         try:
             result = work(conn)
             _end(conn, None)

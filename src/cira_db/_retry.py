@@ -4,6 +4,12 @@ Only work that is safe to repeat goes through `call_with_retries` with
 ``idempotent=True``: reads, creates by a caller-chosen id, and transactions the
 library opens and owns (a failed transaction left nothing behind). Anything
 else gets one try; its failure surfaces as a cira_db error.
+
+One failure is safe to repeat for any call: failing to get a connection, since
+then no statement was sent. The checkout raises it as `CheckoutFailed`, and
+the retry loops (`call_with_retries`, `AsyncDatabase.run`) give it the tries of
+an idempotent call, whatever the call. A failure after the statement was (possibly)
+sent still ends a call that is not idempotent, whatever the checkouts before it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from cira_db._errors_map import is_transient, translate
 from cira_db._observe import FIELD, note_retry
 from cira_db.errors import CiraDbError
 
-__all__ = ["RetryPolicy", "call_with_retries", "next_pause"]
+__all__ = ["CheckoutFailed", "RetryPolicy", "call_with_retries", "next_pause"]
 
 T = TypeVar("T")
 _log = logging.getLogger("cira_db.retry")
@@ -39,6 +45,20 @@ class RetryPolicy:
         """Seconds to sleep before retry number ``retry`` (1-based), with full jitter."""
         ceiling = min(self.backoff_max, self.backoff * (2 ** (retry - 1)))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class CheckoutFailed(Exception):  # noqa: N818 - a marker around ``error``, not an error
+    """Getting a connection failed (``error``): no statement was sent, so a retry is safe.
+
+    Raised by the checkout of one try of `Database.run` / `AsyncDatabase.run`
+    and caught by their retry loop only; ``error`` is what is judged and reported.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def next_pause(
@@ -90,19 +110,27 @@ def call_with_retries(
 ) -> T:
     """Run ``work``; repeat it after transient failures when ``idempotent``.
 
+    A transient failure to get a connection (`CheckoutFailed`, from ``work``'s
+    checkout) is repeated for any call, within the same ``policy``.
+
     ``work`` lets psycopg's own errors out untranslated: whether to repeat is
     decided on them (`is_transient`), and the one that ends the call is
     translated here, once, by ``mapper`` (``operation`` in the message, the
     original as ``__cause__``). cira_db errors raised by ``work`` (a
     configuration error, a refused login) pass through and are never repeated.
     """
-    tries = policy.attempts if idempotent else 1
-    for attempt in range(1, tries + 1):
+    attempt = 1
+    while True:
         try:
             return work()
-        except psycopg.Error as exc:
+        except CheckoutFailed as failed:  # no statement sent: as safe as idempotent
+            exc = failed.error
+            pause = next_pause(policy, operation, exc, attempt, policy.attempts)
+        except psycopg.Error as error:
+            exc = error
+            tries = policy.attempts if idempotent else 1
             pause = next_pause(policy, operation, exc, attempt, tries)
-            if pause is None:
-                raise mapper(exc, operation) from exc
+        if pause is None:
+            raise mapper(exc, operation) from exc
         sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
+        attempt += 1
