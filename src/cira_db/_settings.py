@@ -26,15 +26,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cira_db._settings_base import (
-    ENV_PREFIX,
     FIELDS,
-    SSL_MODES,
-    Secret,
     SettingsBase,
-    SslMode,
     _light_value,
     _UnsureError,
-    check_duration,
     gather,
     running_in_lambda,
     url_for_database,
@@ -45,18 +40,12 @@ if TYPE_CHECKING:
 
     from cira_db._settings_model import DatabaseSettings as DatabaseSettings
 
-__all__ = [  # the names of _settings_base are re-exported, for the modules above
-    "ENV_PREFIX",
+__all__ = [  # with names of _settings_base, for the modules that imported them from here
     "FIELDS",
-    "SSL_MODES",
     "DatabaseSettings",
-    "Secret",
     "Settings",
     "SettingsBase",
-    "SslMode",
     "as_model",
-    "check_duration",
-    "gather",
     "load_settings",
     "running_in_lambda",
     "url_for_database",

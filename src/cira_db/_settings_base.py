@@ -20,27 +20,13 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cira_db._plan import SSL_MODES, SslMode, default_ca_bundle, is_proxy_host, plan_connection
+from cira_db._plan import SSL_MODES, is_proxy_host, plan_connection
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from cira_db._plan import Purpose, SecretLike
+    from cira_db._plan import Purpose, SecretLike, SslMode
 
-__all__ = [
-    "ENV_PREFIX",
-    "FIELDS",
-    "SSL_MODES",
-    "Secret",
-    "SettingsBase",
-    "SslMode",
-    "check_duration",
-    "default_ca_bundle",
-    "gather",
-    "is_proxy_host",
-    "running_in_lambda",
-    "url_for_database",
-]
 
 ENV_PREFIX: Final = "CIRA_DB_"
 # A PostgreSQL duration setting in milliseconds: a number and an optional unit. This

@@ -19,7 +19,8 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
-from cira_db._settings_base import ENV_PREFIX, SettingsBase, SslMode, check_duration, gather
+from cira_db._plan import SslMode
+from cira_db._settings_base import ENV_PREFIX, SettingsBase, check_duration, gather
 from cira_db.errors import ConfigurationError
 
 __all__ = ["DatabaseSettings"]
