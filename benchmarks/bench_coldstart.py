@@ -1,4 +1,4 @@
-"""Benchmark 6: a Lambda cold start, the library against psycopg + psycopg_pool by hand.
+"""Benchmark 8: a Lambda cold start, the library against psycopg + psycopg_pool by hand.
 
 Each sample is a fresh ``python`` process, as a new Lambda execution
 environment is, with ``AWS_LAMBDA_FUNCTION_NAME`` set (so the library takes

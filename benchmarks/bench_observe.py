@@ -1,4 +1,4 @@
-"""Benchmark 9: what observing a repository call costs (logs, spans; cira_db._observe).
+"""Benchmark 10: what observing a repository call costs (logs, spans; cira_db._observe).
 
 * the observation alone, no I/O: one `Observation` opened, fed one `Call`'s
   reply and finished, timed over many repetitions, per setup;
