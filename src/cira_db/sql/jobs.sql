@@ -136,6 +136,47 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
           error_message, attempts, lease_expires_at,
           priority, run_after, progress, cancel_requested_at
 
+-- name: claim_job
+-- claim_next's statement: claim_jobs with LIMIT 1 written in, the one id
+-- compared with `=`. With a bound LIMIT the planner can only guess the
+-- row count for a generic plan (a tenth of the table), so claim_jobs is
+-- planned afresh on every execution (pg_prepared_statements: custom_plans
+-- only); with LIMIT 1 in the text, a prepared claim_job runs the cached
+-- generic plan like any other statement (docs/jobs.md, "The claim's plan").
+UPDATE jobs
+SET status = 'processing',
+    attempts = jobs.attempts + 1,
+    lease_expires_at = now() + %(lease)s::interval
+WHERE jobs.id = (
+    SELECT id
+    FROM jobs
+    WHERE status = 'queued'
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+          error_message, attempts, lease_expires_at,
+          priority, run_after, progress, cancel_requested_at
+
+-- name: claim_job_for_client
+-- As claim_job, for one client's queue (idx_jobs_claim_client).
+UPDATE jobs
+SET status = 'processing',
+    attempts = jobs.attempts + 1,
+    lease_expires_at = now() + %(lease)s::interval
+WHERE jobs.id = (
+    SELECT id
+    FROM jobs
+    WHERE client_id = %(client_id)s AND status = 'queued'
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+          error_message, attempts, lease_expires_at,
+          priority, run_after, progress, cancel_requested_at
+
 -- name: extend_lease
 -- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
 -- A job whose cancel was asked for ends cancelled instead (lease cleared): the
@@ -163,7 +204,10 @@ FROM target LEFT JOIN moved ON true
 -- Finish a processing job: mark it completed and insert its result, both
 -- stamped with the same now(), in one statement. A job that is not
 -- processing, or was claimed again after the claim `attempt`, is left alone
--- (outcome = its status, no result columns).
+-- (outcome = its status, created_at NULL). Only what the server made comes
+-- back (the result's created_at): the caller sent every other field (the
+-- result id too) and builds the result from them, so the extracted data is
+-- not sent back and parsed a second time.
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -179,9 +223,9 @@ WITH target AS (
     SELECT %(result_id)s, done.id, %(extracted_data)s::jsonb, %(confidence_score)s,
            %(tokens_used)s, now()
     FROM done
-    RETURNING id, job_id, extracted_data, confidence_score, tokens_used, created_at
+    RETURNING created_at
 )
-SELECT target.status::text AS outcome, target.attempts AS current_attempts, result.*
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, result.created_at
 FROM target LEFT JOIN result ON true
 
 -- name: fail_job
