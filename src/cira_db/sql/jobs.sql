@@ -100,7 +100,8 @@ LIMIT %(limit)s
 -- caller sorts them in claim order (priority DESC, coalesce(run_after,
 -- created_at), id). One UPDATE without a CTE or an outer sort costs about a
 -- fifth less to plan and run than the CTE form it replaced (docs/jobs.md,
--- "The claim's plan").
+-- "The claim's plan"). claim_next runs claim_job instead (LIMIT 1 in the
+-- text, so a prepared claim keeps a generic plan; see there).
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
