@@ -75,7 +75,11 @@ def _library_loop(url: str, batch: int, name: str, start: Callable[[], None]) ->
 
 
 def _raw_loop(url: str, batch: int, name: str, start: Callable[[], None]) -> int:
-    claim = library_sql("jobs.sql", "claim_jobs")
+    # What the library runs: claim_next's LIMIT 1 statement, claim_batch's bound LIMIT.
+    claim = library_sql("jobs.sql", "claim_job" if batch == 1 else "claim_jobs")
+    claim_params: dict[str, Any] = (
+        {"lease": LEASE} if batch == 1 else {"limit": batch, "lease": LEASE}
+    )
     complete = library_sql("jobs.sql", "complete_job")
     data = json.dumps(DATA, separators=(",", ":"))
     complete_params = partial(library_defaults, complete)
@@ -84,7 +88,7 @@ def _raw_loop(url: str, batch: int, name: str, start: Callable[[], None]) -> int
         start()
         while True:
             with conn.cursor() as cur:
-                cur.execute(claim, {"limit": batch, "lease": LEASE})
+                cur.execute(claim, claim_params)
                 ids = [row[0] for row in cur.fetchall()]
             if not ids:
                 return done
@@ -415,8 +419,9 @@ def run_queue(ctx: Context) -> Section:
         "`create_many`, then `VACUUM (ANALYZE)`), drained by 1 or 2 worker processes "
         "(multiprocessing `spawn`). Each worker opens its own pooled `Database` (defaults) and "
         "loops claim \u2192 `complete` (a small JSON result, confidence, tokens) until a claim "
-        "returns nothing. The raw loop sends the library's own `claim_jobs` and `complete_job` "
-        "statements on one autocommit connection with `prepare_threshold=5`. The minimal "
+        "returns nothing. The raw loop sends the library's own statements (`claim_job`, as "
+        "`claim_next` does, or `claim_jobs` for claims of 10, and `complete_job`) on one "
+        "autocommit connection with `prepare_threshold=5`. The minimal "
         "hand-written loop (the baseline of issue 10) claims by updating the one row a locking "
         "subquery picks (same order as the library's claim, `LIMIT 1`, `SKIP LOCKED`), "
         "returning its id, client, URL and attempts, and completes with one CTE that updates "
