@@ -209,6 +209,12 @@ FROM target LEFT JOIN moved ON true
 -- back (the result's created_at): the caller sent every other field (the
 -- result id too) and builds the result from them, so the extracted data is
 -- not sent back and parsed a second time.
+-- `(status = 'processing') IS TRUE` is `status = 'processing'` (status is
+-- never NULL) in a form the planner cannot match to the partial index
+-- idx_jobs_lease_expiry (WHERE status = 'processing'): with statistics from
+-- a moment when few jobs were processing (a freshly filled, analyzed queue)
+-- the generic plan otherwise walked that whole index, every processing job
+-- and its dead entries, filtering on the id, instead of one jobs_pkey probe.
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -216,7 +222,7 @@ WITH target AS (
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id
 ), result AS (
@@ -232,6 +238,7 @@ FROM target LEFT JOIN result ON true
 -- name: fail_job
 -- A processing job failed (on the claim `attempt`, if given): record why, drop its lease.
 -- A job whose cancel was asked for ends cancelled (the error is kept), never failed.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -241,7 +248,7 @@ WITH target AS (
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL
                       THEN 'failed' ELSE 'cancelled' END::job_status,
         error_message = %(error_message)s, lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
