@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from _lost_reply import LostReply
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus, Page
 from cira_db._models import STATUS_BY_LABEL
+from cira_db._sql import query
 from cira_db.errors import (
     CiraDbError,
     ConflictError,
@@ -481,6 +483,30 @@ def test_claim_next_runs_a_cached_generic_plan(cira_db_url: str) -> None:
     generic, custom = plans[0]
     assert generic >= 2
     assert custom <= 5
+
+
+@pytest.mark.parametrize("name", ["complete_job", "fail_job"])
+def test_a_worker_move_probes_the_primary_key_on_all_queued_statistics(
+    cira_db_url: str, name: str
+) -> None:
+    # Statistics taken while no job is processing make the partial index on
+    # processing jobs look empty; the move must still find its one row by
+    # jobs_pkey, not walk idx_jobs_lease_expiry (every processing job) filtering on id.
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        JobRepository(conn).create_many(client_id=A, pdf_urls=[_url(n) for n in range(3000)])
+        conn.execute("VACUUM (ANALYZE) jobs")
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        text = re.sub(r"%\(([a-z_]+)\)s", placeholder, query("jobs.sql", name).sql)
+        rows = conn.execute(f"EXPLAIN (GENERIC_PLAN, COSTS OFF) {text}").fetchall()
+    plan = "\n".join(row[0] for row in rows)
+    assert "idx_jobs_lease_expiry" not in plan, plan
+    assert plan.count("Index Scan using jobs_pkey") == 2, plan
 
 
 @pytest.mark.parametrize(
