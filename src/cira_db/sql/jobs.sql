@@ -550,6 +550,7 @@ FROM claimed ORDER BY part, turn, in_flight, priority DESC, due, id
 -- tried again later: back to the queue, not claimed before now() +
 -- %(retry_in)s, the error kept, the lease dropped, attempts kept. A job whose
 -- cancel was requested ends cancelled instead (never re-queued), error kept.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -562,7 +563,7 @@ WITH target AS (
                          THEN now() + %(retry_in)s::interval ELSE run_after END,
         error_message = %(error_message)s,
         lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
