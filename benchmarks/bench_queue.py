@@ -2,9 +2,11 @@
 
 N no-op jobs are queued (library ``create_many``, then ANALYZE); 1 or 2 worker
 processes (multiprocessing ``spawn``) each open their own pooled `Database`
-and loop: claim, complete with a small result, until the queue is empty. The
-clock runs from one start signal, given once every worker has connected, to
+and loop: claim, complete with a small result, until the queue is empty. Each
+worker and its own server backend are pinned to one CPU (worker i on CPU i).
+The clock runs from one start signal, given once every worker has connected, to
 the last worker's last completion (``time.monotonic``, shared by processes on Linux).
+Every cell is the median of `ROUNDS` interleaved runs.
 The same loop with raw psycopg and the library's statement text runs beside
 it for the ratio, and so does the minimal hand-written loop issue 10 names as
 the baseline (its own claim and complete statements, below).
@@ -14,13 +16,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import queue
+import statistics
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
 from multiprocessing.synchronize import Event
 from typing import Any
+
+import psycopg
 
 from bench_common import (
     Context,
@@ -45,10 +52,13 @@ TOKENS = 1200
 CLIENTS = 10
 
 
-def _library_loop(url: str, batch: int) -> int:
+def _library_loop(url: str, batch: int, name: str, start: Callable[[], None]) -> int:
     done = 0
-    with Database(url) as db:
+    with Database(url, application_name=name) as db:
         jobs = JobRepository(db)
+        with db.connection() as conn:  # the pool's connection exists before the clock runs
+            conn.execute("SELECT 1")
+        start()
         while True:
             if batch == 1:
                 one = jobs.claim_next(lease=LEASE)
@@ -64,16 +74,21 @@ def _library_loop(url: str, batch: int) -> int:
             done += len(claimed)
 
 
-def _raw_loop(url: str, batch: int) -> int:
-    claim = library_sql("jobs.sql", "claim_jobs")
+def _raw_loop(url: str, batch: int, name: str, start: Callable[[], None]) -> int:
+    # What the library runs: claim_next's LIMIT 1 statement, claim_batch's bound LIMIT.
+    claim = library_sql("jobs.sql", "claim_job" if batch == 1 else "claim_jobs")
+    claim_params: dict[str, Any] = (
+        {"lease": LEASE} if batch == 1 else {"limit": batch, "lease": LEASE}
+    )
     complete = library_sql("jobs.sql", "complete_job")
     data = json.dumps(DATA, separators=(",", ":"))
     complete_params = partial(library_defaults, complete)
     done = 0
-    with connect_raw(url, prepare_threshold=5) as conn:
+    with _connect(url, 5, name) as conn:
+        start()
         while True:
             with conn.cursor() as cur:
-                cur.execute(claim, {"limit": batch, "lease": LEASE})
+                cur.execute(claim, claim_params)
                 ids = [row[0] for row in cur.fetchall()]
             if not ids:
                 return done
@@ -121,13 +136,14 @@ RETURNING id
 """
 
 
-def _minimal_loop(url: str) -> int:
+def _minimal_loop(url: str, name: str, start: Callable[[], None]) -> int:
     """One job at a time, hand-written: the baseline issue 10 names for claim_next + complete."""
     data = json.dumps(DATA, separators=(",", ":"))
     done = 0
     # The library's own prepare setting for this URL (on, off a proxy), so both sides match.
     threshold = Database(url).settings.prepare_threshold()
-    with connect_raw(url, prepare_threshold=threshold) as conn:
+    with _connect(url, threshold, name) as conn:
+        start()
         while True:
             with conn.cursor() as cur:
                 cur.execute(MINIMAL_CLAIM, {"lease": LEASE})
@@ -148,26 +164,55 @@ def _minimal_loop(url: str) -> int:
             done += 1
 
 
-def _run_side(url: str, side: str, batch: int) -> int:
+def _connect(url: str, threshold: int | None, name: str) -> psycopg.Connection[Any]:
+    """An autocommit connection named ``name`` (so its server backend can be found and pinned)."""
+    conn: psycopg.Connection[Any] = psycopg.connect(
+        url, autocommit=True, prepare_threshold=threshold, application_name=name
+    )
+    return conn
+
+
+def _pin_own_backends(url: str, name: str, cpu: int) -> int:
+    """Pin the server backends of this worker's connections (``application_name``) to ``cpu``."""
+    with connect_raw(url, prepare_threshold=None) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s",
+            (name,),
+        ).fetchall()
+    for (pid,) in rows:
+        os.sched_setaffinity(int(pid), {cpu})
+    return len(rows)
+
+
+def _run_side(url: str, side: str, batch: int, name: str, start: Callable[[], None]) -> int:
     if side == "library":
-        return _library_loop(url, batch)
+        return _library_loop(url, batch, name, start)
     if side == "minimal":
-        return _minimal_loop(url)
-    return _raw_loop(url, batch)
+        return _minimal_loop(url, name, start)
+    return _raw_loop(url, batch, name, start)
 
 
-def _worker(url: str, side: str, batch: int, go: Event, out: Any) -> None:
-    """One worker process: get ready, wait for the start, drain the queue, report."""
-    try:
-        # Connect and warm imports before the start line, as a running worker would be.
-        with connect_raw(url) as conn:
-            conn.execute("SELECT 1")
+def _worker(
+    url: str, side: str, batch: int, cpu: int | None, name: str, go: Event, out: Any
+) -> None:
+    """One worker process: connect, pin, wait for the start, drain the queue, report."""
+    began = [0.0]
+
+    def start() -> None:
+        # Runs once the loop's connection is open: connecting is outside the clock.
+        if cpu is not None and _pin_own_backends(url, name, cpu) < 1:
+            raise RuntimeError(f"no server backend named {name!r} to pin")
         out.put(("ready", 0, 0.0, 0.0))
         if not go.wait(timeout=300):
             raise TimeoutError("no start signal within 300 s")
-        start = time.monotonic()
-        done = _run_side(url, side, batch)
-        out.put(("ok", done, start, time.monotonic()))
+        began[0] = time.monotonic()
+
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        done = _run_side(url, side, batch, name, start)
+        out.put(("ok", done, began[0], time.monotonic()))
     except BaseException as exc:
         out.put(("error", f"{type(exc).__name__}: {exc}", 0.0, 0.0))
         raise
@@ -217,15 +262,24 @@ def _fill(url: str, total: int) -> None:
         conn.execute("VACUUM (ANALYZE) jobs")
 
 
-def _one_run(url: str, total: int, side: str, batch: int, workers: int) -> tuple[float, int]:
-    """Seconds to drain ``total`` queued jobs with ``workers`` processes, and jobs done."""
+def _one_run(
+    url: str, total: int, side: str, batch: int, places: list[int | None]
+) -> tuple[float, int]:
+    """Seconds to drain ``total`` queued jobs with ``len(places)`` processes, and jobs done.
+
+    Worker i and its server backend run on CPU ``places[i]`` (None: not pinned).
+    """
     _fill(url, total)
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     out: Any = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(url, side, batch, go, out), daemon=True)
-        for _ in range(workers)
+        ctx.Process(
+            target=_worker,
+            args=(url, side, batch, cpu, f"cira_queue_{i}", go, out),
+            daemon=True,
+        )
+        for i, cpu in enumerate(places)
     ]
     for proc in procs:
         proc.start()
@@ -256,8 +310,29 @@ def _one_run(url: str, total: int, side: str, batch: int, workers: int) -> tuple
     return elapsed, done
 
 
+ROUNDS = 3
+
+
+def _placements() -> tuple[dict[int, list[int] | None], str]:
+    """CPUs of the 1- and 2-worker runs (worker i and its backend on CPU i), and a sentence."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {1: None, 2: None}, "Workers and backends were not pinned (one CPU available)."
+    return {1: cpus[:1], 2: cpus[:2]}, (
+        f"Each worker process and its own server backend are pinned to one CPU (with 1 worker: "
+        f"CPU {cpus[0]}; with 2: worker i and its backend on CPU i, i.e. CPUs {cpus[0]} and "
+        f"{cpus[1]}), so every side pays the same-CPU round trip and none the ~3\u00d7 costlier "
+        "cross-CPU one (section 1)."
+    )
+
+
+def _median_ratio(ratios: list[float]) -> str:
+    return fmt_ratio(statistics.median(ratios))
+
+
 def run_queue(ctx: Context) -> Section:
     total = 2_000 if ctx.quick else 20_000
+    rounds = 1 if ctx.quick else ROUNDS
     section = Section("queue", "2. Queue throughput")
     has_batch = callable(getattr(JobRepository, "claim_batch", None))
     loops: list[tuple[str, str, int]] = [
@@ -274,27 +349,69 @@ def run_queue(ctx: Context) -> Section:
         section.skipped.append(
             "Batch claiming: `JobRepository` has no `claim_batch`, so it was not measured."
         )
-    rates: dict[tuple[str, int, int], float] = {}
-    for workers in (1, 2):
-        for label, side, batch in loops:
-            ctx.log(f"queue: {label.replace('`', '')}, {workers} worker(s), {fmt_int(total)} jobs")
-            elapsed, done = _one_run(ctx.url, total, side, batch, workers)
-            rates[(side, batch, workers)] = done / elapsed
-    table = Table(["loop", "1 worker, jobs/s", "2 workers, jobs/s", "2 ÷ 1"])
+    placements, placed = _placements()
+    # rates[(side, batch, workers)][round]: the loops run interleaved, round after round,
+    # each round in a rotated order, so no loop always runs first or last.
+    rates: dict[tuple[str, int, int], list[float]] = {}
+    for turn in range(rounds):
+        for workers in (1, 2):
+            shift = turn % len(loops)
+            for label, side, batch in loops[shift:] + loops[:shift]:
+                ctx.log(
+                    f"queue: round {turn + 1}/{rounds}, {label.replace('`', '')}, "
+                    f"{workers} worker(s), {fmt_int(total)} jobs"
+                )
+                cpus = placements[workers]
+                places: list[int | None] = list(cpus) if cpus else [None] * workers
+                elapsed, done = _one_run(ctx.url, total, side, batch, places)
+                rates.setdefault((side, batch, workers), []).append(done / elapsed)
+
+    def med(side: str, batch: int, workers: int) -> float:
+        return statistics.median(rates[(side, batch, workers)])
+
+    def spread(side: str, batch: int, workers: int) -> str:
+        got = rates[(side, batch, workers)]
+        return (
+            f"{fmt_int(med(side, batch, workers))} ({fmt_int(min(got))}\u2013{fmt_int(max(got))})"
+        )
+
+    def paired(side: str, batch: int, other: str, workers: int) -> str:
+        mine, theirs = rates[(side, batch, workers)], rates[(other, batch, workers)]
+        return _median_ratio([a / b for a, b in zip(mine, theirs, strict=True)])
+
+    table = Table(
+        [
+            "loop",
+            "1 worker, jobs/s (min\u2013max)",
+            "2 workers, jobs/s (min\u2013max)",
+            "2 \u00f7 1",
+        ]
+    )
     for label, side, batch in loops:
-        one, two = rates[(side, batch, 1)], rates[(side, batch, 2)]
-        table.add(label, fmt_int(one), fmt_int(two), fmt_ratio(two / one))
-    ratio = Table(["library ÷ raw (jobs/s)", "1 worker", "2 workers"])
+        table.add(
+            label,
+            spread(side, batch, 1),
+            spread(side, batch, 2),
+            fmt_ratio(med(side, batch, 2) / med(side, batch, 1)),
+        )
+    ratio = Table(
+        ["library \u00f7 raw (jobs/s), median of the rounds' ratios", "1 worker", "2 workers"]
+    )
     ratio.add(
         "claim 1 \u00f7 minimal hand-written loop (target \u2265 0.90\u00d7)",
-        fmt_ratio(rates[("library", 1, 1)] / rates[("minimal", 1, 1)]),
-        fmt_ratio(rates[("library", 1, 2)] / rates[("minimal", 1, 2)]),
+        paired("library", 1, "minimal", 1),
+        paired("library", 1, "minimal", 2),
+    )
+    ratio.add(
+        "raw psycopg with the library's statements, claim 1 \u00f7 minimal",
+        paired("raw", 1, "minimal", 1),
+        paired("raw", 1, "minimal", 2),
     )
     for batch in (1, 10) if has_batch else (1,):
         ratio.add(
             f"claim {batch}",
-            fmt_ratio(rates[("library", batch, 1)] / rates[("raw", batch, 1)]),
-            fmt_ratio(rates[("library", batch, 2)] / rates[("raw", batch, 2)]),
+            paired("library", batch, "raw", 1),
+            paired("library", batch, "raw", 2),
         )
     section.tables = [table, ratio]
     section.intro = [
@@ -302,29 +419,37 @@ def run_queue(ctx: Context) -> Section:
         "`create_many`, then `VACUUM (ANALYZE)`), drained by 1 or 2 worker processes "
         "(multiprocessing `spawn`). Each worker opens its own pooled `Database` (defaults) and "
         "loops claim \u2192 `complete` (a small JSON result, confidence, tokens) until a claim "
-        "returns nothing. The raw loop sends the library's own `claim_jobs` and `complete_job` "
-        "statements on one autocommit connection with `prepare_threshold=5`. The minimal "
+        "returns nothing. The raw loop sends the library's own statements (`claim_job`, as "
+        "`claim_next` does, or `claim_jobs` for claims of 10, and `complete_job`) on one "
+        "autocommit connection with `prepare_threshold=5`. The minimal "
         "hand-written loop (the baseline of issue 10) claims by updating the one row a locking "
         "subquery picks (same order as the library's claim, `LIMIT 1`, `SKIP LOCKED`), "
         "returning its id, client, URL and attempts, and completes with one CTE that updates "
         "the job and inserts its result, on one autocommit connection with the library's "
-        "prepare setting for the URL. Time runs from a start signal given once all workers "
-        "have connected to the last completion; process start-up and connecting are outside "
-        "it. **One run per cell** (the table is refilled "
-        "before each run), so single cells carry this machine's run-to-run noise. After every "
-        "run the benchmark checks that every job was completed exactly once, with one result each.",
+        "prepare setting for the URL. " + placed + " Time runs from a start signal, given once "
+        "every worker has opened its connection (and pinned it), to the last completion; "
+        "process start-up and connecting are outside it.",
+        f"**{rounds} run(s) per cell, interleaved**: each round runs every loop once with 1 "
+        "worker, then once with 2, in an order rotated by one loop each round (the table is "
+        "refilled before each run). A cell shows the median run and, in brackets, the slowest "
+        "and fastest; a ratio is the median of the rounds' ratios (each round's two runs ran "
+        "minutes apart at most, so they share the machine's load). After every run the "
+        "benchmark checks that every job was completed exactly once, with one result each.",
     ]
-    lib1, raw1 = rates[("library", 1, 1)], rates[("raw", 1, 1)]
+    lib1, raw1 = med("library", 1, 1), med("raw", 1, 1)
     line = (
-        f"Queue, {fmt_int(total)} jobs, claim 1 + complete: {fmt_int(lib1)} jobs/s with 1 worker, "
-        f"{fmt_int(rates[('library', 1, 2)])} with 2 (raw psycopg: {fmt_int(raw1)} / "
-        f"{fmt_int(rates[('raw', 1, 2)])}; minimal hand-written loop: "
-        f"{fmt_int(rates[('minimal', 1, 1)])} / {fmt_int(rates[('minimal', 1, 2)])})"
+        f"Queue, {fmt_int(total)} jobs, claim 1 + complete (median of {rounds}): "
+        f"{fmt_int(lib1)} jobs/s with 1 worker, "
+        f"{fmt_int(med('library', 1, 2))} with 2 (raw psycopg: {fmt_int(raw1)} / "
+        f"{fmt_int(med('raw', 1, 2))}; minimal hand-written loop: "
+        f"{fmt_int(med('minimal', 1, 1))} / {fmt_int(med('minimal', 1, 2))}; "
+        f"library \u00f7 minimal {paired('library', 1, 'minimal', 1)} / "
+        f"{paired('library', 1, 'minimal', 2)})"
     )
     if has_batch:
         line += (
-            f"; `claim_batch(10)`: {fmt_int(rates[('library', 10, 1)])} / "
-            f"{fmt_int(rates[('library', 10, 2)])} jobs/s"
+            f"; `claim_batch(10)`: {fmt_int(med('library', 10, 1))} / "
+            f"{fmt_int(med('library', 10, 2))} jobs/s"
         )
     section.headlines = [line + "."]
     truncate_jobs(ctx.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from _lost_reply import LostReply
 from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus, Page
 from cira_db._models import STATUS_BY_LABEL
+from cira_db._sql import query
 from cira_db.errors import (
     CiraDbError,
     ConflictError,
@@ -437,6 +439,74 @@ def test_complete_writes_the_result_and_completes_the_job(
     assert done.lease_expires_at is None
     assert done.attempts == 1
     assert results.get_for_job(job.id, client_id=A) == result
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"big": 1e16, "small": 1e-7, "neg": -0.0, "int": 2**62, "f": 1.0},
+        {"text": 'Grüße \u2603 "quoted" \\', "nested": {"a": [1, [2, {"b": None}]]}},
+        {"b": 1, "a": 2, "": "empty key", "dup": [True, False, None]},
+    ],
+)
+def test_complete_returns_what_was_stored_and_not_the_callers_dict(
+    jobs: JobRepository, results: JobResultRepository, data: dict[str, Any]
+) -> None:
+    # complete builds its result from what it sent (only created_at comes back):
+    # it must equal what a later read finds, and be a copy of the caller's dict.
+    job = _claim(jobs, jobs.create(client_id=A, pdf_url=URL))
+    sent = {**data}
+    result = jobs.complete(job.id, extracted_data=sent, confidence_score=0.5, tokens_used=3)
+    assert result == results.get_for_job(job.id, client_id=A)
+    sent["added later"] = 1
+    assert "added later" not in result.extracted_data
+    assert result.extracted_data == data
+
+
+def test_claim_next_runs_a_cached_generic_plan(cira_db_url: str) -> None:
+    # claim_next's statement has LIMIT 1 in its text: once prepared, PostgreSQL
+    # keeps a generic plan. A bound LIMIT made it plan afresh on every claim.
+    with psycopg.connect(cira_db_url, autocommit=True, prepare_threshold=0) as conn:
+        jobs = JobRepository(conn)
+        # Enough rows that a generic plan guessing a tenth of the table for a
+        # bound LIMIT looks dearer than the custom one (as on a real queue).
+        jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3000)])
+        conn.execute("ANALYZE jobs")
+        for _ in range(8):
+            assert jobs.claim_next(lease=LEASE) is not None
+        plans = conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "
+            "AND statement NOT LIKE '%pg_prepared_statements%'"
+        ).fetchall()
+    assert len(plans) == 1
+    generic, custom = plans[0]
+    assert generic >= 2
+    assert custom <= 5
+
+
+@pytest.mark.parametrize("name", ["complete_job", "fail_job", "fail_job_retry"])
+def test_a_worker_move_probes_the_primary_key_on_all_queued_statistics(
+    cira_db_url: str, name: str
+) -> None:
+    # Statistics taken while no job is processing make the partial index on
+    # processing jobs look empty; the move must still find its one row by
+    # jobs_pkey, not walk idx_jobs_lease_expiry (every processing job) filtering on id.
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        JobRepository(conn).create_many(client_id=A, pdf_urls=[_url(n) for n in range(3000)])
+        conn.execute("VACUUM (ANALYZE) jobs")
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        text = re.sub(r"%\(([a-z_]+)\)s", placeholder, query("jobs.sql", name).sql)
+        rows = conn.execute(f"EXPLAIN (GENERIC_PLAN, COSTS OFF) {text}").fetchall()
+    plan = "\n".join(row[0] for row in rows)
+    assert "idx_jobs_lease_expiry" not in plan, plan
+    assert plan.count("Index Scan using jobs_pkey") == 2, plan
 
 
 @pytest.mark.parametrize(

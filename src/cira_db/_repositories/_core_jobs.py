@@ -12,6 +12,7 @@ statement is thrown back in at the ``yield`` that asked for it.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -30,7 +31,6 @@ from cira_db._repositories._base import (
     job_outcome_row,
     job_row,
     prefixed_builder,
-    result_outcome_row,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
 from cira_db._sql import query
@@ -84,6 +84,8 @@ _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
 _CLAIM_JOBS: Final = query("jobs.sql", "claim_jobs")
 _CLAIM_JOBS_FOR_CLIENT: Final = query("jobs.sql", "claim_jobs_for_client")
+_CLAIM_JOB: Final = query("jobs.sql", "claim_job")
+_CLAIM_JOB_FOR_CLIENT: Final = query("jobs.sql", "claim_job_for_client")
 _CLAIM_JOBS_FAIR: Final = query("jobs.sql", "claim_jobs_fair")
 _FAIL_JOB_RETRY: Final = query("jobs.sql", "fail_job_retry")
 _EXTEND_LEASE: Final = query("jobs.sql", "extend_lease")
@@ -238,6 +240,26 @@ def _claim_order(job: Job) -> tuple[int, datetime, UUID]:
     """
     due = job.created_at if job.run_after is None else job.run_after
     return (-job.priority, due, job.id)
+
+
+def _made_result(
+    result_id: UUID, job_id: UUID, text: str, score: Decimal, tokens: int, created_at: datetime
+) -> JobResult:
+    """The result `complete` stored, from the values it sent and the server's created_at.
+
+    ``text`` is the JSON the validation made and read back equal to the
+    caller's dict; it is parsed again here for a copy the caller cannot
+    change through their own dict. ``score`` is rounded to the column's two
+    places already, as stored.
+    """
+    return JobResult(
+        id=result_id,
+        job_id=job_id,
+        extracted_data=json.loads(text),
+        confidence_score=score,
+        tokens_used=tokens,
+        created_at=created_at,
+    )
 
 
 def _not_found(job_id: UUID) -> NotFoundError:
@@ -524,8 +546,15 @@ class JobLogic:
 
     def claim_next(self, *, lease: timedelta, client_id: str | None) -> Logic[Job | None]:
         """Claim the next due queued job (priority, then the longest waiting), or None."""
-        jobs = yield from self.claim_batch(1, lease=lease, client_id=client_id)
-        return jobs[0] if jobs else None
+        params: dict[str, Any] = {"lease": check_lease(lease)}
+        client = check_optional_client_id(client_id)
+        statement = _CLAIM_JOB
+        if client is not None:
+            params["client_id"] = client
+            statement = _CLAIM_JOB_FOR_CLIENT
+        # Claims are never repeated: a lost reply may hide a claim that happened.
+        job: Job | None = yield Call.one(statement, params, job_row, "claim jobs", idempotent=False)
+        return job
 
     def claim_batch(
         self, limit: int, *, lease: timedelta, client_id: str | None, fair: bool = False
@@ -589,19 +618,32 @@ class JobLogic:
         """Write the result and complete the job in one statement."""
         key = check_job_id(job_id)
         claim = check_optional_attempt(attempt)
+        result_id = uuid7()
+        text = check_extracted_data(extracted_data)
+        score = check_confidence_score(confidence_score)
+        tokens = check_tokens_used(tokens_used)
         params = {
             "id": key,
-            "result_id": uuid7(),
-            "extracted_data": check_extracted_data(extracted_data),
-            "confidence_score": check_confidence_score(confidence_score),
-            "tokens_used": check_tokens_used(tokens_used),
+            "result_id": result_id,
+            "extracted_data": text,
+            "confidence_score": score,
+            "tokens_used": tokens,
             "client_id": check_optional_client_id(client_id),
             "attempt": claim,
         }
-        reply: Outcome[JobResult] | None = yield Call.one(
-            _COMPLETE_JOB, params, result_outcome_row, "complete a job", idempotent=False
+        # The reply is (outcome, current_attempts, created_at): no row, not found;
+        # created_at NULL, refused. The rest of the result is what was sent.
+        reply: tuple[str, int | None, datetime | None] | None = yield Call.one(
+            _COMPLETE_JOB, params, tuple_row, "complete a job", idempotent=False
         )
-        return _moved(reply, key, "complete", JobStatus.PROCESSING, claim)
+        if reply is None:
+            raise _not_found(key)
+        outcome, current, created_at = reply
+        if created_at is None:
+            raise _refused(
+                key, "complete", outcome, JobStatus.PROCESSING, attempt=claim, current=current
+            )
+        return _made_result(result_id, key, text, score, tokens, created_at)
 
     def fail(
         self,

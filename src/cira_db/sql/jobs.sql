@@ -100,7 +100,8 @@ LIMIT %(limit)s
 -- caller sorts them in claim order (priority DESC, coalesce(run_after,
 -- created_at), id). One UPDATE without a CTE or an outer sort costs about a
 -- fifth less to plan and run than the CTE form it replaced (docs/jobs.md,
--- "The claim's plan").
+-- "The claim's plan"). claim_next runs claim_job instead (LIMIT 1 in the
+-- text, so a prepared claim keeps a generic plan; see there).
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
@@ -136,6 +137,47 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
           error_message, attempts, lease_expires_at,
           priority, run_after, progress, cancel_requested_at
 
+-- name: claim_job
+-- claim_next's statement: claim_jobs with LIMIT 1 written in, the one id
+-- compared with `=`. With a bound LIMIT the planner can only guess the
+-- row count for a generic plan (a tenth of the table), so claim_jobs is
+-- planned afresh on every execution (pg_prepared_statements: custom_plans
+-- only); with LIMIT 1 in the text, a prepared claim_job runs the cached
+-- generic plan like any other statement (docs/jobs.md, "The claim's plan").
+UPDATE jobs
+SET status = 'processing',
+    attempts = jobs.attempts + 1,
+    lease_expires_at = now() + %(lease)s::interval
+WHERE jobs.id = (
+    SELECT id
+    FROM jobs
+    WHERE status = 'queued'
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+          error_message, attempts, lease_expires_at,
+          priority, run_after, progress, cancel_requested_at
+
+-- name: claim_job_for_client
+-- As claim_job, for one client's queue (idx_jobs_claim_client).
+UPDATE jobs
+SET status = 'processing',
+    attempts = jobs.attempts + 1,
+    lease_expires_at = now() + %(lease)s::interval
+WHERE jobs.id = (
+    SELECT id
+    FROM jobs
+    WHERE client_id = %(client_id)s AND status = 'queued'
+      AND coalesce(run_after, created_at) <= now()
+    ORDER BY priority DESC, coalesce(run_after, created_at), id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
+          error_message, attempts, lease_expires_at,
+          priority, run_after, progress, cancel_requested_at
+
 -- name: extend_lease
 -- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
 -- A job whose cancel was asked for ends cancelled instead (lease cleared): the
@@ -163,7 +205,16 @@ FROM target LEFT JOIN moved ON true
 -- Finish a processing job: mark it completed and insert its result, both
 -- stamped with the same now(), in one statement. A job that is not
 -- processing, or was claimed again after the claim `attempt`, is left alone
--- (outcome = its status, no result columns).
+-- (outcome = its status, created_at NULL). Only what the server made comes
+-- back (the result's created_at): the caller sent every other field (the
+-- result id too) and builds the result from them, so the extracted data is
+-- not sent back and parsed a second time.
+-- `(status = 'processing') IS TRUE` is `status = 'processing'` (status is
+-- never NULL) in a form the planner cannot match to the partial index
+-- idx_jobs_lease_expiry (WHERE status = 'processing'): with statistics from
+-- a moment when few jobs were processing (a freshly filled, analyzed queue)
+-- the generic plan otherwise walked that whole index, every processing job
+-- and its dead entries, filtering on the id, instead of one jobs_pkey probe.
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -171,7 +222,7 @@ WITH target AS (
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id
 ), result AS (
@@ -179,14 +230,15 @@ WITH target AS (
     SELECT %(result_id)s, done.id, %(extracted_data)s::jsonb, %(confidence_score)s,
            %(tokens_used)s, now()
     FROM done
-    RETURNING id, job_id, extracted_data, confidence_score, tokens_used, created_at
+    RETURNING created_at
 )
-SELECT target.status::text AS outcome, target.attempts AS current_attempts, result.*
+SELECT target.status::text AS outcome, target.attempts AS current_attempts, result.created_at
 FROM target LEFT JOIN result ON true
 
 -- name: fail_job
 -- A processing job failed (on the claim `attempt`, if given): record why, drop its lease.
 -- A job whose cancel was asked for ends cancelled (the error is kept), never failed.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -196,7 +248,7 @@ WITH target AS (
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL
                       THEN 'failed' ELSE 'cancelled' END::job_status,
         error_message = %(error_message)s, lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
@@ -498,6 +550,7 @@ FROM claimed ORDER BY part, turn, in_flight, priority DESC, due, id
 -- tried again later: back to the queue, not claimed before now() +
 -- %(retry_in)s, the error kept, the lease dropped, attempts kept. A job whose
 -- cancel was requested ends cancelled instead (never re-queued), error kept.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -510,7 +563,7 @@ WITH target AS (
                          THEN now() + %(retry_in)s::interval ELSE run_after END,
         error_message = %(error_message)s,
         lease_expires_at = NULL
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
