@@ -485,7 +485,9 @@ def test_claim_next_runs_a_cached_generic_plan(cira_db_url: str) -> None:
     assert custom <= 5
 
 
-@pytest.mark.parametrize("name", ["complete_job", "fail_job", "fail_job_retry"])
+@pytest.mark.parametrize(
+    "name", ["complete_job", "fail_job", "fail_job_retry", "extend_lease", "report_progress"]
+)
 def test_a_worker_move_probes_the_primary_key_on_all_queued_statistics(
     cira_db_url: str, name: str
 ) -> None:

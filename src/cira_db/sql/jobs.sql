@@ -182,6 +182,7 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
 -- Move a processing job's lease to now() + %(lease)s (of the claim `attempt`, if given).
 -- A job whose cancel was asked for ends cancelled instead (lease cleared): the
 -- returned row says so and the caller raises JobCancelledError.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -192,7 +193,7 @@ WITH target AS (
                       THEN 'processing' ELSE 'cancelled' END::job_status,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
                                 THEN now() + %(lease)s::interval END
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
@@ -393,6 +394,7 @@ FROM target LEFT JOIN settled ON true
 -- Store a processing job's progress document (of the claim `attempt`). A job
 -- whose cancel was asked for ends cancelled instead (lease cleared, progress
 -- left as it was): the returned row says so and the caller raises JobCancelledError.
+-- `IS TRUE`: one jobs_pkey probe, never a walk of idx_jobs_lease_expiry (see complete_job).
 WITH target AS (
     SELECT id, status, attempts
     FROM jobs
@@ -405,7 +407,7 @@ WITH target AS (
                         THEN %(progress)s::jsonb ELSE jobs.progress END,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
                                 THEN jobs.lease_expires_at END
-    WHERE id = (SELECT id FROM target) AND status = 'processing'
+    WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND attempts = %(attempt)s::integer
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
