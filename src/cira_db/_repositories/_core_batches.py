@@ -16,12 +16,14 @@ raises (`NotFoundError` if the first refused item is not found, else
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import BaseRowFactory, kwargs_row
+from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
 
 from cira_db._models import (
     STATUS_BY_LABEL,
@@ -81,8 +83,47 @@ def _job(*, status: str, **columns: Any) -> Job:
     return Job(status=STATUS_BY_LABEL[status], **columns)
 
 
-_RESULT_ROWS: Final = _batch_row(JobResult)
 _JOB_ROWS: Final = _batch_row(_job)
+
+
+def _jsonb_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent, as jsonb stores and gives it back.
+
+    jsonb keeps numbers as ``numeric``, written back without an exponent: a
+    float ``json.dumps`` wrote as ``1e+16`` (no digit after the point once
+    scaled) comes back as the integer ``10000000000000000``; every other
+    one (``0.5``, ``1e-07``, ``100.0``) as the same float (``-0.0`` as ``0.0``).
+    """
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent  # an int: json.dumps writes no NaN or infinity
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(number)
+    return float(text) + 0.0
+
+
+def _jsonb_key(pair: tuple[str, Any]) -> tuple[int, bytes]:
+    key = pair[0].encode()
+    return len(key), key
+
+
+def _jsonb_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with its keys in jsonb's order (shorter first, then by bytes)."""
+    if len(pairs) > 1:
+        pairs.sort(key=_jsonb_key)
+    return dict(pairs)
+
+
+def _stored_json(text: str) -> dict[str, Any]:
+    """The document ``text`` as reading the jsonb column it was stored in gives it back.
+
+    The same dict, numbers and key order as psycopg's ``json.loads`` of the
+    column: complete_many builds its results from what it sent instead of
+    asking the server to write every document back.
+    """
+    value: dict[str, Any] = json.loads(
+        text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
+    )
+    return value
 
 
 def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
@@ -178,7 +219,7 @@ def complete_many(
     ids: list[UUID] = []
     attempts: list[int | None] = []
     data: list[str] = []
-    scores: list[Any] = []
+    scores: list[Decimal] = []
     tokens: list[int] = []
     for index, item in enumerate(given):
         field = f"items[{index}]"
@@ -190,21 +231,41 @@ def complete_many(
     _distinct(ids, "items")
     if not ids:
         return []
+    result_ids = uuid7_batch(len(ids))
     params = {
         "ids": ids,
         "attempts": attempts,
         # Fixed before the first try: a repeat after a lost reply finds these
         # result rows and reports the items done, so repeating is harmless.
-        "result_ids": uuid7_batch(len(ids)),
+        "result_ids": result_ids,
         "extracted_data": data,
         "confidence_scores": scores,
         "tokens_used": tokens,
         "client_id": client,
         "atomic": all_or_nothing,
     }
-    replies: list[_Reply] = yield Call.all(
-        _COMPLETE_JOBS, params, _RESULT_ROWS, "complete jobs", idempotent=True
+    # One row per item: (n, outcome, current_attempts, the result's created_at or None).
+    rows: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
+        _COMPLETE_JOBS, params, tuple_row, "complete jobs", idempotent=True
     )
+    replies: list[_Reply] = [
+        (
+            n,
+            label,
+            current,
+            None
+            if created_at is None
+            else JobResult(
+                result_ids[n - 1],
+                ids[n - 1],
+                _stored_json(data[n - 1]),
+                scores[n - 1],
+                tokens[n - 1],
+                created_at,
+            ),
+        )
+        for n, label, current, created_at in rows
+    ]
     outcomes = _outcomes(replies, ids, attempts, cancel_moves=False)
     if all_or_nothing:
         _atomic_refusal("complete jobs", outcomes, attempts)
