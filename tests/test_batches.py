@@ -294,6 +294,17 @@ def test_complete_many_validates_every_item_before_any_sql(
     with pytest.raises(ValidationError) as info:
         jobs.complete_many([_done(job), Completion(job.id, {}, Decimal("1.5"), 0)])
     assert info.value.field == "items[1].confidence_score"
+    with pytest.raises(ValidationError) as alone:
+        jobs.complete(job.id, extracted_data={}, confidence_score=Decimal("1.5"), tokens_used=0)
+    renamed = str(alone.value).replace("confidence_score", "items[1].confidence_score", 1)
+    assert str(info.value) == renamed
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([_done(job), Completion(job.id, {"a": {1, 2}}, 1, 0)])
+    assert info.value.field == "items[1].extracted_data"
+    assert str(info.value).startswith("items[1].extracted_data: must be JSON-serialisable")
+    with pytest.raises(ValidationError) as info:
+        jobs.fail_many([Failure(job.id, "x"), Failure(job.id, "y", retry_in=timedelta(-1))])
+    assert info.value.field == "items[1].retry_in"
     with pytest.raises(ValidationError) as info:
         jobs.complete_many([_done(job), _done(job)])
     assert info.value.field == "items[1]"
