@@ -16,6 +16,11 @@ Queues: the same number of no-op jobs is drained by 1 or 2 worker processes
   ``run_worker_async(wait=False)`` (it stops once the queue is empty) with
   the worker's default concurrency (one job at a time).
 
+On a server on this machine, worker i and every server backend it opens
+(``application_name`` ``peers-worker-<i>``) are pinned to one CPU of their
+own, alike for every system, and the backends' CPU time per job is reported
+beside the worker's.
+
 Per call: ``jobs.get``, ``jobs.create`` and a ``jobs.list`` page of 50
 against SQLAlchemy 2 Core (``create_engine("postgresql+psycopg://...")``)
 running the repository's own statement through ``text()``, one call at a
