@@ -16,6 +16,11 @@ Queues: the same number of no-op jobs is drained by 1 or 2 worker processes
   ``run_worker_async(wait=False)`` (it stops once the queue is empty) with
   the worker's default concurrency (one job at a time).
 
+On a server on this machine, worker i and every server backend it opens
+(``application_name`` ``peers-worker-<i>``) are pinned to one CPU of their
+own, alike for every system, and the backends' CPU time per job is reported
+beside the worker's.
+
 Per call: ``jobs.get``, ``jobs.create`` and a ``jobs.list`` page of 50
 against SQLAlchemy 2 Core (``create_engine("postgresql+psycopg://...")``)
 running the repository's own statement through ``text()``, one call at a
@@ -30,13 +35,17 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import math
 import multiprocessing as mp
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from psycopg import sql
@@ -47,6 +56,8 @@ from bench_common import (
     Samples,
     Section,
     Table,
+    _is_local_postgres,
+    _local_server,
     connect_raw,
     fmt_int,
     fmt_ms,
@@ -74,6 +85,7 @@ SYSTEMS = {
     "pgqueuer": "pgqueuer, `batch_size=10`",
     "procrastinate": "procrastinate, default worker",
 }
+APP = "peers-worker-"  # application_name of worker i's connections: APP + str(i)
 LIST_CLIENT = "peers-list"
 RESULT = {"noop": True}
 CREATE_CLIENT = "peers-create"
@@ -91,10 +103,14 @@ def _require_extra() -> None:
 # -- databases ------------------------------------------------------------------------
 
 
-def _url_for(url: str, dbname: str) -> str:
+def _with_params(url: str, **changes: str) -> str:
     params = dict(conninfo_to_dict(url))
-    params["dbname"] = dbname
+    params.update(changes)
     return make_conninfo("", **params)
+
+
+def _url_for(url: str, dbname: str) -> str:
+    return _with_params(url, dbname=dbname)
 
 
 @contextmanager
@@ -201,13 +217,16 @@ def _drain(system: str, url: str, tally: Tally) -> None:
 def _worker(inbox: Any, out: Any) -> None:
     """A worker process kept for every run: imports the peers once, then drains on request.
 
-    Per run: ``(system, url)`` arrives, the worker connects and reports ready,
+    Per run: ``(system, url, cpu)`` arrives, the worker pins itself to ``cpu``
+    (None: any CPU), connects and reports ready,
     waits for ``"go"``, drains and reports; ``None`` ends the process.
     """
     for name in EXTRA[:2]:
         importlib.import_module(name)
+    anywhere = os.sched_getaffinity(0)
     while (task := inbox.get()) is not None:
-        system, url = task
+        system, url, cpu = task
+        os.sched_setaffinity(0, anywhere if cpu is None else {cpu})
         try:
             with connect_raw(url) as conn:
                 conn.execute("SELECT 1")
@@ -325,6 +344,81 @@ def _check(system: str, url: str, total: int, done: int) -> None:
         )
 
 
+def _placement() -> list[int] | None:
+    """One CPU per worker process (the first two this process may use), or None."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:2] if len(cpus) >= 2 else None
+
+
+def _on_cpu_ns(pid: int) -> int | None:
+    """Nanoseconds process ``pid`` has run on a CPU (``/proc/<pid>/schedstat``), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Backends(threading.Thread):
+    """Finds the server backends of the workers (application_name ``APP + i``) as they open.
+
+    Pins worker i's backends to ``cpus[i]`` (when ``cpus`` is given) and adds
+    up the CPU time they run. The workers' libraries connect once the drain
+    starts, so ``pg_stat_activity`` is polled (every 2 ms for the first 0.2 s,
+    then every 50 ms); the CPU time of the backends found is read every 2 ms
+    (a backend's last 2 ms before it exits can be missed).
+    """
+
+    def __init__(self, url: str, cpus: list[int] | None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.cpus = url, cpus
+        self.cpu_ns: dict[int, tuple[int, int]] = {}  # pid: (first reading, last reading)
+        self.error = ""
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        started = looked = time.monotonic()
+        try:
+            with connect_raw(self.url, prepare_threshold=None) as conn:
+                self._find(conn)
+                while not self._stop_event.wait(0.002):
+                    self._read()
+                    now = time.monotonic()
+                    if now - started < 0.2 or now - looked > 0.05:
+                        self._find(conn)
+                        looked = now
+                self._read()
+        except Exception as exc:  # reported by the run, not lost in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _find(self, conn: Any) -> None:
+        rows = conn.execute(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+            (APP + "%",),
+        ).fetchall()
+        for pid, name in rows:
+            if pid in self.cpu_ns or not _is_local_postgres(int(pid)):
+                continue
+            if self.cpus is not None:
+                os.sched_setaffinity(int(pid), {self.cpus[int(name.removeprefix(APP))]})
+            first = _on_cpu_ns(int(pid))
+            if first is not None:
+                self.cpu_ns[pid] = (first, first)
+
+    def _read(self) -> None:
+        for pid, (first, _) in self.cpu_ns.items():
+            now = _on_cpu_ns(pid)
+            if now is not None:
+                self.cpu_ns[pid] = (first, now)
+
+    def stop(self) -> tuple[int, float]:
+        """Stop; how many backends were found and the seconds of CPU they ran."""
+        self._stop_event.set()
+        self.join(10)
+        if self.error:
+            raise RuntimeError(f"following the workers' backends failed: {self.error}")
+        return len(self.cpu_ns), sum(b - a for a, b in self.cpu_ns.values()) / 1e9
+
+
 @dataclass(frozen=True)
 class Run:
     """Jobs per second from the first job in hand to the last finished, and the seconds
@@ -333,26 +427,42 @@ class Run:
     rate: float
     fixed: float
     cpu_us: float  # the worker processes' CPU time per job (start-up and wind-down included)
+    backends: int  # the workers' server backends (each pinned to its worker's CPU, if pinning)
+    server_us: float  # those backends' CPU time per job (start-up and wind-down included)
 
 
-def _one_run(pool: Workers, system: str, url: str, total: int, workers: int) -> Run:
-    """``workers`` processes of ``system`` draining ``total`` jobs."""
+def _one_run(
+    pool: Workers, system: str, url: str, total: int, workers: int, cpus: list[int] | None
+) -> Run:
+    """``workers`` processes of ``system`` draining ``total`` jobs.
+
+    With ``cpus``, worker i and every server backend it opens run on ``cpus[i]`` only.
+    """
     _fill_system(system, url, total)
     procs, inboxes = pool.procs[:workers], pool.inboxes[:workers]
-    for box in inboxes:
-        box.put((system, url))
+    for i, box in enumerate(inboxes):
+        named = _with_params(url, application_name=f"{APP}{i}")
+        box.put((system, named, None if cpus is None else cpus[i]))
     _collect(pool.out, procs, "ready", 120)
+    # Only for a server on this machine: its backends' CPU time, and pinning.
+    backends = _Backends(url, cpus) if _local_server(url) else None
+    if backends is not None:
+        backends.start()
     for box in inboxes:
         box.put("go")
     reports = _collect(pool.out, procs, "ok", 900)
+    found, server_s = (0, math.nan) if backends is None else backends.stop()
+    if backends is not None and found < workers:
+        raise RuntimeError(f"{system}: {found} server backends found for {workers} workers")
     done = sum(int(r[1]) for r in reports)
     _check(system, url, total, done)
     first, last = min(r[2] for r in reports), max(r[3] for r in reports)
     fixed = (first - min(r[4] for r in reports)) + (max(r[5] for r in reports) - last)
-    return Run(done / (last - first), fixed, sum(r[6] for r in reports) / done * 1e6)
+    worker_us = sum(r[6] for r in reports) / done * 1e6
+    return Run(done / (last - first), fixed, worker_us, found, server_s / done * 1e6)
 
 
-def _queues(ctx: Context, total: int) -> dict[tuple[str, int], Run]:
+def _queues(ctx: Context, total: int, cpus: list[int] | None) -> dict[tuple[str, int], Run]:
     """Per system and worker count, the run with the median rate (systems interleaved)."""
     rounds = dict.fromkeys(SYSTEMS, 1) if ctx.quick else ROUNDS
     got: dict[tuple[str, int], list[Run]] = {}
@@ -365,7 +475,7 @@ def _queues(ctx: Context, total: int) -> dict[tuple[str, int], Run]:
         for workers, turn, system in itertools.product((1, 2), range(3), SYSTEMS):
             if turn < rounds[system]:
                 ctx.log(f"peers: {system}, {workers} worker process(es), {fmt_int(total)} jobs")
-                run = _one_run(pool, system, urls[system], total, workers)
+                run = _one_run(pool, system, urls[system], total, workers, cpus)
                 got.setdefault((system, workers), []).append(run)
     truncate_jobs(ctx.url)
     return {cell: sorted(runs, key=lambda r: r.rate)[len(runs) // 2] for cell, runs in got.items()}
@@ -380,6 +490,7 @@ def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
             "2 ÷ 1",
             "start-up + wind-down, s",
             "worker CPU per job, µs",
+            "server CPU per job, µs",
         ]
     )
     for system, label in SYSTEMS.items():
@@ -391,6 +502,7 @@ def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
             fmt_ratio(two.rate / one.rate),
             fmt_ms(one.fixed),
             fmt_us(one.cpu_us),
+            "n/a" if math.isnan(one.server_us) else fmt_us(one.server_us),
         )
     ratio = Table(["cira_db ÷ peer (jobs/s)", "target", "1 worker", "2 workers", "met"])
     for peer, target in TARGETS.items():
@@ -418,9 +530,11 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
     lines.append(
         f"Worker CPU per job (1 worker): cira_db {cpu['cira_db']} µs, pgqueuer "
         f"{cpu['pgqueuer']} µs, procrastinate {cpu['procrastinate']} µs: the worker "
-        "process only. The server's work per job runs on the same 2 cores and is not in it; "
-        "for cira_db it is two updates of the `jobs` row (with its indexes) and one "
-        "`job_results` insert per job, in two statements per batch."
+        "process only. The server's CPU per job is the last column: for cira_db two "
+        "non-HOT updates of the `jobs` row (each adding entries to its indexes) and one "
+        "`job_results` insert (its two unique indexes and the foreign key check) per job, "
+        "in two statements per batch; for pgqueuer one update of its queue row, then a "
+        "delete of it and an insert into its log table."
     )
     return lines
 
@@ -623,7 +737,24 @@ def _call_verdicts(found: Found) -> list[str]:
 # -- the section --------------------------------------------------------------------------
 
 
-def _intro(total: int, n: int, prepares: tuple[bool, ...], *, quick: bool) -> list[str]:
+def _placement_text(cpus: list[int] | None) -> str:
+    if cpus is None:
+        return (
+            "**CPU placement:** not pinned (the server is not on this machine, or this "
+            "process may use only one CPU). "
+        )
+    return (
+        "**CPU placement:** every system alike, worker process i and every server backend "
+        "it opens (found by its `application_name` in `pg_stat_activity` as it connects) "
+        f"run on CPU {cpus[0]} (worker 1) or {cpus[1]} (worker 2) only, since a round trip "
+        "between two CPUs costs about three times one on a single CPU (section 1) and the "
+        "scheduler would otherwise place each run's processes differently. "
+    )
+
+
+def _intro(
+    total: int, n: int, prepares: tuple[bool, ...], cpus: list[int] | None, *, quick: bool
+) -> list[str]:
     runs = (
         "**One run per cell**"
         if quick
@@ -649,7 +780,10 @@ def _intro(total: int, n: int, prepares: tuple[bool, ...], *, quick: bool) -> li
         "written, which favours them slightly); what a worker spends before (connecting, "
         "pgqueuer's schema checks) and after (stopping) is a column of its own, with the "
         "worker's CPU time per job (`time.process_time`, all of the run), both from the "
-        f"1-worker run. {runs}, systems interleaved, every queue refilled and "
+        "1-worker run, and the server CPU per job: the CPU time of the worker's server "
+        "backends (`/proc/<pid>/schedstat`, read every 2 ms). "
+        + _placement_text(cpus)
+        + f"{runs}, systems interleaved, every queue refilled and "
         "`VACUUM (ANALYZE)`d before each run; after each run the benchmark checks that every "
         "job was finished exactly once.",
         "",  # a paragraph break in the report
@@ -673,10 +807,11 @@ def run_peers(ctx: Context) -> Section:
     total, n = (200, 100) if ctx.quick else (20_000, 2_000)
     prepares = (False,) if ctx.quick else (False, True)
     section = Section("peers", "11. Peer queues and SQLAlchemy Core")
-    runs = _queues(ctx, total)
+    cpus = _placement() if _local_server(ctx.url) else None
+    runs = _queues(ctx, total, cpus)
     found = _per_call(ctx, n, prepares)
     section.tables = [*_queue_tables(runs), _call_table(found)]
-    section.intro = _intro(total, n, prepares, quick=ctx.quick)
+    section.intro = _intro(total, n, prepares, cpus, quick=ctx.quick)
     section.notes = [*_queue_verdicts(runs), *_call_verdicts(found)]
     section.headlines = [
         f"Peers, {fmt_int(total)} no-op jobs, jobs/s with 1 / 2 workers: cira_db batched "

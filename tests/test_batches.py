@@ -7,6 +7,7 @@ are the point: every item gets its own outcome.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -17,6 +18,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cira_db import (
     Completion,
@@ -183,12 +186,105 @@ def test_complete_many_repeated_statement_reports_its_own_results(cira_db: Datab
     again = runner.execute(call)
     assert [row[1] for row in first] == ["processing", "processing"]
     assert [row[1] for row in again] == ["repeated", "repeated"]
-    assert [row[3] for row in again] == [row[3] for row in first]  # the same result rows
+    assert [row[3] for row in again] == [row[3] for row in first]  # the same created_at
     with pytest.raises(StopIteration) as stop:
         logic.send(again)
     assert [o.outcome for o in stop.value.value] == ["done", "done"]
+    for outcome in stop.value.value:  # the result rows the first try stored
+        assert outcome.status is JobStatus.COMPLETED
+        assert _fields(outcome.value)[:2] == _stored(cira_db, outcome.job_id)[:2]
+        assert outcome.value.created_at == _stored(cira_db, outcome.job_id)[5]
     assert call.idempotent
     assert _results(cira_db) == 2
+
+
+def _stored(db: Database, job_id: uuid.UUID) -> tuple[Any, ...]:
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT id, job_id, extracted_data, confidence_score, tokens_used, created_at "
+            "FROM job_results WHERE job_id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _fields(value: Any) -> tuple[Any, ...]:
+    # json.dumps tells 1e16 from 10**16, -0.0 from 0.0 and one key order from another.
+    return (
+        value.id,
+        value.job_id,
+        json.dumps(value.extracted_data),
+        value.confidence_score,
+        value.tokens_used,
+        value.created_at,
+    )
+
+
+# Numbers jsonb writes back otherwise than json.dumps wrote them, and keys it reorders.
+_AWKWARD: list[dict[str, Any]] = [
+    {"big": 1e16, "bigger": 1.5e300, "small": 1e-07, "zero": -0.0, "x": 100.0, "int": 10**20},
+    {"bb": 1, "a": {"ccc": [1.25, {"é": 1, "z": 2, "yy": 3}], "b": None}, "": True},
+    {},
+]
+_SCORES: list[float | int | Decimal] = [0.935, 1, Decimal("0.5")]
+
+
+def test_complete_many_results_are_the_stored_rows(jobs: JobRepository, cira_db: Database) -> None:
+    # Built from what was sent (the reply carries only created_at): the same values as
+    # reading the stored rows, numbers and key order included.
+    claimed = _claimed(jobs, len(_AWKWARD))
+    items = [
+        Completion(job.id, data, score, 3, attempt=job.attempts)
+        for job, data, score in zip(claimed, _AWKWARD, _SCORES, strict=True)
+    ]
+    outcomes = jobs.complete_many(items)
+    assert [o.outcome for o in outcomes] == ["done"] * len(items)
+    for outcome in outcomes:
+        assert _fields(outcome.value) == tuple(
+            (json.dumps(f) if i == 2 else f) for i, f in enumerate(_stored(cira_db, outcome.job_id))
+        )
+    assert [str(o.value.confidence_score) for o in outcomes if o.value] == ["0.94", "1.00", "0.50"]
+
+
+_json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8).filter(lambda s: "\x00" not in s),
+)
+_json_docs = st.dictionaries(
+    st.text(max_size=6).filter(lambda s: "\x00" not in s),
+    st.recursive(
+        _json_leaves,
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=6).filter(lambda s: "\x00" not in s), children)
+        ),
+        max_leaves=20,
+    ),
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(docs=st.lists(_json_docs, min_size=1, max_size=10))
+def test_the_results_documents_read_as_jsonb_gives_them_back(
+    cira_db: Database, docs: list[dict[str, Any]]
+) -> None:
+    from cira_db._repositories._core_batches import _stored_json
+    from cira_db._validation import check_extracted_data
+
+    texts = [check_extracted_data(doc) for doc in docs]
+    with cira_db.connection() as conn:
+        rows = conn.execute(
+            "SELECT t::jsonb FROM unnest(%s::text[]) WITH ORDINALITY AS u (t, n) ORDER BY n",
+            (texts,),
+        ).fetchall()
+    assert [json.dumps(_stored_json(text)) for text in texts] == [json.dumps(r[0]) for r in rows]
 
 
 def test_complete_many_validates_every_item_before_any_sql(
@@ -198,6 +294,17 @@ def test_complete_many_validates_every_item_before_any_sql(
     with pytest.raises(ValidationError) as info:
         jobs.complete_many([_done(job), Completion(job.id, {}, Decimal("1.5"), 0)])
     assert info.value.field == "items[1].confidence_score"
+    with pytest.raises(ValidationError) as alone:
+        jobs.complete(job.id, extracted_data={}, confidence_score=Decimal("1.5"), tokens_used=0)
+    renamed = str(alone.value).replace("confidence_score", "items[1].confidence_score", 1)
+    assert str(info.value) == renamed
+    with pytest.raises(ValidationError) as info:
+        jobs.complete_many([_done(job), Completion(job.id, {"a": {1, 2}}, 1, 0)])
+    assert info.value.field == "items[1].extracted_data"
+    assert str(info.value).startswith("items[1].extracted_data: must be JSON-serialisable")
+    with pytest.raises(ValidationError) as info:
+        jobs.fail_many([Failure(job.id, "x"), Failure(job.id, "y", retry_in=timedelta(-1))])
+    assert info.value.field == "items[1].retry_in"
     with pytest.raises(ValidationError) as info:
         jobs.complete_many([_done(job), _done(job)])
     assert info.value.field == "items[1]"

@@ -16,12 +16,14 @@ raises (`NotFoundError` if the first refused item is not found, else
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import BaseRowFactory, kwargs_row
+from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
 
 from cira_db._models import (
     STATUS_BY_LABEL,
@@ -81,8 +83,47 @@ def _job(*, status: str, **columns: Any) -> Job:
     return Job(status=STATUS_BY_LABEL[status], **columns)
 
 
-_RESULT_ROWS: Final = _batch_row(JobResult)
 _JOB_ROWS: Final = _batch_row(_job)
+
+
+def _jsonb_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent, as jsonb stores and gives it back.
+
+    jsonb keeps numbers as ``numeric``, written back without an exponent: a
+    float ``json.dumps`` wrote as ``1e+16`` (no digit after the point once
+    scaled) comes back as the integer ``10000000000000000``; every other
+    one (``0.5``, ``1e-07``, ``100.0``) as the same float (``-0.0`` as ``0.0``).
+    """
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent  # an int: json.dumps writes no NaN or infinity
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(number)
+    return float(text) + 0.0
+
+
+def _jsonb_key(pair: tuple[str, Any]) -> tuple[int, bytes]:
+    key = pair[0].encode()
+    return len(key), key
+
+
+def _jsonb_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with its keys in jsonb's order (shorter first, then by bytes)."""
+    if len(pairs) > 1:
+        pairs.sort(key=_jsonb_key)
+    return dict(pairs)
+
+
+def _stored_json(text: str) -> dict[str, Any]:
+    """The document ``text`` as reading the jsonb column it was stored in gives it back.
+
+    The same dict, numbers and key order as psycopg's ``json.loads`` of the
+    column: complete_many builds its results from what it sent instead of
+    asking the server to write every document back.
+    """
+    value: dict[str, Any] = json.loads(
+        text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
+    )
+    return value
 
 
 def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
@@ -101,6 +142,8 @@ def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
 
 
 def _distinct(ids: list[UUID], field: str) -> None:
+    if len(set(ids)) == len(ids):
+        return
     seen: dict[UUID, int] = {}
     for index, job_id in enumerate(ids):
         first = seen.setdefault(job_id, index)
@@ -108,6 +151,16 @@ def _distinct(ids: list[UUID], field: str) -> None:
             raise ValidationError(
                 f"{field}[{index}]", f"job {job_id} is also {field}[{first}]; one item per job"
             )
+
+
+def _at(index: int, error: ValidationError, field: str = "items") -> ValidationError:
+    """``error`` about one field of an item, renamed ``items[index].<field>``.
+
+    The per-item checks run with their plain field names and only a refused
+    item pays for building its indexed name (ten f-strings a batch saved).
+    """
+    message = str(error).removeprefix(f"{error.field}: ")
+    return ValidationError(f"{field}[{index}].{error.field}", message)
 
 
 def _check_atomic(value: object) -> bool:
@@ -178,33 +231,55 @@ def complete_many(
     ids: list[UUID] = []
     attempts: list[int | None] = []
     data: list[str] = []
-    scores: list[Any] = []
+    scores: list[Decimal] = []
     tokens: list[int] = []
     for index, item in enumerate(given):
-        field = f"items[{index}]"
-        ids.append(check_job_id(item.job_id, f"{field}.job_id"))
-        data.append(check_extracted_data(item.extracted_data, f"{field}.extracted_data"))
-        scores.append(check_confidence_score(item.confidence_score, f"{field}.confidence_score"))
-        tokens.append(check_tokens_used(item.tokens_used, f"{field}.tokens_used"))
-        attempts.append(check_optional_attempt(item.attempt, f"{field}.attempt"))
+        try:
+            ids.append(check_job_id(item.job_id))
+            data.append(check_extracted_data(item.extracted_data))
+            scores.append(check_confidence_score(item.confidence_score))
+            tokens.append(check_tokens_used(item.tokens_used))
+            attempts.append(check_optional_attempt(item.attempt))
+        except ValidationError as error:
+            raise _at(index, error) from None
     _distinct(ids, "items")
     if not ids:
         return []
+    result_ids = uuid7_batch(len(ids))
     params = {
         "ids": ids,
         "attempts": attempts,
         # Fixed before the first try: a repeat after a lost reply finds these
         # result rows and reports the items done, so repeating is harmless.
-        "result_ids": uuid7_batch(len(ids)),
+        "result_ids": result_ids,
         "extracted_data": data,
         "confidence_scores": scores,
         "tokens_used": tokens,
         "client_id": client,
         "atomic": all_or_nothing,
     }
-    replies: list[_Reply] = yield Call.all(
-        _COMPLETE_JOBS, params, _RESULT_ROWS, "complete jobs", idempotent=True
+    # One row per item: (n, outcome, current_attempts, the result's created_at or None).
+    rows: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
+        _COMPLETE_JOBS, params, tuple_row, "complete jobs", idempotent=True
     )
+    replies: list[_Reply] = [
+        (
+            n,
+            label,
+            current,
+            None
+            if created_at is None
+            else JobResult(
+                result_ids[n - 1],
+                ids[n - 1],
+                _stored_json(data[n - 1]),
+                scores[n - 1],
+                tokens[n - 1],
+                created_at,
+            ),
+        )
+        for n, label, current, created_at in rows
+    ]
     outcomes = _outcomes(replies, ids, attempts, cancel_moves=False)
     if all_or_nothing:
         _atomic_refusal("complete jobs", outcomes, attempts)
@@ -223,11 +298,13 @@ def fail_many(
     messages: list[str] = []
     retry_ins: list[timedelta | None] = []
     for index, item in enumerate(given):
-        field = f"items[{index}]"
-        ids.append(check_job_id(item.job_id, f"{field}.job_id"))
-        messages.append(check_error_message(item.error_message, f"{field}.error_message"))
-        attempts.append(check_optional_attempt(item.attempt, f"{field}.attempt"))
-        retry_ins.append(check_retry_in(item.retry_in, f"{field}.retry_in"))
+        try:
+            ids.append(check_job_id(item.job_id))
+            messages.append(check_error_message(item.error_message))
+            attempts.append(check_optional_attempt(item.attempt))
+            retry_ins.append(check_retry_in(item.retry_in))
+        except ValidationError as error:
+            raise _at(index, error) from None
     _distinct(ids, "items")
     if not ids:
         return []

@@ -588,8 +588,11 @@ FROM target LEFT JOIN requeued ON true
 -- name: complete_jobs
 -- Complete a batch of processing jobs and insert their results, one
 -- statement. An item whose result row (id %(result_ids)s[i]) exists already
--- for its job is reported again as done: a repeat after a lost reply finds
--- its own results.
+-- for its job is reported again as done ('repeated'): a repeat after a lost
+-- reply finds its own results (looked up only for items whose job is
+-- completed already, so a first try reads no job_results index). Only what
+-- the server made comes back (each result's created_at): the caller has the
+-- rest of every result row, it sent it, so no jsonb is read back.
 WITH input AS MATERIALIZED (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(result_ids)s::uuid[],
@@ -623,21 +626,16 @@ WITH input AS MATERIALIZED (
     SELECT go.result_id, go.id, go.extracted_data::jsonb, go.confidence_score, go.tokens_used,
            now()
     FROM go JOIN done ON done.id = go.id
-    RETURNING id, job_id, extracted_data, confidence_score, tokens_used, created_at
+    RETURNING job_id, created_at
 ), earlier AS (
-    SELECT job_results.id, job_results.job_id, job_results.extracted_data,
-           job_results.confidence_score, job_results.tokens_used, job_results.created_at
-    FROM job_results JOIN input ON job_results.id = input.result_id
-                               AND job_results.job_id = input.id
+    SELECT job_results.job_id, job_results.created_at
+    FROM input
+    JOIN to_complete ON to_complete.id = input.id AND to_complete.status = 'completed'
+    JOIN job_results ON job_results.id = input.result_id AND job_results.job_id = input.id
 )
 SELECT input.n,
-       CASE WHEN earlier.id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       CASE WHEN earlier.job_id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
        to_complete.attempts AS current_attempts,
-       coalesce(result.id, earlier.id) AS id,
-       coalesce(result.job_id, earlier.job_id) AS job_id,
-       coalesce(result.extracted_data, earlier.extracted_data) AS extracted_data,
-       coalesce(result.confidence_score, earlier.confidence_score) AS confidence_score,
-       coalesce(result.tokens_used, earlier.tokens_used) AS tokens_used,
        coalesce(result.created_at, earlier.created_at) AS created_at
 FROM input
 LEFT JOIN to_complete ON to_complete.id = input.id
