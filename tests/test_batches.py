@@ -18,8 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from cira_db import (
     Completion,
@@ -245,46 +243,6 @@ def test_complete_many_results_are_the_stored_rows(jobs: JobRepository, cira_db:
             (json.dumps(f) if i == 2 else f) for i, f in enumerate(_stored(cira_db, outcome.job_id))
         )
     assert [str(o.value.confidence_score) for o in outcomes if o.value] == ["0.94", "1.00", "0.50"]
-
-
-_json_leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8).filter(lambda s: "\x00" not in s),
-)
-_json_docs = st.dictionaries(
-    st.text(max_size=6).filter(lambda s: "\x00" not in s),
-    st.recursive(
-        _json_leaves,
-        lambda children: (
-            st.lists(children, max_size=4)
-            | st.dictionaries(st.text(max_size=6).filter(lambda s: "\x00" not in s), children)
-        ),
-        max_leaves=20,
-    ),
-    max_size=6,
-)
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(docs=st.lists(_json_docs, min_size=1, max_size=10))
-def test_the_results_documents_read_as_jsonb_gives_them_back(
-    cira_db: Database, docs: list[dict[str, Any]]
-) -> None:
-    from cira_db._repositories._core_batches import _stored_json
-    from cira_db._validation import check_extracted_data
-
-    texts = [check_extracted_data(doc) for doc in docs]
-    with cira_db.connection() as conn:
-        rows = conn.execute(
-            "SELECT t::jsonb FROM unnest(%s::text[]) WITH ORDINALITY AS u (t, n) ORDER BY n",
-            (texts,),
-        ).fetchall()
-    assert [json.dumps(_stored_json(text)) for text in texts] == [json.dumps(r[0]) for r in rows]
 
 
 def test_complete_many_validates_every_item_before_any_sql(

@@ -16,7 +16,6 @@ raises (`NotFoundError` if the first refused item is not found, else
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -37,6 +36,7 @@ from cira_db._models import (
 )
 from cira_db._repositories._base import Call, Logic
 from cira_db._repositories._ids import uuid7_batch
+from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
 from cira_db._validation import (
     LIMIT_MAX,
@@ -84,46 +84,6 @@ def _job(*, status: str, **columns: Any) -> Job:
 
 
 _JOB_ROWS: Final = _batch_row(_job)
-
-
-def _jsonb_number(text: str) -> int | float:
-    """A JSON number with a fraction or exponent, as jsonb stores and gives it back.
-
-    jsonb keeps numbers as ``numeric``, written back without an exponent: a
-    float ``json.dumps`` wrote as ``1e+16`` (no digit after the point once
-    scaled) comes back as the integer ``10000000000000000``; every other
-    one (``0.5``, ``1e-07``, ``100.0``) as the same float (``-0.0`` as ``0.0``).
-    """
-    number = Decimal(text)
-    exponent = number.as_tuple().exponent  # an int: json.dumps writes no NaN or infinity
-    if isinstance(exponent, int) and exponent >= 0:
-        return int(number)
-    return float(text) + 0.0
-
-
-def _jsonb_key(pair: tuple[str, Any]) -> tuple[int, bytes]:
-    key = pair[0].encode()
-    return len(key), key
-
-
-def _jsonb_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object with its keys in jsonb's order (shorter first, then by bytes)."""
-    if len(pairs) > 1:
-        pairs.sort(key=_jsonb_key)
-    return dict(pairs)
-
-
-def _stored_json(text: str) -> dict[str, Any]:
-    """The document ``text`` as reading the jsonb column it was stored in gives it back.
-
-    The same dict, numbers and key order as psycopg's ``json.loads`` of the
-    column: complete_many builds its results from what it sent instead of
-    asking the server to write every document back.
-    """
-    value: dict[str, Any] = json.loads(
-        text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
-    )
-    return value
 
 
 def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
@@ -272,7 +232,7 @@ def complete_many(
             else JobResult(
                 result_ids[n - 1],
                 ids[n - 1],
-                _stored_json(data[n - 1]),
+                stored_json(data[n - 1]),
                 scores[n - 1],
                 tokens[n - 1],
                 created_at,

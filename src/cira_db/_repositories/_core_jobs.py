@@ -12,7 +12,6 @@ statement is thrown back in at the ``yield`` that asked for it.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,6 +32,7 @@ from cira_db._repositories._base import (
     prefixed_builder,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
+from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
 from cira_db._validation import (
     check_aware_datetime,
@@ -247,15 +247,15 @@ def _made_result(
 ) -> JobResult:
     """The result `complete` stored, from the values it sent and the server's created_at.
 
-    ``text`` is the JSON the validation made and read back equal to the
-    caller's dict; it is parsed again here for a copy the caller cannot
-    change through their own dict. ``score`` is rounded to the column's two
+    ``text`` is the JSON the validation made; it is read back as the jsonb
+    column gives it (`stored_json`: numbers and key order), a copy the
+    caller cannot change through their own dict. ``score`` is rounded to the column's two
     places already, as stored.
     """
     return JobResult(
         id=result_id,
         job_id=job_id,
-        extracted_data=json.loads(text),
+        extracted_data=stored_json(text),
         confidence_score=score,
         tokens_used=tokens,
         created_at=created_at,
