@@ -463,9 +463,13 @@ def test_complete_returns_what_was_stored_and_not_the_callers_dict(
     assert result.extracted_data == data
 
 
-def test_claim_next_runs_a_cached_generic_plan(cira_db_url: str) -> None:
-    # claim_next's statement has LIMIT 1 in its text: once prepared, PostgreSQL
-    # keeps a generic plan. A bound LIMIT made it plan afresh on every claim.
+@pytest.mark.parametrize(("batch", "client"), [(None, None), (None, A), (10, None), (10, A)])
+def test_a_prepared_claim_runs_a_cached_generic_plan(
+    cira_db_url: str, batch: int | None, client: str | None
+) -> None:
+    # claim_next's statement has LIMIT 1 in its text and claim_batch's a
+    # sub-select for its limit: once prepared, PostgreSQL keeps a generic plan.
+    # A bare bound LIMIT made it plan afresh on every claim.
     with psycopg.connect(cira_db_url, autocommit=True, prepare_threshold=0) as conn:
         jobs = JobRepository(conn)
         # Enough rows that a generic plan guessing a tenth of the table for a
@@ -473,7 +477,10 @@ def test_claim_next_runs_a_cached_generic_plan(cira_db_url: str) -> None:
         jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3000)])
         conn.execute("ANALYZE jobs")
         for _ in range(8):
-            assert jobs.claim_next(lease=LEASE) is not None
+            if batch is None:
+                assert jobs.claim_next(lease=LEASE, client_id=client) is not None
+            else:
+                assert len(jobs.claim_batch(batch, lease=LEASE, client_id=client)) == batch
         plans = conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
             "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "
