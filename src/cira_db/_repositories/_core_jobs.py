@@ -247,10 +247,11 @@ def _copy_rows(
 
 # From this many rows create_many loads with COPY (then, for Jobs back, asks
 # for the transaction's now() in the same transaction: BEGIN, COPY, SELECT,
-# COMMIT). Below it one INSERT ... unnest statement, one round trip: on a
-# local server the COPY
-# form took as long at 100 rows and 4% less at 1,000 (25% less at 3,000), a
-# gain that three extra round trips behind a proxy (about 1 ms each) eat.
+# COMMIT). Below it one INSERT ... unnest statement, one round trip. With
+# neither reading rows back, on a local server (loaded, interleaved medians)
+# the COPY form took 20% longer at 100 rows, 9% less at 500 and 17% less at
+# 1,000 (28% less at 5,000): below about 1,000 the three extra round trips
+# behind a proxy (about 1 ms each) eat the gain.
 _COPY_FROM: Final = 1000
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
