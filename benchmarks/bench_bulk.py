@@ -4,8 +4,9 @@ Five ways to put the same rows (id, client_id, pdf_url) into ``jobs``, each
 into an emptied table with every index of the migrations in place:
 
 * the library's ``jobs.create_many`` (validation, UUIDv7 ids; from 1,000
-  rows ``COPY ... FROM STDIN`` into ``jobs`` and the new rows read back in
-  the same transaction, `Job` objects back);
+  rows ``COPY ... FROM STDIN`` into ``jobs`` and the transaction's ``now()``
+  read in the same transaction, `Job` objects back, built from the call's
+  own values: no row is read back);
 * ``create_many(..., returning="ids")`` (validation, UUIDv7 ids, ``COPY ...
   FROM STDIN`` straight into ``jobs``, no rows back);
 * ``create_many(..., job_ids=..., returning="ids")`` (caller-chosen ids: the
@@ -254,8 +255,11 @@ def run_bulk(ctx: Context) -> Section:
         "Five ways to insert the same rows (`id`, `client_id`, `pdf_url`; one client) into "
         "`jobs`, each into a table emptied by `TRUNCATE` first, with every index of the "
         "migrations in place: the library's `create_many` (argument validation, UUIDv7 ids; "
-        "from 1,000 rows `COPY ... FROM STDIN` into `jobs`, then the new rows read back by id "
-        "range in the same transaction, a `Job` per row back); "
+        "from 1,000 rows `COPY ... FROM STDIN` into `jobs`, then `SELECT now()` in the same "
+        "transaction, a `Job` per row back: no row is read back, since every column the COPY "
+        "leaves out is a constant default or `now()`, the transaction's time, so the jobs are "
+        "built from the call's own values as their rows stream, and get that one timestamp "
+        "at the end; docs/connections.md says why they are exactly the stored rows); "
         '`create_many(..., returning="ids")` (validation, UUIDv7 ids, `COPY ... FROM STDIN` '
         "straight into `jobs`, no rows back); the same with caller-chosen `job_ids=` (COPY "
         "first; the array statement that checks for stored ids only if an id is stored "

@@ -134,12 +134,13 @@ class AsyncJobRepository:
         One transaction: below 1,000 URLs one ``INSERT ... SELECT FROM
         unnest(...)`` statement (bound arrays, never statement text), from
         1,000 on ``COPY ... FROM STDIN`` straight into ``jobs`` (then, for
-        jobs back, the new rows read in the same transaction); no temporary
-        table, nothing that pins the session behind RDS Proxy
-        (docs/connections.md). Returns the jobs in the order of
-        ``pdf_urls``, or with ``returning="ids"`` only their ids
-        (``list[UUID]``, no `Job` built: the bounded-memory way to queue
-        100,000 rows, best for big batches and in Lambda).
+        jobs back, the transaction's ``now()``: the jobs are built from the
+        call's values, no row is read back); no temporary table, nothing
+        that pins the session behind RDS Proxy (docs/connections.md).
+        Returns the jobs in the order of ``pdf_urls``, or with
+        ``returning="ids"`` only their ids (``list[UUID]``, no `Job` built:
+        the bounded-memory way to queue 100,000 rows, best for big batches
+        and in Lambda).
 
         ``job_ids`` (one per URL, distinct) makes a retried bulk request
         safe, as ``create(job_id=...)`` does: an id stored already with the

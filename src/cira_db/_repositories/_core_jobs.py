@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from psycopg.rows import BaseRowFactory, RowMaker, dict_row, tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from cira_db._cursor import DEFAULT_KEY, decode_cursor, encode_cursor
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, JobStatus, Page, QueueStats
@@ -29,6 +29,7 @@ from cira_db._repositories._base import (
     RowFactory,
     job_outcome_row,
     job_row,
+    model_builder,
     prefixed_builder,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
@@ -74,11 +75,10 @@ T = TypeVar("T")
 
 _INSERT_JOB: Final = query("jobs.sql", "insert_job")
 _INSERT_JOBS_BY_ID: Final = query("jobs.sql", "insert_jobs_by_id")
-_INSERT_JOBS: Final = query("jobs.sql", "insert_jobs")
+_INSERT_JOBS_STAMP: Final = query("jobs.sql", "insert_jobs_stamp")
 _INSERT_JOBS_COUNT: Final = query("jobs.sql", "insert_jobs_count")
 _COPY_NEW_JOBS: Final = query("jobs.sql", "copy_new_jobs")
-_GET_NEW_JOBS: Final = query("jobs.sql", "get_new_jobs")
-_GET_JOBS_BY_IDS: Final = query("jobs.sql", "get_jobs_by_ids")
+_COPIED_JOBS_STAMP: Final = query("jobs.sql", "copied_jobs_stamp")
 _GET_JOB: Final = query("jobs.sql", "get_job")
 _LIST_JOBS: Final = query("jobs.sql", "list_jobs")
 _LIST_JOBS_BY_STATUS: Final = query("jobs.sql", "list_jobs_by_status")
@@ -118,74 +118,101 @@ def _created(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Created]:
 _CREATED_ROWS: Final = RowFactory(_created)
 
 
-def _new_job_rows(ids: Sequence[UUID], urls: Sequence[str], client: str) -> BaseRowFactory[Job]:
-    """Rows of ``get_new_jobs`` / ``get_jobs_by_ids`` (in the ids' order) -> `Job`.
+# A new job's fields: the id and the URL (one per job), then those every job
+# of one create_many shares. Fields of Job not named here take their default.
+_SHARED_FIELDS: Final = (
+    "client_id",
+    "status",
+    "created_at",
+    "updated_at",
+    "completed_at",
+    "error_message",
+    "attempts",
+    "lease_expires_at",
+    "run_after",
+    "priority",
+    "progress",
+    "cancel_requested_at",
+)
+_NEW_JOB: Final = model_builder(Job, ("id", "pdf_url", *_SHARED_FIELDS))
+_SET_CREATED_AT: Final = vars(Job)["created_at"].__set__
+_SET_UPDATED_AT: Final = vars(Job)["updated_at"].__set__
+_SET_RUN_AFTER: Final = vars(Job)["run_after"].__set__
 
-    The statements leave out what the client knows: ``client_id`` (the one
-    the rows were selected by), and a ``created_at`` / ``updated_at`` equal
-    to the transaction's ``now()`` (NULL; ``now`` itself comes in the first
-    row). A value equal to the one the call sent (the id, the URL) is the
-    caller's object, and the timestamps are one object: 100,000 jobs then
-    hold no second copy of their URLs and timestamps. Each value is still
-    the stored one; a row of another call (an id in the range that is not
-    one of ``ids``) is built as it is.
+
+def _shared(
+    client: str, priority: int, created_at: datetime | None, run_after: datetime | None
+) -> tuple[Any, ...]:
+    """The values of `_SHARED_FIELDS` for the new jobs of one call.
+
+    A new row holds the value the call sent (the id, the client, the URL,
+    the schedule, the priority) or its column's default (migrations
+    0001-0003): status 'queued', attempts 0, NULL for the rest, and
+    ``created_at`` = ``updated_at`` = ``now()``, the transaction's start
+    time, the same for every row of the call; no trigger fires on INSERT.
+    So the Jobs built from these values and the transaction's answer (its
+    ``now()`` and the stored ``run_after``) are the stored rows, field for
+    field: tests/test_create_many.py compares them, and fails on a column
+    or a default this function does not know.
     """
-    position = [0]
-    count = len(ids)
-    now: list[datetime | None] = [None]
+    return (
+        client,
+        JobStatus.QUEUED.value,
+        created_at,
+        created_at,
+        None,
+        None,
+        0,
+        None,
+        run_after,
+        priority,
+        None,
+        None,
+    )
 
-    def factory(cursor: Any) -> RowMaker[Job]:
-        def make(values: Sequence[Any]) -> Job:
-            (
-                job_id,
-                status,
-                pdf_url,
-                created_at,
-                updated_at,
-                completed_at,
-                error_message,
-                attempts,
-                lease_expires_at,
-                priority,
-                run_after,
-                progress,
-                cancel_requested_at,
-                first_now,
-            ) = values
-            if first_now is not None:
-                now[0] = first_now
-            at = position[0]
-            if at < count and job_id == ids[at]:
-                position[0] = at + 1
-                job_id = ids[at]
-                if pdf_url == urls[at]:
-                    pdf_url = urls[at]
-            if created_at is None:  # a NOT NULL column: NULL means "equal to now()"
-                created_at = now[0]
-            if updated_at is None:
-                updated_at = now[0]
-            if created_at is None or updated_at is None:  # pragma: no cover - first row has now
-                raise DatabaseError("create jobs: the new rows came back without now()")
-            return Job(
-                id=job_id,
-                client_id=client,
-                status=STATUS_BY_LABEL[status],
-                pdf_url=pdf_url,
-                created_at=created_at,
-                updated_at=updated_at,
-                completed_at=completed_at,
-                error_message=error_message,
-                attempts=attempts,
-                lease_expires_at=lease_expires_at,
-                priority=priority,
-                run_after=run_after,
-                progress=progress,
-                cancel_requested_at=cancel_requested_at,
-            )
 
-        return make
+def _new_jobs(
+    ids: Sequence[UUID],
+    urls: Sequence[str],
+    client: str,
+    priority: int,
+    stamp: tuple[datetime, datetime | None],
+) -> builtins.list[Job]:
+    """The jobs an insert of ``ids`` and ``urls`` stored, built without reading them back.
 
-    return factory
+    ``stamp`` is the (``created_at``, ``run_after``) row the insert's
+    statement answered with (``insert_jobs_stamp``); `_shared` says why
+    that is enough. The jobs hold the caller's id and URL objects and share
+    one timestamp object.
+    """
+    shared = _shared(client, priority, *stamp)
+    make = _NEW_JOB
+    return [make((new_id, url, *shared)) for new_id, url in zip(ids, urls, strict=True)]
+
+
+def _stamp(jobs: builtins.list[Job], stamp: tuple[datetime, datetime | None]) -> None:
+    """Give the jobs `_copy_rows` built the ``created_at`` and ``run_after`` stored with them.
+
+    ``stamp`` is the row of ``copied_jobs_stamp``, asked for in the COPY's
+    transaction. ``run_after`` is set again as the column gives it back
+    (the same time, in the session's time zone, as any read gives it).
+    """
+    created_at, run_after = stamp
+    set_created, set_updated = _SET_CREATED_AT, _SET_UPDATED_AT
+    for job in jobs:
+        set_created(job, created_at)
+        set_updated(job, created_at)
+    if run_after is not None:
+        set_run_after = _SET_RUN_AFTER
+        for job in jobs:
+            set_run_after(job, run_after)
+
+
+def _stamped(row: tuple[Any, ...] | None) -> tuple[datetime, datetime | None]:
+    """The (``created_at``, ``run_after``) row of a ``*_stamp`` statement, checked."""
+    if row is None or not isinstance(row[0], datetime):  # pragma: no cover - one row, always
+        raise DatabaseError("create jobs: the insert did not answer with its time")
+    return row[0], row[1]
 
 
 def _copy_rows(
@@ -193,33 +220,40 @@ def _copy_rows(
     urls: Sequence[str],
     client: str,
     run_after: datetime | None,
-    priority: int | None,
+    priority: int,
+    built: builtins.list[Job] | None = None,
 ) -> Callable[[], Iterator[tuple[UUID, str, str, datetime | None, int]]]:
-    """The rows ``copy_new_jobs`` streams: only the id and the URL differ per row."""
-    rank = 0 if priority is None else priority
+    """The rows ``copy_new_jobs`` streams: only the id and the URL differ per row.
+
+    With ``built``, the Job of each row is made as the row goes (into that
+    list, emptied first: a retry streams again), so that building them
+    overlaps the server's work on the COPY instead of following it. Their
+    ``created_at`` and ``updated_at`` are unknown until the transaction
+    answers: None until `_stamp` sets them, before the list is returned.
+    """
 
     def rows() -> Iterator[tuple[UUID, str, str, datetime | None, int]]:
+        if built is None:
+            for new_id, url in zip(ids, urls, strict=True):
+                yield new_id, client, url, run_after, priority
+            return
+        built.clear()
+        append, make = built.append, _NEW_JOB
+        shared = _shared(client, priority, None, run_after)
         for new_id, url in zip(ids, urls, strict=True):
-            yield new_id, client, url, run_after, rank
+            append(make((new_id, url, *shared)))
+            yield new_id, client, url, run_after, priority
 
     return rows
 
 
-def _in_order(jobs: builtins.list[Job], ids: builtins.list[UUID]) -> builtins.list[Job]:
-    """``jobs`` in the order of ``ids``; as they are when each holds its id's object."""
-    if len(jobs) == len(ids) and all(
-        job.id is new_id for job, new_id in zip(jobs, ids, strict=True)
-    ):
-        return jobs
-    by_id = {job.id: job for job in jobs}
-    return [by_id[new_id] for new_id in ids]
-
-
-# From this many rows create_many loads with COPY (then, for Jobs back, reads
-# the rows in the same transaction: BEGIN, COPY, SELECT, COMMIT). Below it
-# one INSERT ... unnest statement, one round trip: on a local server the COPY
-# form took as long at 100 rows and 4% less at 1,000 (25% less at 3,000), a
-# gain that three extra round trips behind a proxy (about 1 ms each) eat.
+# From this many rows create_many loads with COPY (then, for Jobs back, asks
+# for the transaction's now() in the same transaction: BEGIN, COPY, SELECT,
+# COMMIT). Below it one INSERT ... unnest statement, one round trip. With
+# neither reading rows back, on a local server (loaded, interleaved medians)
+# the COPY form took 20% longer at 100 rows, 9% less at 500 and 17% less at
+# 1,000 (28% less at 5,000): below about 1,000 the three extra round trips
+# behind a proxy (about 1 ms each) eat the gain.
 _COPY_FROM: Final = 1000
 _BATCH_SIZE_MAX: Final = 10_000
 # An insert that met a concurrent insert of the same id sees neither its own
@@ -383,6 +417,7 @@ class JobLogic:
         if not urls:
             return []
         ids = params["ids"] = uuid7_batch(len(urls))
+        rank: int = params["priority"]
         # Not repeated on a transient failure: if the lost reply was a commit,
         # a second try would fail on the ids and hide the jobs made by the
         # first (pass job_ids to make a retry safe).
@@ -392,34 +427,35 @@ class JobLogic:
             if returning == "ids":
                 yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
                 return ids
-            inserted: builtins.list[Job] = yield Call.all(
-                _INSERT_JOBS, params, job_row, "create jobs", idempotent=False
+            stamp = yield Call.one(
+                _INSERT_JOBS_STAMP, params, tuple_row, "create jobs", idempotent=False
             )
-            return _in_order(inserted, ids)
+            return _new_jobs(ids, urls, client, rank, _stamped(stamp))
         # COPY streams the rows straight into jobs: memory stays near the
         # input's and it is the fastest load; no temporary table, no statement
-        # text growing with the rows, so nothing pins an RDS Proxy session
+        # text growing with the rows, so nothing that pins an RDS Proxy session
         # (docs/connections.md). The client, schedule and priority are checked
         # once for the batch; only the id and the URL differ per row.
-        rows = _copy_rows(ids, urls, client, run_after_at, params["priority"])
         if returning == "ids":
+            rows = _copy_rows(ids, urls, client, run_after_at, rank)
             yield Call.copy(_COPY_NEW_JOBS, rows, "create jobs", idempotent=False)
             return ids
-        # returning="jobs": the same COPY, then the new rows read back in the
-        # same transaction (streamed in chunks) and built into Jobs that share
-        # the caller's URL strings and one object per repeated value.
-        made: builtins.list[Job] = yield Call.copy_all(
+        # returning="jobs": the same COPY, building each Job as its row goes,
+        # then in the same transaction one small row (now(), the stored
+        # run_after) instead of reading 100,000 rows back (`_shared` says
+        # why the Jobs are then the stored rows).
+        made: builtins.list[Job] = []
+        stamps: builtins.list[tuple[Any, ...]] = yield Call.copy_all(
             _COPY_NEW_JOBS,
-            rows,
-            _GET_NEW_JOBS,
-            # uuid7_batch's ids increase: the range holds them all (and
-            # nothing else, unless another process drew ids in the same range).
-            {"first_id": ids[0], "last_id": ids[-1], "client_id": client},
-            _new_job_rows(ids, urls, client),
+            _copy_rows(ids, urls, client, run_after_at, rank, made),
+            _COPIED_JOBS_STAMP,
+            {"run_after_at": run_after_at},
+            tuple_row,
             "create jobs",
             idempotent=False,
         )
-        return _in_order(made, ids)
+        _stamp(made, _stamped(stamps[0] if stamps else None))
+        return made
 
     def _create_many_by_id(
         self, params: dict[str, Any]
@@ -433,22 +469,27 @@ class JobLogic:
             # a whole (jobs_pkey; a savepoint inside a caller's transaction),
             # and the statement below sorts each id out. Repeating is harmless
             # for the same reason.
-            client, urls = params["client_id"], params["pdf_urls"]
-            copied = _copy_rows(ids, urls, client, params["run_after_at"], params["priority"])
+            client, urls, rank = params["client_id"], params["pdf_urls"], params["priority"]
+            run_after_at = params["run_after_at"]
             try:
                 if not params["return_rows"]:
+                    copied = _copy_rows(ids, urls, client, run_after_at, rank)
                     yield Call.copy(_COPY_NEW_JOBS, copied, "create jobs", idempotent=True)
                     return ids
-                made: builtins.list[Job] = yield Call.copy_all(
+                # The COPY stored every row (all new, or it failed): the Jobs
+                # are built as create_many without ids builds them.
+                made: builtins.list[Job] = []
+                stamps: builtins.list[tuple[Any, ...]] = yield Call.copy_all(
                     _COPY_NEW_JOBS,
-                    copied,
-                    _GET_JOBS_BY_IDS,
-                    {"ids": ids, "client_id": client},
-                    _new_job_rows(ids, urls, client),
+                    _copy_rows(ids, urls, client, run_after_at, rank, made),
+                    _COPIED_JOBS_STAMP,
+                    {"run_after_at": run_after_at},
+                    tuple_row,
                     "create jobs",
                     idempotent=True,
                 )
-                return _in_order(made, ids)
+                _stamp(made, _stamped(stamps[0] if stamps else None))
+                return made
             except ConflictError:
                 pass  # an id exists: the statement below tells "existing" from "conflict"
         for _ in range(_CREATE_TRIES):

@@ -37,19 +37,24 @@ LEFT JOIN jobs AS same
     ON same.id = stored.id AND same.client_id = %(client_id)s AND same.pdf_url = %(pdf_url)s
 WHERE stored.id = %(id)s AND NOT EXISTS (SELECT 1 FROM inserted)
 
--- name: insert_jobs
+-- name: insert_jobs_stamp
 -- Create many jobs of one client in one statement (all or nothing), in the
 -- order given; the ids come from the caller. run_after (a time, or now() +
 -- an interval; NULL for both: at once) and priority apply to every job.
-INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
-SELECT new.id, %(client_id)s, new.pdf_url,
-       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
-       coalesce(%(priority)s::smallint, 0)
-FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
-ORDER BY new.n
-RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
-          error_message, attempts, lease_expires_at,
-          priority, run_after, progress, cancel_requested_at
+-- No row per job comes back: every column the insert does not set is a
+-- constant default or now() (this transaction's time, the same for every
+-- row), so the caller builds the jobs from what it sent and this one row:
+-- the created_at / updated_at and the run_after the rows were stored with.
+WITH inserted AS (
+    INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
+    SELECT new.id, %(client_id)s, new.pdf_url,
+           coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
+           coalesce(%(priority)s::smallint, 0)
+    FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+    ORDER BY new.n
+)
+SELECT now() AS created_at,
+       coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval) AS run_after
 
 -- name: get_job
 -- One job of one client (primary key lookup).
@@ -786,46 +791,22 @@ SELECT 'existing', stored.n, stored.id, stored.client_id, stored.status, stored.
 FROM stored WHERE %(return_rows)s::boolean AND (SELECT clash.n FROM clash) IS NULL
 
 -- name: copy_new_jobs
--- Bulk create (create_many returning="ids"): new jobs streamed in COPY format
--- straight into jobs (no temporary table, no statement text growing with the
--- rows: nothing that pins an RDS Proxy session). One statement: all or nothing.
+-- Bulk create: new jobs streamed in COPY format straight into jobs (no
+-- temporary table, no statement text growing with the rows: nothing that
+-- pins an RDS Proxy session). One statement: all or nothing.
 COPY jobs (id, client_id, pdf_url, run_after, priority) FROM STDIN
 
--- name: get_new_jobs
+-- name: copied_jobs_stamp
 -- Bulk create (create_many returning="jobs"), after copy_new_jobs in the same
--- transaction: the client's jobs with ids from the first to the last one
--- copied, in id order (the order they were given: their UUIDv7 ids
--- increase). A range scan of jobs_pkey; the caller keeps the rows it copied.
--- Cheap to read back: client_id is the one asked for (not sent again), and a
--- created_at or updated_at equal to now() (this transaction's time, as for
--- every row the COPY made) comes as NULL, now() itself once, in the first row.
-SELECT id, status, pdf_url,
-       nullif(created_at, now()) AS created_at, nullif(updated_at, now()) AS updated_at,
-       completed_at, error_message, attempts, lease_expires_at,
-       priority, run_after, progress, cancel_requested_at,
-       CASE WHEN id = %(first_id)s THEN now() END AS now
-FROM jobs
-WHERE id BETWEEN %(first_id)s AND %(last_id)s AND client_id = %(client_id)s
-ORDER BY id
-
--- name: get_jobs_by_ids
--- Bulk create with caller-chosen ids (create_many job_ids=, returning="jobs"),
--- after copy_new_jobs in the same transaction: the client's jobs of these
--- ids, in the order given. The ids are one bound array, not statement text.
--- The columns as get_new_jobs (now() in the first row).
-SELECT jobs.id, jobs.status, jobs.pdf_url,
-       nullif(jobs.created_at, now()) AS created_at,
-       nullif(jobs.updated_at, now()) AS updated_at,
-       jobs.completed_at, jobs.error_message, jobs.attempts, jobs.lease_expires_at,
-       jobs.priority, jobs.run_after, jobs.progress, jobs.cancel_requested_at,
-       CASE WHEN given.n = 1 THEN now() END AS now
-FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS given (id, n)
-JOIN jobs ON jobs.id = given.id
-WHERE jobs.client_id = %(client_id)s
-ORDER BY given.n
+-- transaction: the one row the caller needs to build the jobs it copied
+-- without reading them back. Every column the COPY does not set is a
+-- constant default or now() (this transaction's time: the same for every
+-- row), so this is the created_at / updated_at each new row holds, and
+-- the run_after as the column stores it (its time zone as any read gives).
+SELECT now() AS created_at, %(run_after_at)s::timestamptz AS run_after
 
 -- name: insert_jobs_count
--- As insert_jobs, returning nothing (returning="ids": the caller has the ids).
+-- As insert_jobs_stamp, returning nothing (returning="ids": the caller has the ids).
 INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
 SELECT new.id, %(client_id)s, new.pdf_url,
        coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
