@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
@@ -26,7 +25,7 @@ from cira_db._observe import (
     pool_stats,
 )
 from cira_db._plan import ConnectionPlan, Purpose, plan_connection
-from cira_db._retry import RetryPolicy, call_with_retries
+from cira_db._retry import RetryPolicy, next_pause
 from cira_db._settings import SettingsBase, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
@@ -476,14 +475,21 @@ class Database:
         (`cira_db._errors_map.translate` by default). A connection failure that
         will not pass is never retried.
         """
-        return call_with_retries(
-            self._retry,
-            operation,
-            partial(self._use, work),
-            idempotent=idempotent,
-            mapper=mapper,
-            sleep=self._pause,
-        )
+        # `call_with_retries` written out (as `AsyncDatabase.run` does): every
+        # repository call comes through here, and a partial and a call less
+        # are measurable per call. Same policy, same decision (`next_pause`).
+        policy = self._retry
+        tries = policy.attempts if idempotent else 1
+        attempt = 1
+        while True:
+            try:
+                return self._use(work)
+            except psycopg.Error as exc:
+                pause = next_pause(policy, operation, exc, attempt, tries)
+                if pause is None:
+                    raise mapper(exc, operation) from exc
+            self._pause(pause)
+            attempt += 1
 
     def _use(self, work: Callable[[Connection], T]) -> T:
         """``work`` on a borrowed connection; psycopg's errors stay raw (one try of `run`).

@@ -323,7 +323,10 @@ class Call(NamedTuple, Generic[R]):
         idempotent: bool,
     ) -> Call[T | None]:
         """Ask for the statement's first row (None when it returns none)."""
-        return Call("one", query, query.bind(params), row_factory, operation, idempotent)
+        made: Call[T | None] = _tuple_new(
+            Call, ("one", query, query.bind(params), row_factory, operation, idempotent, None, None)
+        )
+        return made
 
     @staticmethod
     def all(
@@ -335,14 +338,20 @@ class Call(NamedTuple, Generic[R]):
         idempotent: bool,
     ) -> Call[list[T]]:
         """Ask for every row of the statement."""
-        return Call("all", query, query.bind(params), row_factory, operation, idempotent)
+        made: Call[list[T]] = _tuple_new(
+            Call, ("all", query, query.bind(params), row_factory, operation, idempotent, None, None)
+        )
+        return made
 
     @staticmethod
     def rowcount(
         query: Query, params: Mapping[str, Any], operation: str, *, idempotent: bool
     ) -> Call[int]:
         """Ask for the number of rows the statement changed."""
-        return Call("rowcount", query, query.bind(params), None, operation, idempotent)
+        made: Call[int] = _tuple_new(
+            Call, ("rowcount", query, query.bind(params), None, operation, idempotent, None, None)
+        )
+        return made
 
     @staticmethod
     def copy(
@@ -371,6 +380,10 @@ class Call(NamedTuple, Generic[R]):
             "copy_all", query, then.bind(params), row_factory, operation, idempotent, rows, then
         )
 
+
+# The named tuple's own ``__new__`` is a Python function; the three calls made on
+# every repository call build the tuple directly (every field given).
+_tuple_new: Final[Callable[..., Any]] = tuple.__new__
 
 Logic: TypeAlias = Generator[Call[Any], Any, T]
 """A repository method's logic: yields `Call` requests, receives their results, returns."""
@@ -459,35 +472,37 @@ def _copy_all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
         return list(cur.stream(call.then.sql, call.params, size=stream_size()))
 
 
-def _one(sql: Any, params: Any, row_factory: Any) -> Callable[[psycopg.Connection[Any]], Any]:
-    def work(conn: psycopg.Connection[Any]) -> Any:
-        with conn.cursor(row_factory=row_factory) as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()
-
-    return work
+def _one(call: Call[Any], conn: psycopg.Connection[Any]) -> Any:
+    """Run a ``one`` call on ``conn``: its first row, or None."""
+    with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
+        cur.execute(call.query.sql, call.params)
+        return cur.fetchone()
 
 
-def _all(sql: Any, params: Any, row_factory: Any) -> Callable[[psycopg.Connection[Any]], Any]:
-    def work(conn: psycopg.Connection[Any]) -> Any:
-        with conn.cursor(row_factory=row_factory) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-
-    return work
+def _all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
+    """Run an ``all`` call on ``conn``: every row."""
+    with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
+        cur.execute(call.query.sql, call.params)
+        return cur.fetchall()
 
 
-def _rowcount(sql: Any, params: Any, row_factory: Any) -> Callable[[psycopg.Connection[Any]], Any]:
-    def work(conn: psycopg.Connection[Any]) -> Any:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.rowcount
-
-    return work
+def _rowcount(call: Call[Any], conn: psycopg.Connection[Any]) -> int:
+    """Run a ``rowcount`` call on ``conn``: how many rows it changed."""
+    with conn.cursor() as cur:
+        cur.execute(call.query.sql, call.params)
+        return cur.rowcount
 
 
-# What a `Call` of each kind (but ``copy``) runs on a connection: one statement.
-_STATEMENTS: Final = {"one": _one, "all": _all, "rowcount": _rowcount}
+# What a `Call` of each kind runs on a connection (the parameters were bound,
+# so checked, when the call was made); `Runner.execute` binds the call with a
+# `partial` (made in C: no closure per call).
+_STATEMENTS: Final[Mapping[str, Callable[[Call[Any], psycopg.Connection[Any]], Any]]] = {
+    "one": _one,
+    "all": _all,
+    "rowcount": _rowcount,
+    "copy": _copy,
+    "copy_all": _copy_all,
+}
 
 
 class Runner:
@@ -534,23 +549,6 @@ class Runner:
         with self.connection() as conn, wrap_errors(operation, map_error), conn.transaction():
             yield conn
 
-    def call(
-        self, operation: str, work: Callable[[psycopg.Connection[Any]], R], *, idempotent: bool
-    ) -> R:
-        """Run ``work`` on a connection; its psycopg errors come out mapped by `map_error`.
-
-        On a `Database`, transient failures (connection loss, serialization
-        failure, ...) are retried with backoff when ``idempotent`` says that
-        repeating the statement is harmless (`Database.run`, which maps the
-        error that ends the call); on a caller's connection never, since the
-        caller owns the transaction. ``work`` itself translates nothing.
-        """
-        if self._connection is not None:
-            with wrap_errors(operation, map_error):
-                return work(self._connection)
-        assert self._database is not None  # one of the two is always set
-        return self._database.run(operation, work, idempotent=idempotent, mapper=map_error)
-
     def drive(self, logic: Logic[T]) -> T:
         """Run a repository method's logic to its end; returns what it returns.
 
@@ -562,6 +560,7 @@ class Runner:
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
         observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms)
+        executor = self._database if self._database is not None else self._connection
         try:
             while True:
                 try:
@@ -569,7 +568,7 @@ class Runner:
                 except StopIteration as stop:
                     result: T = stop.value
                     break
-                self._server = observation.begin(call, self.executor, self._server)
+                self._server = observation.begin(call, executor, self._server)
                 value, error = None, None
                 try:
                     value = self.execute(call)
@@ -584,14 +583,19 @@ class Runner:
         return result
 
     def execute(self, call: Call[R]) -> R:
-        """Run one `Call` and return its result (errors mapped, retried per ``idempotent``)."""
-        kind = call.kind
-        work: Callable[[psycopg.Connection[Any]], Any]
-        if kind == "copy":
-            work = partial(_copy, call)
-        elif kind == "copy_all":
-            work = partial(_copy_all, call)
-        else:  # the parameters were bound (checked) when the call was made
-            work = _STATEMENTS[kind](call.query.sql, call.params, call.row_factory)
-        result: Any = self.call(call.operation, work, idempotent=call.idempotent)
-        return result  # type: ignore[no-any-return]
+        """Run one `Call` and return its result; its psycopg errors come out mapped by `map_error`.
+
+        On a `Database`, transient failures (connection loss, serialization
+        failure, ...) are retried with backoff when the call is ``idempotent``
+        (`Database.run`, which maps the error that ends the call); on a
+        caller's connection never, since the caller owns the transaction.
+        """
+        work = partial(_STATEMENTS[call.kind], call)
+        database = self._database
+        if database is None:  # the caller's connection: one try, errors mapped
+            connection = self._connection
+            assert connection is not None  # one of the two is always set
+            with wrap_errors(call.operation, map_error):
+                return work(connection)  # type: ignore[no-any-return]
+        result: R = database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
+        return result

@@ -464,9 +464,13 @@ class JobLogic:
 
     def get(self, job_id: UUID | str, *, client_id: str) -> Logic[Job]:
         """The client's job, or `NotFoundError`."""
-        job = yield from self.find(job_id, client_id=client_id)
+        # `find`'s two lines again rather than ``yield from self.find(...)``:
+        # one generator per call instead of two, on the busiest read.
+        key = check_job_id(job_id)
+        params = {"id": key, "client_id": check_client_id(client_id)}
+        job: Job | None = yield Call.one(_GET_JOB, params, job_row, "read a job", idempotent=True)
         if job is None:
-            raise _not_found(check_job_id(job_id))
+            raise _not_found(key)
         return job
 
     def list(
