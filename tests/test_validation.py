@@ -1182,3 +1182,12 @@ def test_an_accepted_id_does_not_vouch_for_a_str_subclass_equal_to_it() -> None:
     assert check_client_id(_LooksLikeAnyId("client-b")) == "client-b"
     with pytest.raises(ValidationError, match="control characters"):
         check_client_id(sneaky)  # still refused after a subclass was accepted
+
+
+def test_a_bounded_url_checker_keeps_at_most_its_limit_and_still_decides_alike() -> None:
+    checker = PdfUrlChecker(limit=2)
+    hosts = [f"https://h{i}.example.com" for i in range(5)]
+    for host in hosts * 2:
+        for url in (host + "/a.pdf", host + "/a b.pdf", host + "@evil.com/"):
+            assert _decision(checker.check, url) == _decision(check_pdf_url, url), url
+    assert len(checker._origins) <= 2

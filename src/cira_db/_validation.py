@@ -389,10 +389,11 @@ class PdfUrlChecker:
     the same decision on generated and adversarial URLs.
     """
 
-    __slots__ = ("_origins",)
+    __slots__ = ("_limit", "_origins")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._origins: set[str] = set()
+        self._limit = limit  # how many origins to keep (emptied when full); None: all
 
     def check(self, value: object, field: str = "pdf_url") -> str:
         """`check_pdf_url`'s decision on ``value``; the value, as given."""
@@ -402,6 +403,8 @@ class PdfUrlChecker:
                 origin = plain.group(1)
                 if origin not in self._origins:
                     check_pdf_url(value, field)
+                    if self._limit is not None and len(self._origins) >= self._limit:
+                        self._origins.clear()
                     self._origins.add(origin)
                 return value
         return check_pdf_url(value, field)
