@@ -59,6 +59,8 @@ CREATE_CLIENT = "lat-create"
 SELECT_ONE = "`SELECT 1` (round-trip floor)"
 GET = "`jobs.get`"
 PAIR = "`jobs.claim_next` + `jobs.complete`"
+FAIL_PAIR = "`jobs.claim_next` + `jobs.fail`"
+ERROR = "unreadable PDF"
 
 Call = Callable[[], object]
 FLOOR_LABELS = {
@@ -192,6 +194,7 @@ def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
     get_job = library_sql("jobs.sql", "get_job")
     claim_jobs = library_sql("jobs.sql", "claim_jobs")
     complete_job = library_sql("jobs.sql", "complete_job")
+    fail_job = library_sql("jobs.sql", "fail_job")
     get_result = library_sql("job_results.sql", "get_result_for_job")
     count_jobs = library_sql("jobs.sql", "count_jobs_by_status")
     list_jobs = library_sql("jobs.sql", "list_jobs")
@@ -288,6 +291,27 @@ def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
             out[f"lib-{tag}"], out[f"raw-{tag}"] = lib, plain
         return out
 
+    def fail_pair() -> dict[str, Call]:
+        out: dict[str, Call] = {}
+        for tag, db, raw in sides:
+            repo_ = JobRepository(db)
+
+            def lib(repo: JobRepository = repo_) -> object:
+                job = repo.claim_next(lease=LEASE)
+                if job is None:
+                    raise RuntimeError("the latency queue ran dry")
+                return repo.fail(job.id, error_message=ERROR)
+
+            def plain(raw: RawConn = raw) -> object:
+                rows = _fetch_all(raw, claim_jobs, {"limit": 1, "lease": LEASE})
+                if not rows:
+                    raise RuntimeError("the latency queue ran dry")
+                params = {"id": rows[0][0], "error_message": ERROR, "client_id": None}
+                return _fetch_one(raw, fail_job, library_defaults(fail_job, params))
+
+            out[f"lib-{tag}"], out[f"raw-{tag}"] = lib, plain
+        return out
+
     def result() -> dict[str, Call]:
         out: dict[str, Call] = {}
         for tag, db, raw in sides:
@@ -367,6 +391,7 @@ def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
         ("`jobs.create`", "insert one job, `RETURNING`", create),
         (GET, "primary-key read scoped by client", get),
         (PAIR, "claim the oldest queued job, then complete it", pair),
+        (FAIL_PAIR, "claim the oldest queued job, then fail it", fail_pair),
         ("`results.get_for_job`", "a result joined to its job, scoped", result),
         ("`jobs.count_by_status`", f"client with {fmt_int(fx.list_jobs)} jobs", count),
         ("`jobs.list` first page", "newest 50 of that client", first_page),
@@ -553,7 +578,7 @@ def run_latency(ctx: Context) -> Section:
     block = 50 if ctx.quick else 100
     warmup = 20
     list_jobs = 2_000 if ctx.quick else 10_000
-    queue_jobs = 4 * (n + warmup) + 500
+    queue_jobs = 8 * (n + warmup) + 500  # two pairs (complete, fail) x six variants
     section = Section("latency", "1. Per-call latency, one call at a time")
     ctx.log(f"latency: preparing {fmt_int(list_jobs)} + {fmt_int(queue_jobs)} jobs")
     fx = _Fixture(ctx, list_jobs=list_jobs, queue_jobs=queue_jobs)
@@ -609,9 +634,9 @@ def run_latency(ctx: Context) -> Section:
         "rank) of the per-call wall time. Ratios are library \u00f7 raw medians from this run.",
         "",
         f"Data: the listing client `{LIST_CLIENT}` has {fmt_int(list_jobs)} jobs "
-        "(about 85% completed, 10% failed, 5% processing); the claim/complete pairs take jobs "
-        f"from a queue of {fmt_int(queue_jobs)} jobs created before them; `get_for_job` reads "
-        "results those pairs wrote.",
+        "(about 85% completed, 10% failed, 5% processing); the claim + complete and "
+        f"claim + fail pairs take jobs from a queue of {fmt_int(queue_jobs)} jobs created "
+        "before them; `get_for_job` reads results the claim + complete pairs wrote.",
         "",
         (
             f"CPU placement: during every measurement the benchmark thread and all of this "
@@ -709,8 +734,11 @@ def run_latency(ctx: Context) -> Section:
         "filter. The plan depends on how large a share of this small table the client holds; "
         "section 4 shows the same statement's plan on a large table.",
         "Check: after the pairs the queue client had "
-        f"{fmt_int(counts[JobStatus.COMPLETED])} completed and "
+        f"{fmt_int(counts[JobStatus.COMPLETED])} completed, "
+        f"{fmt_int(counts[JobStatus.FAILED])} failed and "
         f"{fmt_int(counts[JobStatus.PROCESSING])} processing jobs "
-        f"({fmt_int(len(completed))} pairs ran, warm-up included).",
+        f"({fmt_int(len(completed))} claim + complete pairs ran, warm-up included; claims "
+        "take the oldest queued job of any client, so some came from the jobs `jobs.create` "
+        "made).",
     ]
     return section

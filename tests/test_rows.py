@@ -8,6 +8,7 @@ unknown or missing columns refused, and the status label mapped to `JobStatus`.
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -115,3 +116,32 @@ def test_columns_that_do_not_fit_the_model_are_refused() -> None:
     ids = UUID(int=1), UUID(int=2)
     made = build([7, *ids, {}, Decimal(1), None])
     assert (made.tokens_used, made.id, made.job_id) == (7, *ids)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+class _Watched:
+    """A model whose layout (a ``__weakref__`` slot) no plain twin class shares."""
+
+    name: str
+    size: int = 0
+
+
+def test_a_model_no_twin_fits_is_built_through_its_slots() -> None:
+    build = model_builder(_Watched, ["name"])
+    made = build(["a"])
+    assert type(made) is _Watched
+    assert made == _Watched("a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.size = 1  # type: ignore[misc]
+
+
+def test_rows_built_through_the_twin_are_the_model_itself() -> None:
+    build = model_builder(JobResult, [f.name for f in dataclasses.fields(JobResult)])
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    made = build([UUID(int=1), UUID(int=2), {"a": 1}, Decimal("0.5"), 3, when])
+    assert type(made) is JobResult
+    assert not hasattr(made, "__dict__")
+    assert made == JobResult(UUID(int=1), UUID(int=2), {"a": 1}, Decimal("0.5"), 3, when)
+    assert dataclasses.replace(made, tokens_used=4).tokens_used == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.tokens_used = 4  # type: ignore[misc]

@@ -1148,3 +1148,46 @@ def test_the_url_parser_is_built_on_first_use_not_at_import() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pdf_url" in done.stdout
+
+
+class _LooksLikeAnyId(str):
+    """A str subclass equal to every string: it must never ride on an accepted id."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("client-a")
+
+
+@given(st.text(max_size=60))
+def test_client_ids_get_the_same_answer_the_second_time(text: str) -> None:
+    def answer() -> str:
+        try:
+            return "ok " + check_client_id(text)
+        except ValidationError as exc:
+            return f"refused {exc.field}: {exc}"
+
+    first = answer()
+    assert answer() == first
+
+
+def test_an_accepted_id_does_not_vouch_for_a_str_subclass_equal_to_it() -> None:
+    assert check_client_id("client-a") == "client-a"
+    sneaky = _LooksLikeAnyId("client-a\x00")
+    with pytest.raises(ValidationError, match="control characters"):
+        check_client_id(sneaky)
+    assert check_client_id(_LooksLikeAnyId("client-b")) == "client-b"
+    with pytest.raises(ValidationError, match="control characters"):
+        check_client_id(sneaky)  # still refused after a subclass was accepted
+
+
+def test_a_bounded_url_checker_keeps_at_most_its_limit_and_still_decides_alike() -> None:
+    checker = PdfUrlChecker(limit=2)
+    hosts = [f"https://h{i}.example.com" for i in range(5)]
+    for host in hosts * 2:
+        for url in (host + "/a.pdf", host + "/a b.pdf", host + "@evil.com/"):
+            assert _decision(checker.check, url) == _decision(check_pdf_url, url), url
+    assert len(checker._origins) <= 2

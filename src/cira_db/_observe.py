@@ -315,7 +315,9 @@ class Observation:
                 span.set_attribute("cira_db.retries", self.retries)
             span.end()
         slow = 0 < self.slow_ms <= elapsed_ms
-        level = _level(exc, slow=slow)
+        level = logging.WARNING if slow else _DEBUG  # `_level` of a success, without a call
+        if exc is not None:
+            level = _level(exc, slow=slow)
         if not calls_log.isEnabledFor(level):
             return
         fields = observation_fields(self, elapsed_ms, exc)

@@ -192,6 +192,25 @@ def check_client_id(value: object, field: str = "client_id") -> str:
     meant). Two ids that look the same are then the same id: a look-alike
     tenant cannot be created.
     """
+    if type(value) is str and value in _ACCEPTED_CLIENT_IDS:
+        return value  # checked already: the same text gets the same answer
+    checked = _check_client_id(value, field)
+    if type(checked) is str:  # a str subclass could compare equal to text it is not
+        if len(_ACCEPTED_CLIENT_IDS) >= _ACCEPTED_CLIENT_IDS_MAX:
+            _ACCEPTED_CLIENT_IDS.clear()
+        _ACCEPTED_CLIENT_IDS.add(checked)
+    return checked
+
+
+# Client ids `check_client_id` accepted: a service sees few of them, and a
+# repeated one (every call of a worker or a tenant) is then one set lookup.
+# Bounded: emptied when full.
+_ACCEPTED_CLIENT_IDS: Final[set[str]] = set()
+_ACCEPTED_CLIENT_IDS_MAX: Final = 4096
+
+
+def _check_client_id(value: object, field: str) -> str:
+    """`check_client_id`'s checks, every time."""
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {_type_name(value)}")
     _check_unicode(value, field)
@@ -370,10 +389,11 @@ class PdfUrlChecker:
     the same decision on generated and adversarial URLs.
     """
 
-    __slots__ = ("_origins",)
+    __slots__ = ("_limit", "_origins")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._origins: set[str] = set()
+        self._limit = limit  # how many origins to keep (emptied when full); None: all
 
     def check(self, value: object, field: str = "pdf_url") -> str:
         """`check_pdf_url`'s decision on ``value``; the value, as given."""
@@ -383,6 +403,8 @@ class PdfUrlChecker:
                 origin = plain.group(1)
                 if origin not in self._origins:
                     check_pdf_url(value, field)
+                    if self._limit is not None and len(self._origins) >= self._limit:
+                        self._origins.clear()
                     self._origins.add(origin)
                 return value
         return check_pdf_url(value, field)

@@ -10,7 +10,9 @@ run once, inside the caller's transaction.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, Final, TypeAlias, TypeVar
 
 import psycopg
 
@@ -94,43 +96,69 @@ class AsyncRunner:
 
     async def execute(self, call: Call[R]) -> R:
         """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
-
-        async def work(conn: AsyncConnection) -> Any:
-            if call.kind == "copy":
-                assert call.rows is not None  # every copy call has its rows
-                async with savepoint_in_transaction(conn), conn.cursor() as cur:
-                    async with cur.copy(call.query.sql) as copy:
-                        for row in call.rows():
-                            await copy.write_row(row)
-                    return cur.rowcount
-            if call.kind == "copy_all":
-                assert call.rows is not None  # a copy_all call has its rows
-                assert call.then is not None  # and its query
-                assert call.row_factory is not None  # and its row factory
-                async with conn.transaction(), conn.cursor(row_factory=call.row_factory) as cur:
-                    async with cur.copy(call.query.sql) as copy:
-                        for row in call.rows():
-                            await copy.write_row(row)
-                    streamed = cur.stream(call.then.sql, call.params, size=stream_size())
-                    return [row async for row in streamed]
-            if call.row_factory is None:
-                async with conn.cursor() as cur:
-                    await cur.execute(call.query.sql, call.params)
-                    return cur.rowcount
-            async with conn.cursor(row_factory=call.row_factory) as rows:
-                await rows.execute(call.query.sql, call.params)
-                if call.kind == "one":
-                    return await rows.fetchone()
-                return await rows.fetchall()
-
-        result: R
-        if self._connection is not None:
-            # The caller owns the transaction: one try, errors mapped.
+        work = partial(_STATEMENTS[call.kind], call)
+        database = self._database
+        if database is None:  # the caller owns the transaction: one try, errors mapped
+            connection = self._connection
+            assert connection is not None  # one of the two is always set
             with wrap_errors(call.operation, map_error):
-                result = await work(self._connection)
-        else:
-            assert self._database is not None  # one of the two is always set
-            result = await self._database.run(
-                call.operation, work, idempotent=call.idempotent, mapper=map_error
-            )
+                return await work(connection)  # type: ignore[no-any-return]
+        result: R = await database.run(
+            call.operation, work, idempotent=call.idempotent, mapper=map_error
+        )
         return result
+
+
+async def _one(call: Call[Any], conn: AsyncConnection) -> Any:
+    """Run a ``one`` call on ``conn``: its first row, or None."""
+    async with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
+        await cur.execute(call.query.sql, call.params)
+        return await cur.fetchone()
+
+
+async def _all(call: Call[Any], conn: AsyncConnection) -> list[Any]:
+    """Run an ``all`` call on ``conn``: every row."""
+    async with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
+        await cur.execute(call.query.sql, call.params)
+        return await cur.fetchall()
+
+
+async def _rowcount(call: Call[Any], conn: AsyncConnection) -> int:
+    """Run a ``rowcount`` call on ``conn``: how many rows it changed."""
+    async with conn.cursor() as cur:
+        await cur.execute(call.query.sql, call.params)
+        return cur.rowcount
+
+
+async def _copy(call: Call[Any], conn: AsyncConnection) -> int:
+    """Run a ``copy`` call on ``conn`` (in a savepoint inside a caller's transaction)."""
+    assert call.rows is not None  # every copy call has its rows
+    async with savepoint_in_transaction(conn), conn.cursor() as cur:
+        async with cur.copy(call.query.sql) as copy:
+            for row in call.rows():
+                await copy.write_row(row)
+        return cur.rowcount
+
+
+async def _copy_all(call: Call[Any], conn: AsyncConnection) -> list[Any]:
+    """Run a ``copy_all`` call on ``conn``: the COPY, then ``call.then``, in one transaction."""
+    assert call.rows is not None  # a copy_all call has its rows
+    assert call.then is not None  # and its query
+    assert call.row_factory is not None  # and its row factory
+    async with conn.transaction(), conn.cursor(row_factory=call.row_factory) as cur:
+        async with cur.copy(call.query.sql) as copy:
+            for row in call.rows():
+                await copy.write_row(row)
+        streamed = cur.stream(call.then.sql, call.params, size=stream_size())
+        return [row async for row in streamed]
+
+
+# What a `Call` of each kind awaits on a connection (the sync twins are in
+# ``_base.py``); `AsyncRunner.execute` binds the call with a `partial`.
+_STATEMENTS: Final[Mapping[str, Callable[[Call[Any], AsyncConnection], Awaitable[Any]]]] = {
+    "one": _one,
+    "all": _all,
+    "rowcount": _rowcount,
+    "copy": _copy,
+    "copy_all": _copy_all,
+}

@@ -38,9 +38,14 @@ class ResultLogic:
 
     def get_for_job(self, job_id: UUID | str, *, client_id: str) -> Logic[JobResult]:
         """The client's result of the job, or `NotFoundError`."""
-        result = yield from self.find_for_job(job_id, client_id=client_id)
+        # `find_for_job` written out: one generator per call instead of two.
+        key = check_job_id(job_id)
+        params = {"job_id": key, "client_id": check_client_id(client_id)}
+        result: JobResult | None = yield Call.one(
+            _GET_RESULT_FOR_JOB, params, result_row, "read a job result", idempotent=True
+        )
         if result is None:
-            raise NotFoundError(f"no result for job {check_job_id(job_id)}")
+            raise NotFoundError(f"no result for job {key}")
         return result
 
     def usage(
