@@ -73,6 +73,20 @@ def test_a_call_is_logged_at_debug_with_its_fields(
     assert 0 < fields["duration_ms"] < 10_000
 
 
+@pytest.mark.parametrize(("count", "returning"), [(3, "jobs"), (1200, "jobs"), (1200, "ids")])
+def test_create_many_counts_the_rows_it_wrote(
+    jobs: JobRepository, logs: pytest.LogCaptureFixture, count: int, returning: Any
+) -> None:
+    # The statement answers with one summary row (now(), run_after) or a COPY
+    # count; the record counts the jobs written, on the array and COPY paths.
+    urls = [f"https://example.com/{n}.pdf" for n in range(count)]
+    logs.clear()
+    jobs.create_many(client_id="acme", pdf_urls=urls, returning=returning)
+    (fields,) = calls(logs)
+    assert fields["method"] == "create_many"
+    assert fields["rows"] == count
+
+
 def test_secrets_and_client_data_never_appear(
     jobs: JobRepository, results: JobResultRepository, logs: pytest.LogCaptureFixture
 ) -> None:

@@ -284,9 +284,11 @@ class Observation:
             self.token = _Otel.context.attach(_Otel.trace.set_span_in_context(span))
         return server
 
-    def got(self, kind: str, value: Any) -> None:
-        """Count the rows of one call's reply."""
-        if kind in ("all", "copy_all"):
+    def got(self, kind: str, value: Any, changes: int | None = None) -> None:
+        """Count the rows of one call's reply (``changes``: the rows it wrote, if given)."""
+        if changes is not None:
+            self.rows += changes
+        elif kind in ("all", "copy_all"):
             self.rows += len(value)
         elif kind == "one":
             self.rows += value is not None

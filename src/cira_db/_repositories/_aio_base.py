@@ -87,7 +87,7 @@ class AsyncRunner:
                 except CiraDbError as exc:
                     error = exc
                 else:
-                    observation.got(call.kind, value)
+                    observation.got(call.kind, value, call.changes)
         except BaseException as exc:
             observation.finish(exc)
             raise

@@ -301,6 +301,9 @@ class Call(NamedTuple, Generic[R]):
     mistake shows up the same way whichever runner would have run it.
     ``idempotent`` says whether a runner may repeat it after a transient
     failure (only on a `Database`; never inside a caller's transaction).
+    ``changes``, when set, is how many rows the statement writes when it
+    succeeds (an all-or-nothing insert whose reply is one summary row):
+    observation counts those instead of the reply's rows.
     A named tuple: immutable, and made on every call for the price of a tuple.
     """
 
@@ -312,6 +315,7 @@ class Call(NamedTuple, Generic[R]):
     idempotent: bool
     rows: Callable[[], Iterable[Sequence[Any]]] | None = None
     then: Query | None = None
+    changes: int | None = None
 
     @staticmethod
     def one(
@@ -321,10 +325,22 @@ class Call(NamedTuple, Generic[R]):
         operation: str,
         *,
         idempotent: bool,
+        changes: int | None = None,
     ) -> Call[T | None]:
         """Ask for the statement's first row (None when it returns none)."""
         made: Call[T | None] = _tuple_new(
-            Call, ("one", query, query.bind(params), row_factory, operation, idempotent, None, None)
+            Call,
+            (
+                "one",
+                query,
+                query.bind(params),
+                row_factory,
+                operation,
+                idempotent,
+                None,
+                None,
+                changes,
+            ),
         )
         return made
 
@@ -339,7 +355,18 @@ class Call(NamedTuple, Generic[R]):
     ) -> Call[list[T]]:
         """Ask for every row of the statement."""
         made: Call[list[T]] = _tuple_new(
-            Call, ("all", query, query.bind(params), row_factory, operation, idempotent, None, None)
+            Call,
+            (
+                "all",
+                query,
+                query.bind(params),
+                row_factory,
+                operation,
+                idempotent,
+                None,
+                None,
+                None,
+            ),
         )
         return made
 
@@ -349,7 +376,8 @@ class Call(NamedTuple, Generic[R]):
     ) -> Call[int]:
         """Ask for the number of rows the statement changed."""
         made: Call[int] = _tuple_new(
-            Call, ("rowcount", query, query.bind(params), None, operation, idempotent, None, None)
+            Call,
+            ("rowcount", query, query.bind(params), None, operation, idempotent, None, None, None),
         )
         return made
 
@@ -374,10 +402,19 @@ class Call(NamedTuple, Generic[R]):
         operation: str,
         *,
         idempotent: bool,
+        changes: int | None = None,
     ) -> Call[list[T]]:
         """A ``COPY ... FROM STDIN`` of ``rows()``, then every row of ``then``: one transaction."""
         return Call(
-            "copy_all", query, then.bind(params), row_factory, operation, idempotent, rows, then
+            "copy_all",
+            query,
+            then.bind(params),
+            row_factory,
+            operation,
+            idempotent,
+            rows,
+            then,
+            changes,
         )
 
 
@@ -575,7 +612,7 @@ class Runner:
                 except CiraDbError as exc:
                     error = exc
                 else:
-                    observation.got(call.kind, value)
+                    observation.got(call.kind, value, call.changes)
         except BaseException as exc:
             observation.finish(exc)
             raise

@@ -436,7 +436,12 @@ class JobLogic:
                 yield Call.rowcount(_INSERT_JOBS_COUNT, params, "create jobs", idempotent=False)
                 return ids
             stamp = yield Call.one(
-                _INSERT_JOBS_STAMP, params, tuple_row, "create jobs", idempotent=False
+                _INSERT_JOBS_STAMP,
+                params,
+                tuple_row,
+                "create jobs",
+                idempotent=False,
+                changes=len(ids),
             )
             return _new_jobs(ids, urls, client, rank, _stamped(stamp))
         # COPY streams the rows straight into jobs: memory stays near the
@@ -461,6 +466,7 @@ class JobLogic:
             tuple_row,
             "create jobs",
             idempotent=False,
+            changes=len(ids),
         )
         _stamp(made, _stamped(stamps[0] if stamps else None))
         return made
@@ -495,6 +501,7 @@ class JobLogic:
                     tuple_row,
                     "create jobs",
                     idempotent=True,
+                    changes=len(ids),
                 )
                 _stamp(made, _stamped(stamps[0] if stamps else None))
                 return made
