@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -383,16 +384,35 @@ def test_claim_batch(jobs: JobRepository) -> None:
     assert jobs.claim_batch(10, lease=LEASE) == []
 
 
+def test_claim_batch_for_one_client_takes_only_its_queued_jobs(jobs: JobRepository) -> None:
+    other = jobs.create(client_id=B, pdf_url=_url(0))  # older than every job of A
+    done, *mine = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(1, 4)])
+    claimed = jobs.claim_batch(1, lease=LEASE, client_id=A)
+    assert [job.id for job in claimed] == [done.id]
+    again = jobs.claim_batch(10, lease=LEASE, client_id=A)
+    assert [job.id for job in again] == [job.id for job in mine]
+    assert jobs.claim_batch(10, lease=LEASE, client_id=A) == []
+    assert jobs.get(other.id, client_id=B).status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(("batch", "client"), [(None, None), (None, A), (2, None), (2, A)])
 def test_claim_skips_rows_locked_by_another_transaction(
-    jobs: JobRepository, cira_db: Database
+    jobs: JobRepository, cira_db: Database, batch: int | None, client: str | None
 ) -> None:
     first = jobs.create(client_id=A, pdf_url=_url(1))
     second = jobs.create(client_id=A, pdf_url=_url(2))
-    with cira_db.transaction() as conn:
+
+    def claim() -> list[uuid.UUID]:
+        if batch is None:
+            claimed = jobs.claim_next(lease=LEASE, client_id=client)
+            return [] if claimed is None else [claimed.id]
+        return [job.id for job in jobs.claim_batch(batch, lease=LEASE, client_id=client)]
+
+    # The claim runs on another connection, in a thread: a claim that waited for the
+    # lock instead of skipping it times out here (the lock is then released).
+    with ThreadPoolExecutor(1) as pool, cira_db.transaction() as conn:
         conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (first.id,))
-        claimed = jobs.claim_next(lease=LEASE)  # another connection, does not wait
-        assert claimed is not None
-        assert claimed.id == second.id
+        assert pool.submit(claim).result(timeout=10) == [second.id]
 
 
 # -- extend_lease ------------------------------------------------------------------------------
