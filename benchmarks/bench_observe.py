@@ -44,7 +44,7 @@ class _Off:
     def begin(self, call: Call[Any], executor: Any, server: Any) -> Any:
         return server
 
-    def got(self, kind: str, value: Any) -> None:
+    def got(self, kind: str, value: Any, changes: int | None = None) -> None:
         pass
 
     def finish(self, exc: BaseException | None) -> None:
