@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -25,6 +25,7 @@ from cira_db._sql import load_queries
 from cira_db.errors import InvalidTransitionError, ValidationError
 
 A, B = "client-a", "client-b"
+_EAST, _WEST = timezone(timedelta(hours=5)), timezone(-timedelta(hours=5))
 LEASE = timedelta(minutes=5)
 SHORT = timedelta(milliseconds=200)
 OTHERS = [f"client-{letter}" for letter in "bcdefghijk"]
@@ -81,6 +82,9 @@ def test_a_schedule_in_a_timedelta_is_added_to_the_servers_clock(jobs: JobReposi
         ({"run_after": timedelta(days=366)}, "run_after", "365 days"),
         ({"run_after": 60}, "run_after", "datetime"),
         ({"run_after": "2030-01-01T00:00:00Z"}, "run_after", "datetime"),
+        # in UTC these fall in year 0 or 10000: PostgreSQL would store them, Python cannot load them
+        ({"run_after": datetime(1, 1, 1, tzinfo=_EAST)}, "run_after", "years 1 to 9999 in UTC"),
+        ({"run_after": datetime(9999, 12, 31, 23, tzinfo=_WEST)}, "run_after", "years 1 to 9999"),
     ],
 )
 def test_create_refuses_a_bad_schedule_or_priority(
@@ -90,6 +94,15 @@ def test_create_refuses_a_bad_schedule_or_priority(
         jobs.create(client_id=A, pdf_url=_url(1), **kwargs)
     assert info.value.field == field
     assert _sql(cira_db, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_the_first_and_last_instants_python_can_hold_are_stored_and_read_back(
+    jobs: JobRepository,
+) -> None:
+    for n, when in enumerate((datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))):
+        job = jobs.create(client_id=A, pdf_url=_url(n), run_after=when)
+        assert job.run_after == when
+        assert jobs.get(job.id, client_id=A).run_after == when
 
 
 def test_the_priority_range_ends_are_accepted(jobs: JobRepository) -> None:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -524,7 +524,8 @@ def check_run_after(
     """When a job may first be claimed: ``(at, in)``, at most one of them set.
 
     None: at once (``(None, None)``). A timezone-aware `datetime`: not before
-    then (a past time is allowed and counts as waiting since then). A
+    then (a past time is allowed and counts as waiting since then; in UTC it
+    must fall in years 1 to 9999, or the stored job could not be read back). A
     `timedelta` from 0 to 365 days: not before the server's ``now()`` plus it
     (the database's clock, not this machine's).
     """
@@ -536,7 +537,14 @@ def check_run_after(
         raise ValidationError(
             field, f"must be a datetime, a datetime.timedelta or None, not {_type_name(value)}"
         )
-    return check_aware_datetime(value, field), None
+    at = check_aware_datetime(value, field)
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        # PostgreSQL would store year 0 or 10000 (timestamptz reaches far wider), but no
+        # Python datetime can hold it: every later read of the job would fail.
+        raise ValidationError(field, "must fall in years 1 to 9999 in UTC") from None
+    return at, None
 
 
 def check_retry_in(value: object, field: str = "retry_in") -> timedelta | None:
