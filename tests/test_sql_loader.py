@@ -168,9 +168,13 @@ def test_every_packaged_query_file_parses(filename: str) -> None:
         assert q.name == name
         assert q.sql.strip()
         assert q.description, f"{filename}: query {name} has no description"
-        # Only named %(name)s placeholders: no positional %s anywhere.
-        unnamed = re.sub(r"%\([a-z_][a-z0-9_]*\)s|%%", "", q.sql)
+        # Only named %(name)s (or %(name)b) placeholders: no positional %s anywhere.
+        unnamed = re.sub(r"%\([a-z_][a-z0-9_]*\)[sb]|%%", "", q.sql)
         assert not re.search(r"%[sbt]", unnamed), f"{filename}: {name} has a positional %s"
+        # One form per name: psycopg refuses a name bound as both text and binary.
+        forms = dict(re.findall(r"%\(([a-z_][a-z0-9_]*)\)([sb])", q.sql))
+        for param, form in re.findall(r"%\(([a-z_][a-z0-9_]*)\)([sb])", q.sql):
+            assert forms[param] == form, f"{filename}: {name} binds {param} as %s and %b"
 
 
 def test_query_lookup_of_an_unknown_name_says_where() -> None:
@@ -212,3 +216,11 @@ def test_every_migrator_query_name_appears_quoted_in_migrations_source() -> None
     source = _migrations_source()
     for name in load_queries("migrator.sql"):
         assert f'"{name}"' in source, f"query {name} is never referenced in migrations.py"
+
+
+def test_a_binary_placeholder_is_a_parameter_too() -> None:
+    text = (
+        "-- name: by_ids\n-- Jobs by id.\n"
+        "SELECT * FROM jobs WHERE id = ANY (%(ids)b::uuid[]) AND x = %(x)s\n"
+    )
+    assert parse_queries(text, source="b.sql")["by_ids"].params == frozenset({"ids", "x"})

@@ -2,8 +2,10 @@
 
 A file holds blocks headed by ``-- name: some_query``; the comment lines that
 follow the header are the query's description. Parameters are psycopg's
-``%(name)s`` placeholders only, so every value is bound by the driver and no
-SQL is ever built from user input.
+``%(name)s`` placeholders only (``%(name)b`` where a value goes in binary
+form: the batch statements' uuid and text arrays, which the text form would
+quote and escape element by element), so every value is bound by the driver
+and no SQL is ever built from user input.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, LiteralString
 __all__ = ["Query", "load_queries", "query"]
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$", re.MULTILINE)
-_PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
+_PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)[sb]")
 _ANY_HEADER = re.compile(r"^--\s*name\s*:.*$", re.MULTILINE)
 
 

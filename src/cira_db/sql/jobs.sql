@@ -50,7 +50,7 @@ WITH inserted AS (
     SELECT new.id, %(client_id)s, new.pdf_url,
            coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
            coalesce(%(priority)s::smallint, 0)
-    FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+    FROM unnest(%(ids)b::uuid[], %(pdf_urls)b::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
     ORDER BY new.n
 )
 SELECT now() AS created_at,
@@ -604,15 +604,15 @@ FROM target LEFT JOIN requeued ON true
 -- rest of every result row, it sent it, so no jsonb is read back.
 WITH input AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(result_ids)s::uuid[],
-                %(extracted_data)s::text[], %(confidence_scores)s::numeric[],
+    FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[], %(result_ids)b::uuid[],
+                %(extracted_data)b::text[], %(confidence_scores)s::numeric[],
                 %(tokens_used)s::integer[])
          WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
                                tokens_used, n)
 ), to_complete AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
-    WHERE jobs.id = ANY (%(ids)s::uuid[])
+    WHERE jobs.id = ANY (%(ids)b::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
@@ -623,7 +623,7 @@ WITH input AS MATERIALIZED (
       AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
 ), go AS (
     SELECT completable.* FROM completable
-    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM completable) = cardinality(%(ids)s::uuid[])
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM completable) = cardinality(%(ids)b::uuid[])
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL
@@ -659,13 +659,13 @@ ORDER BY input.n
 -- cancel was requested ends cancelled instead, never re-queued.
 WITH input AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(error_messages)s::text[],
+    FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[], %(error_messages)b::text[],
                 %(retry_ins)s::interval[])
          WITH ORDINALITY AS i (id, attempt, error_message, retry_in, n)
 ), to_fail AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
-    WHERE jobs.id = ANY (%(ids)s::uuid[])
+    WHERE jobs.id = ANY (%(ids)b::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
@@ -676,7 +676,7 @@ WITH input AS MATERIALIZED (
       AND (input.attempt IS NULL OR to_fail.attempts = input.attempt)
 ), go AS (
     SELECT failable.* FROM failable
-    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM failable) = cardinality(%(ids)s::uuid[])
+    WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM failable) = cardinality(%(ids)b::uuid[])
 ), failed AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -705,11 +705,11 @@ ORDER BY input.n
 -- which ends cancelled (lease cleared). Safe to repeat.
 WITH input AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[]) WITH ORDINALITY AS i (id, attempt, n)
+    FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[]) WITH ORDINALITY AS i (id, attempt, n)
 ), to_extend AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
-    WHERE jobs.id = ANY (%(ids)s::uuid[])
+    WHERE jobs.id = ANY (%(ids)b::uuid[])
       AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
@@ -746,7 +746,7 @@ ORDER BY input.n
 -- 'summary', n = how many jobs the call created or found), no job columns.
 WITH new AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+    FROM unnest(%(ids)b::uuid[], %(pdf_urls)b::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
 ), stored AS MATERIALIZED (
     SELECT new.n, jobs.client_id = %(client_id)s AND jobs.pdf_url = new.pdf_url AS same,
            jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
@@ -811,5 +811,5 @@ INSERT INTO jobs (id, client_id, pdf_url, run_after, priority)
 SELECT new.id, %(client_id)s, new.pdf_url,
        coalesce(%(run_after_at)s::timestamptz, now() + %(run_after_in)s::interval),
        coalesce(%(priority)s::smallint, 0)
-FROM unnest(%(ids)s::uuid[], %(pdf_urls)s::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
+FROM unnest(%(ids)b::uuid[], %(pdf_urls)b::text[]) WITH ORDINALITY AS new (id, pdf_url, n)
 ORDER BY new.n
