@@ -48,6 +48,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -429,6 +430,21 @@ class Run:
     cpu_us: float  # the worker processes' CPU time per job (start-up and wind-down included)
     backends: int  # the workers' server backends (each pinned to its worker's CPU, if pinning)
     server_us: float  # those backends' CPU time per job (start-up and wind-down included)
+    flushes: float  # the server's WAL flushes (fsyncs) per 1,000 jobs, NaN where unknown
+
+
+def _wal_flushes(url: str) -> int | None:
+    """The server's WAL flushes so far (``pg_stat_wal.wal_sync``, PostgreSQL 14+), or None.
+
+    A commit waits for its WAL to reach the disk (``synchronous_commit=on``), so
+    flushes per job show how many commits a system makes and how well they group.
+    """
+    try:
+        with connect_raw(url, prepare_threshold=None) as conn:
+            row = conn.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else int(row[0])
 
 
 def _one_run(
@@ -448,6 +464,7 @@ def _one_run(
     backends = _Backends(url, cpus) if _local_server(url) else None
     if backends is not None:
         backends.start()
+    flushed = _wal_flushes(url)
     for box in inboxes:
         box.put("go")
     reports = _collect(pool.out, procs, "ok", 900)
@@ -456,10 +473,13 @@ def _one_run(
         raise RuntimeError(f"{system}: {found} server backends found for {workers} workers")
     done = sum(int(r[1]) for r in reports)
     _check(system, url, total, done)
+    time.sleep(1.1)  # a backend reports its WAL counts at most once a second, and as it exits
+    after = _wal_flushes(url)
+    flushes = math.nan if flushed is None or after is None else (after - flushed) / done * 1000
     first, last = min(r[2] for r in reports), max(r[3] for r in reports)
     fixed = (first - min(r[4] for r in reports)) + (max(r[5] for r in reports) - last)
     worker_us = sum(r[6] for r in reports) / done * 1e6
-    return Run(done / (last - first), fixed, worker_us, found, server_s / done * 1e6)
+    return Run(done / (last - first), fixed, worker_us, found, server_s / done * 1e6, flushes)
 
 
 def _queues(ctx: Context, total: int, cpus: list[int] | None) -> dict[tuple[str, int], Run]:
@@ -481,6 +501,11 @@ def _queues(ctx: Context, total: int, cpus: list[int] | None) -> dict[tuple[str,
     return {cell: sorted(runs, key=lambda r: r.rate)[len(runs) // 2] for cell, runs in got.items()}
 
 
+def _flushes(*runs: Run) -> str:
+    """The runs' WAL flushes per 1,000 jobs, "1 / 2"."""
+    return " / ".join("n/a" if math.isnan(r.flushes) else fmt_int(r.flushes) for r in runs)
+
+
 def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
     table = Table(
         [
@@ -491,6 +516,7 @@ def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
             "start-up + wind-down, s",
             "worker CPU per job, µs",
             "server CPU per job, µs",
+            "WAL flushes per 1,000 jobs, 1 / 2 workers",
         ]
     )
     for system, label in SYSTEMS.items():
@@ -503,6 +529,7 @@ def _queue_tables(runs: dict[tuple[str, int], Run]) -> list[Table]:
             fmt_ms(one.fixed),
             fmt_us(one.cpu_us),
             "n/a" if math.isnan(one.server_us) else fmt_us(one.server_us),
+            _flushes(one, two),
         )
     ratio = Table(["cira_db ÷ peer (jobs/s)", "target", "1 worker", "2 workers", "met"])
     for peer, target in TARGETS.items():
@@ -536,6 +563,13 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
         "in two statements per batch; for pgqueuer one update of its queue row, then a "
         "delete of it and an insert into its log table."
     )
+    flushes = {system: _flushes(runs[(system, 1)], runs[(system, 2)]) for system in SYSTEMS}
+    lines.append(
+        f"WAL flushes per 1,000 jobs (1 / 2 workers): cira_db {flushes['cira_db']}, pgqueuer "
+        f"{flushes['pgqueuer']}, procrastinate {flushes['procrastinate']}. Every commit waits "
+        "for its flush (`synchronous_commit=on`); cira_db commits twice per batch (the claim, "
+        "then `complete_many`)."
+    )
     return lines
 
 
@@ -550,8 +584,8 @@ def _as_text(statement: str) -> Any:
     """
     from sqlalchemy import text
 
-    casts = re.sub(r"%\(([a-z_][a-z0-9_]*)\)s::", r"(:\1)::", statement)
-    return text(re.sub(r"%\(([a-z_][a-z0-9_]*)\)s", r":\1", casts))
+    casts = re.sub(r"%\(([a-z_][a-z0-9_]*)\)[sb]::", r"(:\1)::", statement)
+    return text(re.sub(r"%\(([a-z_][a-z0-9_]*)\)[sb]", r":\1", casts))
 
 
 def _engine(url: str, *, prepare: bool) -> Any:
