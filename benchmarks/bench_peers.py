@@ -815,7 +815,8 @@ def _intro(
         "pgqueuer's schema checks) and after (stopping) is a column of its own, with the "
         "worker's CPU time per job (`time.process_time`, all of the run), both from the "
         "1-worker run, and the server CPU per job: the CPU time of the worker's server "
-        "backends (`/proc/<pid>/schedstat`, read every 2 ms). "
+        "backends (`/proc/<pid>/schedstat`, read every 2 ms), and the server's WAL flushes "
+        "per 1,000 jobs (`pg_stat_wal.wal_sync` before and after the run). "
         + _placement_text(cpus)
         + f"{runs}, systems interleaved, every queue refilled and "
         "`VACUUM (ANALYZE)`d before each run; after each run the benchmark checks that every "
