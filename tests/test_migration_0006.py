@@ -1,7 +1,7 @@
 """Migration 0006: the updated_at trigger skips its PL/pgSQL call when the UPDATE set now().
 
 0006 gives ``trigger_jobs_updated_at`` the condition ``WHEN (NEW.updated_at IS
-DISTINCT FROM now())``, and every UPDATE of ``jobs`` that cira_db runs sets
+DISTINCT FROM CURRENT_TIMESTAMP)``, and every UPDATE of ``jobs`` that cira_db runs sets
 ``updated_at = now()`` itself. These tests hold the three promises:
 
 * every library UPDATE of jobs sets ``updated_at = now()`` (read from the named
@@ -33,7 +33,8 @@ PACKAGED = {m.version: m for m in load_migrations()}
 LEASE = timedelta(minutes=5)
 TRIGGER_WITH_WHEN = (
     "CREATE TRIGGER trigger_jobs_updated_at BEFORE UPDATE ON public.jobs FOR EACH ROW "
-    "WHEN ((new.updated_at IS DISTINCT FROM now())) EXECUTE FUNCTION update_updated_at()"
+    "WHEN ((new.updated_at IS DISTINCT FROM CURRENT_TIMESTAMP)) "
+    "EXECUTE FUNCTION update_updated_at()"
 )
 TRIGGER_OF_0001 = (
     "CREATE TRIGGER trigger_jobs_updated_at BEFORE UPDATE ON public.jobs FOR EACH ROW "
