@@ -332,7 +332,7 @@ def test_0005_drops_the_queue_index_and_its_down_file_builds_it_again(at_two: st
     migrator.apply(to=4)
     at_four, before = indexes(at_two), rows(at_two)
     assert at_four["idx_jobs_queue"] == (QUEUE_INDEX, True)
-    assert [m.version for m in migrator.apply()] == [5]
+    assert [m.version for m in migrator.apply(to=5)] == [5]
     assert indexes(at_two) == {k: v for k, v in at_four.items() if k != "idx_jobs_queue"}
     assert rows(at_two) == before
     with Database(at_two, pool=False) as db:  # the claim and queue_stats work without it
@@ -341,7 +341,7 @@ def test_0005_drops_the_queue_index_and_its_down_file_builds_it_again(at_two: st
         assert len(jobs.claim_batch(3, lease=timedelta(minutes=5))) == 3
     assert [m.version for m in migrator.rollback(to=4)] == [5]
     assert indexes(at_two) == at_four
-    assert [m.version for m in migrator.apply()] == [5]
+    assert [m.version for m in migrator.apply(to=5)] == [5]
     assert "idx_jobs_queue" not in indexes(at_two)
 
 
@@ -360,7 +360,7 @@ def test_0005_files_run_again_over_themselves(at_two: str) -> None:
 
 def test_0005_down_rebuilds_a_queue_index_left_invalid(at_two: str) -> None:
     migrator = Migrator(at_two)
-    migrator.apply()
+    migrator.apply(to=5)
     with (
         psycopg.connect(at_two, autocommit=True) as conn,
         pytest.raises(psycopg.errors.UniqueViolation),

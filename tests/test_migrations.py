@@ -71,7 +71,8 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
             FROM pg_constraint WHERE connamespace = 'public'::regnamespace
               AND conrelid <> 'schema_migrations'::regclass ORDER BY 1, 2""",
         "triggers": """
-            SELECT event_object_table, trigger_name, action_timing, event_manipulation
+            SELECT event_object_table, trigger_name, action_timing, event_manipulation,
+                   action_condition
             FROM information_schema.triggers WHERE trigger_schema = 'public' ORDER BY 1, 2, 4""",
         "enums": """
             SELECT t.typname, e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid

@@ -114,7 +114,8 @@ LIMIT %(limit)s
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
-    lease_expires_at = now() + %(lease)s::interval
+    lease_expires_at = now() + %(lease)s::interval,
+    updated_at = now()
 WHERE jobs.id = ANY (ARRAY(
     SELECT id
     FROM jobs
@@ -133,7 +134,8 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
-    lease_expires_at = now() + %(lease)s::interval
+    lease_expires_at = now() + %(lease)s::interval,
+    updated_at = now()
 WHERE jobs.id = ANY (ARRAY(
     SELECT id
     FROM jobs
@@ -156,7 +158,8 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
-    lease_expires_at = now() + %(lease)s::interval
+    lease_expires_at = now() + %(lease)s::interval,
+    updated_at = now()
 WHERE jobs.id = (
     SELECT id
     FROM jobs
@@ -174,7 +177,8 @@ RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
 UPDATE jobs
 SET status = 'processing',
     attempts = jobs.attempts + 1,
-    lease_expires_at = now() + %(lease)s::interval
+    lease_expires_at = now() + %(lease)s::interval,
+    updated_at = now()
 WHERE jobs.id = (
     SELECT id
     FROM jobs
@@ -201,7 +205,8 @@ WITH target AS (
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL
                       THEN 'processing' ELSE 'cancelled' END::job_status,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
-                                THEN now() + %(lease)s::interval END
+                                THEN now() + %(lease)s::interval END,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -231,7 +236,8 @@ WITH target AS (
     WHERE id = %(id)s AND (%(client_id)s::text IS NULL OR client_id = %(client_id)s)
 ), done AS (
     UPDATE jobs
-    SET status = 'completed', completed_at = now(), lease_expires_at = NULL
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id
@@ -257,7 +263,8 @@ WITH target AS (
     UPDATE jobs
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL
                       THEN 'failed' ELSE 'cancelled' END::job_status,
-        error_message = %(error_message)s, lease_expires_at = NULL
+        error_message = %(error_message)s, lease_expires_at = NULL,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -277,7 +284,8 @@ WITH target AS (
 ), queued AS (
     UPDATE jobs
     SET status = 'queued', error_message = NULL, lease_expires_at = NULL,
-        cancel_requested_at = NULL
+        cancel_requested_at = NULL,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND status = 'failed'
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
               error_message, attempts, lease_expires_at,
@@ -320,7 +328,8 @@ WITH expired AS MATERIALIZED (
                                             %(backoff)s::interval
                                             * power(2, least(greatest(jobs.attempts - 1, 0), 20)))
                          ELSE jobs.run_after END,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        updated_at = now()
     FROM expired
     WHERE jobs.id = expired.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
@@ -382,7 +391,8 @@ WITH target AS (
         lease_expires_at = CASE WHEN jobs.status = 'queued'
                                 THEN NULL ELSE jobs.lease_expires_at END,
         cancel_requested_at = CASE WHEN jobs.status = 'processing'
-                                   THEN now() ELSE NULL END
+                                   THEN now() ELSE NULL END,
+        updated_at = now()
     WHERE id = (SELECT id FROM target)
       AND (jobs.status = 'queued'
            OR (jobs.status = 'processing' AND jobs.cancel_requested_at IS NULL))
@@ -415,7 +425,8 @@ WITH target AS (
         progress = CASE WHEN jobs.cancel_requested_at IS NULL
                         THEN %(progress)s::jsonb ELSE jobs.progress END,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
-                                THEN jobs.lease_expires_at END
+                                THEN jobs.lease_expires_at END,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND attempts = %(attempt)s::integer
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -542,7 +553,8 @@ WITH RECURSIVE clients AS (
     UPDATE jobs
     SET status = 'processing',
         attempts = jobs.attempts + 1,
-        lease_expires_at = now() + %(lease)s::interval
+        lease_expires_at = now() + %(lease)s::interval,
+        updated_at = now()
     FROM picked
     WHERE jobs.id = picked.id
     RETURNING picked.part, picked.turn, picked.in_flight, picked.due,
@@ -573,7 +585,8 @@ WITH target AS (
         run_after = CASE WHEN cancel_requested_at IS NULL
                          THEN now() + %(retry_in)s::interval ELSE run_after END,
         error_message = %(error_message)s,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        updated_at = now()
     WHERE id = (SELECT id FROM target) AND (status = 'processing') IS TRUE
       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
     RETURNING id, client_id, status, pdf_url, created_at, updated_at, completed_at,
@@ -626,7 +639,8 @@ WITH input AS MATERIALIZED (
     WHERE NOT %(atomic)s::boolean OR (SELECT count(*) FROM completable) = cardinality(%(ids)b::uuid[])
 ), done AS (
     UPDATE jobs
-    SET status = 'completed', completed_at = now(), lease_expires_at = NULL
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
+        updated_at = now()
     FROM go
     WHERE jobs.id = go.id
     RETURNING jobs.id
@@ -685,7 +699,8 @@ WITH input AS MATERIALIZED (
         run_after = CASE WHEN jobs.cancel_requested_at IS NULL AND go.retry_in IS NOT NULL
                          THEN now() + go.retry_in ELSE jobs.run_after END,
         error_message = go.error_message,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        updated_at = now()
     FROM go
     WHERE jobs.id = go.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
@@ -723,7 +738,8 @@ WITH input AS MATERIALIZED (
     SET status = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'processing'
                       ELSE 'cancelled' END::job_status,
         lease_expires_at = CASE WHEN jobs.cancel_requested_at IS NULL
-                                THEN now() + %(lease)s::interval END
+                                THEN now() + %(lease)s::interval END,
+        updated_at = now()
     FROM extendable
     WHERE jobs.id = extendable.id
     RETURNING jobs.id, jobs.client_id, jobs.status, jobs.pdf_url, jobs.created_at,
