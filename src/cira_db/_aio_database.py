@@ -95,6 +95,9 @@ class AsyncDatabase:
             rds_client=rds_client,
             **overrides,
         )
+        # What this class reads of the settings: the twin's, light or pydantic (never replaced);
+        # `settings` gives the pydantic model, built on first use.
+        self._settings: SettingsBase = self._config._settings
         self._use_pool = pool
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
         self._state = _ConnectState()
@@ -113,11 +116,6 @@ class AsyncDatabase:
     def settings(self) -> DatabaseSettings:
         """The settings this database was built with."""
         return as_model(self._settings)
-
-    @property
-    def _settings(self) -> SettingsBase:
-        # What this class reads of the settings: the sync twin's, light or pydantic.
-        return self._config._settings
 
     @property
     def is_open(self) -> bool:
