@@ -8,10 +8,12 @@ from ``CIRA_DB_URL``, opens the pool and runs its first repository call
 one-connection pool by hand and runs the same statement text. The two run
 alternately, so drift in the machine's speed hits both alike. The process
 reports its own CPU time (user + system, interpreter start-up included);
-the parent times the whole process (wall clock, start to exit).
+the parent times the whole process (wall clock, start to exit). A third
+process, alternating with them, does the same with the asyncio face
+(``cira_db.aio``: ``AsyncDatabase.from_env``, ``AsyncJobRepository``).
 
 Then ``python -X importtime -c "import cira_db"`` shows where the import
-time goes.
+time goes (and ``import cira_db.aio`` what the asyncio face adds).
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ from cira_db import Database, JobRepository
 db = Database.from_env()
 db.open()
 assert JobRepository(db).find(os.environ["BENCH_JOB_ID"], client_id="cold-start") is None
+"""
+    + _REPORT
+)
+
+ASYNC_LIBRARY = (
+    """
+import asyncio, os
+from cira_db.aio import AsyncDatabase, AsyncJobRepository
+async def main():
+    async with AsyncDatabase.from_env() as db:
+        job = await AsyncJobRepository(db).find(os.environ["BENCH_JOB_ID"], client_id="cold-start")
+        assert job is None
+asyncio.run(main())
 """
     + _REPORT
 )
@@ -141,12 +156,17 @@ def import_times(module: str, env: dict[str, str]) -> dict[str, tuple[int, int]]
     return found
 
 
-def _starts_table(library: list[Start], raw: list[Start]) -> Table:
+def _starts_table(library: list[Start], raw: list[Start], aio: list[Start]) -> Table:
     table = Table(
         ["cold process", "CPU time, median", "wall time, median", "wall time, min"],
         title=f"{len(library)} fresh processes each, alternating",
     )
-    for name, starts in (("cira_db", library), ("psycopg + psycopg_pool by hand", raw)):
+    rows = (
+        ("cira_db", library),
+        ("psycopg + psycopg_pool by hand", raw),
+        ("cira_db.aio (asyncio face)", aio),
+    )
+    for name, starts in rows:
         table.add(
             name,
             _ms(_median([s.cpu for s in starts])),
@@ -179,11 +199,13 @@ def _imports_tables(times: dict[str, tuple[int, int]]) -> list[Table]:
     return [packages, top]
 
 
-def _loaded_note(times: dict[str, tuple[int, int]], package: str, when: str) -> str:
-    """Whether ``import cira_db`` loaded ``package``, as this run saw it."""
+def _loaded_note(
+    times: dict[str, tuple[int, int]], package: str, when: str, what: str = "import cira_db"
+) -> str:
+    """Whether ``what`` (``import cira_db``) loaded ``package``, as this run saw it."""
     if any(module.split(".")[0] == package for module in times):
-        return f"{package} is imported by `import cira_db` in this run (expected: {when})."
-    return f"{package} is not imported: it is loaded {when}."
+        return f"{package} is imported by `{what}` in this run (expected: {when})."
+    return f"{package} is not imported by `{what}`: it is loaded {when}."
 
 
 def run_coldstart(ctx: Context) -> Section:
@@ -193,12 +215,15 @@ def run_coldstart(ctx: Context) -> Section:
     env = _env(ctx.url)
     library: list[Start] = []
     raw: list[Start] = []
-    ctx.log(f"cold start: {runs} fresh processes each, library and raw alternating")
+    aio: list[Start] = []
+    ctx.log(f"cold start: {runs} fresh processes each, library, raw and async alternating")
     _start(LIBRARY, env)  # warm the OS file cache: not counted
     _start(RAW, env)
+    _start(ASYNC_LIBRARY, env)
     for _ in range(runs):
         library.append(_start(LIBRARY, env))
         raw.append(_start(RAW, env))
+        aio.append(_start(ASYNC_LIBRARY, env))
     cpu_ratio = _median([s.cpu for s in library]) / _median([s.cpu for s in raw])
     wall_ratio = _median([s.wall for s in library]) / _median([s.wall for s in raw])
     section.intro = [
@@ -211,22 +236,36 @@ def run_coldstart(ctx: Context) -> Section:
         "`application_name`), a pool of at most one connection opened empty, autocommit and "
         "no server-side prepares on both sides. CPU time is the process's own user + system "
         "time, interpreter start-up included; wall time is the parent's, spawn to exit. "
-        "Target: at most 1.15\u00d7 raw."
+        "Target: at most 1.15\u00d7 raw. The asyncio face (`cira_db.aio`: `AsyncDatabase`, "
+        "`AsyncJobRepository`, `asyncio.run`) is shown for comparison; the target is the "
+        "sync face's."
     ]
-    section.tables = [_starts_table(library, raw)]
+    section.tables = [_starts_table(library, raw, aio)]
     times = import_times("cira_db", env)
+    aio_times = import_times("cira_db.aio", env)
     raw_times = import_times("psycopg_pool", env)
     section.tables += _imports_tables(times)
     cira, pool = times.get("cira_db", (0, 0))[1], raw_times.get("psycopg_pool", (0, 0))[1]
     section.notes = [
         f"`import cira_db` {_ms(cira / 1e6)} cumulative against `import psycopg_pool` "
         f"(which imports psycopg) {_ms(pool / 1e6)}, one `-X importtime` run each.",
+        f"`import cira_db.aio` {_ms(aio_times.get('cira_db.aio', (0, 0))[1] / 1e6)} "
+        f"cumulative; asyncio face cold start {_ms(_median([s.cpu for s in aio]))} CPU "
+        f"({fmt_ratio(_median([s.cpu for s in aio]) / _median([s.cpu for s in raw]))} the "
+        "sync raw process, which does not import asyncio).",
         _loaded_note(
             times,
             "pydantic",
             "when `DatabaseSettings` is first named "
             "(`Database.settings`, `from cira_db import DatabaseSettings`) or a value "
             "needs its validation: plainly valid `CIRA_DB_*` values are settled without it",
+        ),
+        _loaded_note(
+            aio_times,
+            "pydantic",
+            "when `AsyncDatabase.settings` is first named or a value needs its validation, "
+            "as for `Database`",
+            "import cira_db.aio",
         ),
         _loaded_note(times, "boto3", "only when a secret or an IAM token is needed"),
         _loaded_note(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import hypothesis
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -27,13 +28,62 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["cira_db.testing"]
 
+# -- hypothesis: every example in a full run; fewer in CI's repeated passes -----------------
+#
+# CIRA_DB_TEST_HYPOTHESIS=repeat is set by .ci/run for the passes after the first full one
+# (through pgbouncer, the focused ones): they look for what differs with the route, the server
+# or the dependencies, not for new inputs, which the first pass (and every local run) explores
+# with each test's full ``max_examples``. There every hypothesis test runs a fifth of its
+# examples (at least 10), whether the count is the default or the test's own @settings.
+HYPOTHESIS_ENV = "CIRA_DB_TEST_HYPOTHESIS"
+HYPOTHESIS_PROFILES = {"full": 1, "repeat": 5}  # profile -> divisor of each test's max_examples
+REPEAT_MIN_EXAMPLES = 10
 
-def pytest_report_header(config: pytest.Config) -> str:
+
+def hypothesis_profile() -> str:
+    """The profile ``CIRA_DB_TEST_HYPOTHESIS`` asks for ("full" when unset); refuses others."""
+    name = os.environ.get(HYPOTHESIS_ENV, "").strip() or "full"
+    if name not in HYPOTHESIS_PROFILES:
+        raise pytest.UsageError(
+            f"{HYPOTHESIS_ENV}={name!r}: use one of {', '.join(HYPOTHESIS_PROFILES)}"
+        )
+    return name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    divisor = HYPOTHESIS_PROFILES[hypothesis_profile()]
+    if divisor == 1:
+        return
+    done: set[int] = set()
+    for item in items:
+        obj: Any = getattr(item, "obj", None)
+        test: Any = getattr(obj, "__func__", obj)  # a method's function
+        current = getattr(test, "_hypothesis_internal_use_settings", None)
+        if not getattr(test, "is_hypothesis_test", False) or current is None:
+            continue
+        if id(test) in done:  # parametrized: one function object for several items
+            continue
+        done.add(id(test))
+        fewer = max(REPEAT_MIN_EXAMPLES, current.max_examples // divisor)
+        if fewer < current.max_examples:
+            # @given reads this attribute on each call, so the test runs with these settings.
+            test._hypothesis_internal_use_settings = hypothesis.settings(
+                current, max_examples=fewer
+            )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
     url = os.environ.get("CIRA_DB_TEST_URL")
     version = os.environ.get("CIRA_DB_TEST_PG_VERSION") or "16"
     where = "CIRA_DB_TEST_URL" if url else f"testcontainers or embedded PostgreSQL {version}"
     via = ", repository tests through pgbouncer (TLS)" if VIA_PGBOUNCER else ""
-    return f"cira_db test server: {where}{via}"
+    profile = hypothesis_profile()
+    examples = (
+        "each test's full max_examples"
+        if profile == "full"
+        else f"max_examples / {HYPOTHESIS_PROFILES[profile]}, at least {REPEAT_MIN_EXAMPLES}"
+    )
+    return [f"cira_db test server: {where}{via}", f"hypothesis: {profile} ({examples})"]
 
 
 @pytest.fixture(autouse=True)

@@ -663,6 +663,63 @@ def test_a_cold_start_loads_no_pydantic_until_the_settings_model_is_asked_for() 
     assert result.stdout.strip() == ""
 
 
+def test_an_async_cold_start_loads_no_pydantic_until_the_settings_model_is_asked_for() -> None:
+    """The same for `cira_db.aio`: import, `AsyncDatabase` from the environment and from a
+    URL, its repr and plan; pydantic stays out until `AsyncDatabase.settings` is named."""
+    code = (
+        "import asyncio, os, sys\n"
+        "os.environ.update(CIRA_DB_URL='postgresql://app:pw@db.example.com/cira',"
+        " CIRA_DB_POOL_MAX_SIZE='2', CIRA_DB_IAM_AUTH='false', CIRA_DB_SSLMODE='verify-full')\n"
+        "from cira_db.aio import AsyncDatabase, AsyncJobRepository, AsyncJobResultRepository\n"
+        "db = AsyncDatabase.from_env()\n"
+        "other = AsyncDatabase('postgresql://app:pw@db.example.com/cira', pool_timeout='2.5')\n"
+        "assert 'db.example.com' in repr(db) + repr(other)\n"
+        "asyncio.run(db.connection_plan())\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0].startswith('pydantic'))\n"
+        "settings = db.settings\n"
+        "assert type(settings).__name__ == 'DatabaseSettings', type(settings)\n"
+        "assert settings.pool_max_size == 2 and settings.url is not None\n"
+        "assert other.settings.pool_timeout == 2.5\n"
+        "assert 'pydantic' in sys.modules\n"
+        "print(','.join(before))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_cold_start_to_the_first_call_loads_no_pydantic(cira_db_url: str, face: str) -> None:
+    """A Lambda cold start of either face, on a real server: import, settings from the
+    environment, open the pool, one repository call; pydantic is never imported."""
+    sync = (
+        "from cira_db import Database, JobRepository\n"
+        "with Database.from_env() as db:\n"
+        "    assert JobRepository(db).find(str(uuid.uuid4()), client_id='cold') is None\n"
+    )
+    aio = (
+        "import asyncio\n"
+        "from cira_db.aio import AsyncDatabase, AsyncJobRepository\n"
+        "async def main() -> None:\n"
+        "    async with AsyncDatabase.from_env() as db:\n"
+        "        job = await AsyncJobRepository(db).find(str(uuid.uuid4()), client_id='cold')\n"
+        "        assert job is None\n"
+        "asyncio.run(main())\n"
+    )
+    code = (
+        "import os, sys, uuid\n"
+        "os.environ.update(CIRA_DB_URL=sys.argv[1], AWS_LAMBDA_FUNCTION_NAME='cold-start')\n"
+        + (sync if face == "sync" else aio)
+        + "print(','.join(sorted(m for m in sys.modules if m.startswith('pydantic'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code, cira_db_url], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ""
+
+
 # Values a CIRA_DB_* variable or an argument may hold: plain ones the light path
 # takes, and ones it must leave to pydantic (spaces, signs, other spellings, types).
 _CANDIDATES = st.one_of(
@@ -742,6 +799,35 @@ def test_the_light_path_agrees_with_the_pydantic_model(values: dict[str, Any]) -
             assert (type(light), light) == (type(strict), strict), name
         assert loaded.as_model() == model
         assert _described(loaded) == _described(model)
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(sorted(DatabaseSettings.model_fields)), _CANDIDATES, max_size=4
+    )
+)
+def test_async_database_settles_settings_as_database_does(values: dict[str, Any]) -> None:
+    """`AsyncDatabase` builds its settings the sync way: the same refusals, word for word,
+    and the same settings (light or pydantic) when the values are accepted."""
+    from cira_db.aio import AsyncDatabase
+
+    def built(make: Any) -> Any:
+        try:
+            return make(**values)
+        except ConfigurationError as exc:
+            return f"refused: {exc}"
+
+    for sync, aio in (
+        (built(Database), built(AsyncDatabase)),
+        (built(Database.from_env), built(AsyncDatabase.from_env)),
+    ):
+        if isinstance(sync, str) or isinstance(aio, str):
+            assert aio == sync
+            continue
+        assert type(aio._settings) is type(sync._settings)
+        assert aio.settings == sync.settings
+        assert repr(aio).replace("AsyncDatabase", "Database") == repr(sync)
 
 
 def _described(settings: Any) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -43,8 +43,12 @@ from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_er
 from cira_db._observe import PoolStats, pool_event, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
 from cira_db._retry import CheckoutFailed, next_pause
-from cira_db._settings import DatabaseSettings, running_in_lambda
+from cira_db._settings import SettingsBase, as_model, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
+
+if TYPE_CHECKING:
+    # the pydantic model, built on first use only (as for `Database`: cira_db._settings)
+    from cira_db._settings import DatabaseSettings
 
 __all__ = ["AsyncConnection", "AsyncDatabase"]
 
@@ -91,23 +95,27 @@ class AsyncDatabase:
             rds_client=rds_client,
             **overrides,
         )
+        # What this class reads of the settings: the twin's, light or pydantic (never replaced);
+        # `settings` gives the pydantic model, built on first use.
+        self._settings: SettingsBase = self._config._settings
         self._use_pool = pool
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
         self._state = _ConnectState()
         self._opening: asyncio.Lock | None = None
         # Read on every checkout: kept here rather than asked of the settings each time.
-        self._timeout = self._config.settings.pool_timeout
-        self._check_after = self._config.settings.pool_check_after
+        self._timeout = self._settings.pool_timeout
+        self._check_after = self._settings.pool_check_after
 
     @classmethod
     def from_env(cls, *, pool: bool = True, **overrides: Any) -> Self:
         """An `AsyncDatabase` configured from ``CIRA_DB_*`` variables (plus ``overrides``)."""
-        return cls(settings=DatabaseSettings.load(**overrides), pool=pool)
+        # As `Database.from_env`: pydantic only if the values need it (cira_db._settings).
+        return cls(settings=cast("DatabaseSettings", load_settings(**overrides)), pool=pool)
 
     @property
     def settings(self) -> DatabaseSettings:
         """The settings this database was built with."""
-        return self._config.settings
+        return as_model(self._settings)
 
     @property
     def is_open(self) -> bool:
@@ -121,7 +129,7 @@ class AsyncDatabase:
 
     def __repr__(self) -> str:
         try:
-            target = plan_connection(self.settings).describe()
+            target = plan_connection(self._settings).describe()
         except ConfigurationError:
             target = "(invalid or incomplete settings)"
         state = "open" if self.is_open else "closed"
@@ -144,7 +152,7 @@ class AsyncDatabase:
         async with self._opening:
             if self._pool is not None:
                 return
-            settings = self.settings
+            settings = self._settings
             settings.conninfo_dict()  # configuration errors surface here, not in a worker
             min_size, max_size = settings.pool_sizes()
             state = _ConnectState()
@@ -233,7 +241,7 @@ class AsyncDatabase:
 
     async def _connect_kwargs(self, *, for_migrations: bool = False) -> dict[str, Any]:
         """`Database`'s connect arguments; boto3 calls (secret, IAM token) run in a thread."""
-        settings = self.settings
+        settings = self._settings
         if settings.secret_arn or settings.iam_auth:
             return await asyncio.to_thread(
                 self._config._connect_kwargs, for_migrations=for_migrations
@@ -494,4 +502,4 @@ class AsyncDatabase:
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool and the retry counter, like `Database.stats` (no await)."""
-        return pool_stats(self._pool, self.settings, self._config._counters.retries)
+        return pool_stats(self._pool, self._settings, self._config._counters.retries)
