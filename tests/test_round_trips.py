@@ -410,6 +410,6 @@ def test_named_queries_bind_only_placeholders() -> None:
     for file in _FILES:
         for query in load_queries(file).values():
             assert query.description, f"{file}:{query.name} has no description"
-            # Any % that is not a %(name)s placeholder must be an escaped %%.
-            stripped = re.sub(r"%\([a-z_][a-z0-9_]*\)s|%%", "", query.sql)
+            # Any % that is not a %(name)s (or binary %(name)b) placeholder must be an escaped %%.
+            stripped = re.sub(r"%\([a-z_][a-z0-9_]*\)[sb]|%%", "", query.sql)
             assert "%" not in stripped, f"{file}:{query.name} has a stray %"
