@@ -609,7 +609,7 @@ FROM target LEFT JOIN requeued ON true
 
 -- name: complete_jobs
 -- Complete a batch of processing jobs and insert their results, one
--- statement. An item whose result row (id %(result_ids)s[i]) exists already
+-- statement. An item whose result row (id result_ids[i]) exists already
 -- for its job is reported again as done ('repeated'): a repeat after a lost
 -- reply finds its own results (looked up only for items whose job is
 -- completed already, so a first try reads no job_results index). Only what
