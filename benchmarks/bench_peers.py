@@ -80,9 +80,10 @@ NOOP = "noop"  # the peers' entrypoint / task name and queue
 CHUNK = 1_000  # jobs per enqueue statement when filling a peer's queue
 TARGETS = {"pgqueuer": 1.2, "procrastinate": 2.5}
 # runs per cell (the median is reported); procrastinate's take minutes and are far off target
-ROUNDS = {"cira_db": 3, "pgqueuer": 3, "procrastinate": 1}
+ROUNDS = {"cira_db": 3, "cira_db_step": 3, "pgqueuer": 3, "procrastinate": 1}
 SYSTEMS = {
     "cira_db": "cira_db `claim_batch(10)` + `complete_many`",
+    "cira_db_step": "cira_db `complete_and_claim(items, 10)`",
     "pgqueuer": "pgqueuer, `batch_size=10`",
     "procrastinate": "procrastinate, default worker",
 }
@@ -172,6 +173,20 @@ def _cira_drain(url: str, tally: Tally) -> None:
             tally.finish(sum(o.outcome == "done" for o in jobs.complete_many(items)))
 
 
+def _cira_step_drain(url: str, tally: Tally) -> None:
+    """The same loop with one statement per batch: complete the last batch, claim the next."""
+    with Database(url) as db:
+        jobs = JobRepository(db)
+        items: list[Completion] = []
+        while True:
+            outcomes, claimed = jobs.complete_and_claim(items, BATCH, lease=LEASE)
+            tally.finish(sum(o.outcome == "done" for o in outcomes))
+            if not claimed:
+                return
+            tally.start()
+            items = [Completion(j.id, RESULT, 1.0, 0, attempt=j.attempts) for j in claimed]
+
+
 async def _pgqueuer_drain(url: str, tally: Tally) -> None:
     import psycopg
     from pgqueuer import PgQueuer
@@ -211,6 +226,8 @@ def _drain(system: str, url: str, tally: Tally) -> None:
         asyncio.run(_pgqueuer_drain(url, tally))
     elif system == "procrastinate":
         asyncio.run(_procrastinate_drain(url, tally))
+    elif system == "cira_db_step":
+        _cira_step_drain(url, tally)
     else:
         _cira_drain(url, tally)
 
@@ -334,7 +351,7 @@ CHECKS = {  # (jobs finished in the database, jobs left unfinished)
 
 def _check(system: str, url: str, total: int, done: int) -> None:
     with connect_raw(url, prepare_threshold=None) as conn:
-        row = conn.execute(CHECKS[system]).fetchone()
+        row = conn.execute(CHECKS[system.removesuffix("_step")]).fetchone()
     assert row is not None
     finished = done if row[0] is None else int(row[0])
     left = int(row[1])
@@ -491,7 +508,12 @@ def _queues(ctx: Context, total: int, cpus: list[int] | None) -> dict[tuple[str,
         _peer_database(ctx.url, "proc") as proc_url,
         _workers(2) as pool,
     ):
-        urls = {"cira_db": ctx.url, "pgqueuer": pgq_url, "procrastinate": proc_url}
+        urls = {
+            "cira_db": ctx.url,
+            "cira_db_step": ctx.url,
+            "pgqueuer": pgq_url,
+            "procrastinate": proc_url,
+        }
         for workers, turn, system in itertools.product((1, 2), range(3), SYSTEMS):
             if turn < rounds[system]:
                 ctx.log(f"peers: {system}, {workers} worker process(es), {fmt_int(total)} jobs")
@@ -553,6 +575,13 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
                 f"cira_db ÷ {peer}, {workers} worker{'s' if workers > 1 else ''}: "
                 f"{fmt_ratio(got)} against a target of {fmt_ratio(target)}: {verdict}."
             )
+    step = [runs[("cira_db_step", w)].rate / runs[("pgqueuer", w)].rate for w in (1, 2)]
+    lines.append(
+        "With `complete_and_claim` (each batch completed and the next claimed in one "
+        "statement: one commit and one round trip per batch instead of two), cira_db ÷ "
+        f"pgqueuer is {fmt_ratio(step[0])} with 1 worker and {fmt_ratio(step[1])} with 2 "
+        "(the target above is set for `claim_batch` + `complete_many`)."
+    )
     cpu = {system: fmt_us(runs[(system, 1)].cpu_us) for system in SYSTEMS}
     lines.append(
         f"Worker CPU per job (1 worker): cira_db {cpu['cira_db']} µs, pgqueuer "
@@ -560,15 +589,15 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
         "process only. The server's CPU per job is the last column: for cira_db two "
         "non-HOT updates of the `jobs` row (each adding entries to its indexes) and one "
         "`job_results` insert (its two unique indexes and the foreign key check) per job, "
-        "in two statements per batch; for pgqueuer one update of its queue row, then a "
-        "delete of it and an insert into its log table."
+        "in two statements per batch (one with `complete_and_claim`); for pgqueuer one "
+        "update of its queue row, then a delete of it and an insert into its log table."
     )
     flushes = {system: _flushes(runs[(system, 1)], runs[(system, 2)]) for system in SYSTEMS}
     lines.append(
         f"WAL flushes per 1,000 jobs (1 / 2 workers): cira_db {flushes['cira_db']}, pgqueuer "
         f"{flushes['pgqueuer']}, procrastinate {flushes['procrastinate']}. Every commit waits "
         "for its flush (`synchronous_commit=on`); cira_db commits twice per batch (the claim, "
-        "then `complete_many`)."
+        "then `complete_many`), once with `complete_and_claim`."
     )
     return lines
 
@@ -786,6 +815,10 @@ def _placement_text(cpus: list[int] | None) -> str:
     )
 
 
+def _named(system: str) -> str:
+    return system.replace("_step", " (complete_and_claim)")
+
+
 def _intro(
     total: int, n: int, prepares: tuple[bool, ...], cpus: list[int] | None, *, quick: bool
 ) -> list[str]:
@@ -794,7 +827,8 @@ def _intro(
         if quick
         else "**The median of "
         + ", ".join(
-            f"{count} run{'s' if count > 1 else ''} of {system}" for system, count in ROUNDS.items()
+            f"{count} run{'s' if count > 1 else ''} of {_named(system)}"
+            for system, count in ROUNDS.items()
         )
         + " per cell** (a run of procrastinate takes minutes)"
     )
@@ -803,7 +837,9 @@ def _intro(
         f"**Queues.** {fmt_int(total)} no-op jobs, drained by 1 or 2 worker processes "
         "(multiprocessing `spawn`) of each system, each driven as its documentation shows: "
         "cira_db claims with `claim_batch(10)` and completes each batch with one "
-        "`complete_many` (a small result and the claim's attempt per job); pgqueuer (its own "
+        "`complete_many` (a small result and the claim's attempt per job), and again with "
+        "`complete_and_claim` (each call completes the last batch and claims the next in one "
+        "statement); pgqueuer (its own "
         "schema from `Queries.install`, in a separate database on the same server) runs a "
         "no-op `async` entrypoint on a `PgQueuer` over a psycopg `AsyncConnection` in "
         "autocommit with `batch_size=10` and `QueueExecutionMode.drain`; procrastinate (its "

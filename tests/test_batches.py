@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from _lost_reply import LostReply
 from cira_db import (
     Completion,
     Database,
@@ -301,6 +302,207 @@ def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database,
     worker.join(10)
     assert [(o.outcome, o.status) for o in outcomes] == [("wrong_state", JobStatus.FAILED)]
     assert _status(cira_db, job.id)[:2] == ("failed", None)
+
+
+# -- complete_and_claim ---------------------------------------------------------------------
+
+
+def test_complete_and_claim_completes_a_batch_and_claims_the_next_in_claim_order(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    made = jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(5)])
+    urgent = jobs.create(client_id=A, pdf_url=_url(9), priority=5)
+    outcomes, first = jobs.complete_and_claim([], 2, lease=LEASE)  # the first turn only claims
+    assert outcomes == []
+    assert [j.id for j in first] == [urgent.id, made[0].id]  # claim order: priority, age
+    assert all(j.status is JobStatus.PROCESSING and j.attempts == 1 for j in first)
+    step = jobs.complete_and_claim([_done(j) for j in first], 10, lease=LEASE)
+    assert [(o.index, o.job_id, o.outcome) for o in step.outcomes] == [
+        (0, urgent.id, "done"),
+        (1, made[0].id, "done"),
+    ]
+    for outcome in step.outcomes:
+        assert outcome.value is not None
+        assert _fields(outcome.value)[:2] == _stored(cira_db, outcome.job_id)[:2]
+        assert outcome.value.created_at == _stored(cira_db, outcome.job_id)[5]
+    assert [j.id for j in step.claimed] == [j.id for j in made[1:]]
+    for job in step.claimed:  # each claimed job is the stored row
+        status, lease, attempts = _status(cira_db, job.id)
+        assert (status, lease, attempts) == ("processing", job.lease_expires_at, job.attempts)
+    last = jobs.complete_and_claim([_done(j) for j in step.claimed], 10, lease=LEASE)
+    assert [o.outcome for o in last.outcomes] == ["done"] * 4
+    assert last.claimed == []
+    assert _results(cira_db) == 6
+    assert all(_status(cira_db, j.id)[0] == "completed" for j in [urgent, *made])
+
+
+def test_complete_and_claim_reports_each_item_and_claims_only_its_clients_jobs(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    good, stale = _claimed(jobs, 2)
+    other = _claimed(jobs, 1, client=B)[0]
+    jobs.create_many(client_id=B, pdf_urls=[_url(n) for n in range(3)])
+    waiting = jobs.create(client_id=A, pdf_url=_url(7))
+    later = jobs.create(client_id=A, pdf_url=_url(8), run_after=datetime.now(UTC) + LEASE)
+    with cira_db.connection() as conn:  # stale's claim is gone: claimed again since
+        conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = %s", (stale.id,))
+    items = [_done(good), _done(stale), _done(other)]
+    outcomes, claimed = jobs.complete_and_claim(items, 10, lease=LEASE, client_id=A)
+    assert [(o.outcome, o.status) for o in outcomes] == [
+        ("done", JobStatus.PROCESSING),
+        ("claimed_again", JobStatus.PROCESSING),
+        ("not_found", None),  # another client's job looks missing
+    ]
+    assert [j.id for j in claimed] == [waiting.id]  # A's due job only: not B's, not later
+    assert _results(cira_db) == 1
+    assert _status(cira_db, stale.id)[0] == "processing"  # the newer claim is untouched
+    assert _status(cira_db, other.id)[0] == "processing"
+    assert _status(cira_db, later.id)[0] == "queued"
+
+
+def test_complete_and_claim_validates_everything_before_any_sql(
+    jobs: JobRepository, cira_db: Database
+) -> None:
+    (job,) = _claimed(jobs, 1)
+    waiting = jobs.create(client_id=A, pdf_url=_url(5))
+    bad_calls: list[tuple[Callable[[], object], str]] = [
+        (lambda: jobs.complete_and_claim([_done(job)], 0, lease=LEASE), "limit"),
+        (lambda: jobs.complete_and_claim([_done(job)], 1001, lease=LEASE), "limit"),
+        (lambda: jobs.complete_and_claim([_done(job)], 1, lease=timedelta(0)), "lease"),
+        (lambda: jobs.complete_and_claim([_done(job)], 1, lease=LEASE, client_id=""), "client_id"),
+        (
+            lambda: jobs.complete_and_claim([Completion(job.id, {}, 2, 0)], 1, lease=LEASE),
+            r"items\[0\]\.confidence_score",
+        ),
+        (lambda: jobs.complete_and_claim([_done(job), _done(job)], 1, lease=LEASE), r"items\[1\]"),
+        (lambda: jobs.complete_and_claim("nope", 1, lease=LEASE), "items"),  # type: ignore[arg-type]
+    ]
+    for call, field in bad_calls:
+        with pytest.raises(ValidationError, match=field):
+            call()
+    assert _status(cira_db, job.id)[0] == "processing"
+    assert _status(cira_db, waiting.id)[0] == "queued"
+    assert _results(cira_db) == 0
+
+
+def _drive_complete_and_claim(
+    db: Database, items: list[Completion], *, commit_first: bool
+) -> tuple[Any, list[Any]]:
+    """complete_and_claim whose statement fails (``commit_first``: after it committed,
+    as when the reply is lost): what the logic does next, and the calls it made."""
+    from cira_db._repositories import _core_batches
+    from cira_db._repositories._base import Runner
+    from cira_db.errors import DatabaseUnavailableError
+
+    runner = Runner(db)
+    logic = _core_batches.complete_and_claim(items, 10, lease=LEASE, client_id=None)
+    first = next(logic)
+    assert not first.idempotent  # never repeated as a whole: the claim may have happened
+    if commit_first:
+        runner.execute(first)
+    calls = [first]
+    try:
+        call = logic.throw(DatabaseUnavailableError("complete and claim jobs: connection lost"))
+        calls.append(call)
+        logic.send(runner.execute(call))
+    except StopIteration as stop:
+        return stop.value, calls
+    raise AssertionError("the logic asked for a third call")
+
+
+@pytest.mark.parametrize("commit_first", [False, True], ids=["failed", "reply-lost"])
+def test_complete_and_claim_failure_stores_the_results_and_claims_nothing(
+    cira_db: Database, commit_first: bool
+) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _claimed(jobs, 2)
+    jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
+    got, calls = _drive_complete_and_claim(
+        cira_db, [_done(j) for j in claimed], commit_first=commit_first
+    )
+    assert len(calls) == 2
+    assert calls[1].idempotent  # the completion alone, with retries
+    assert calls[1].params["result_ids"] == calls[0].params["result_ids"]
+    assert [o.outcome for o in got.outcomes] == ["done", "done"]
+    assert got.claimed == []
+    assert _results(cira_db) == 2  # stored once, whether the first try committed or not
+    for outcome in got.outcomes:
+        assert outcome.value is not None
+        assert outcome.value.created_at == _stored(cira_db, outcome.job_id)[5]
+    with cira_db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'processing'").fetchone()
+    # The lost try's claim (3 jobs) holds them until their lease ends; a failed try none.
+    assert row == ((3,) if commit_first else (0,))
+
+
+def test_complete_and_claim_after_a_really_lost_reply_keeps_the_results(
+    cira_db: Database, cira_db_url: str
+) -> None:
+    jobs = JobRepository(cira_db)
+    claimed = _claimed(jobs, 2)
+    jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
+    with (
+        LostReply(cira_db_url) as relay,
+        Database(relay.url, pool_min_size=1, pool_max_size=1, retry_backoff=0.01) as db,
+    ):
+        relay.lose_reply("claimed AS (")  # the server commits; the reply never arrives
+        outcomes, got = JobRepository(db).complete_and_claim(
+            [_done(j) for j in claimed], 10, lease=LEASE
+        )
+    assert relay.lost == 1
+    assert [o.outcome for o in outcomes] == ["done", "done"]  # found by the repeat
+    assert got == []
+    assert _results(cira_db) == 2
+    assert all(_status(cira_db, j.id)[0] == "completed" for j in claimed)
+
+
+def test_complete_and_claim_failure_with_no_items_is_raised(cira_db: Database) -> None:
+    from cira_db._repositories import _core_batches
+    from cira_db.errors import DatabaseUnavailableError
+
+    logic = _core_batches.complete_and_claim([], 10, lease=LEASE, client_id=None)
+    next(logic)
+    with pytest.raises(DatabaseUnavailableError):
+        logic.throw(DatabaseUnavailableError("complete and claim jobs: connection lost"))
+
+
+def test_workers_draining_with_complete_and_claim_finish_every_job_once(
+    cira_db: Database,
+) -> None:
+    total, batch = 300, 7
+    jobs = JobRepository(cira_db)
+    jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(total)])
+    done: list[list[uuid.UUID]] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def worker(mine: list[uuid.UUID]) -> None:
+        try:
+            items: list[Completion] = []
+            while True:
+                step = jobs.complete_and_claim(items, batch, lease=LEASE)
+                assert all(o.ok for o in step.outcomes)
+                mine.extend(o.job_id for o in step.outcomes)
+                if not step.claimed:
+                    return
+                items = [_done(j) for j in step.claimed]
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in done]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    finished = [job_id for d in done for job_id in d]
+    assert len(finished) == total
+    assert len(set(finished)) == total  # every job once
+    assert _results(cira_db) == total
+    with cira_db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*), min(attempts), max(attempts) FROM jobs WHERE status = 'completed'"
+        ).fetchone()
+    assert row == (total, 1, 1)  # no job was claimed twice
 
 
 # -- fail_many ------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ UPDATING_STATEMENTS = {
     "extend_leases",
     "complete_job",
     "complete_jobs",
+    "complete_jobs_and_claim",
+    "complete_jobs_and_claim_for_client",
     "fail_job",
     "fail_job_retry",
     "fail_jobs",
@@ -222,6 +224,17 @@ def test_no_library_update_calls_the_trigger_function(counted: str) -> None:
         ]
         jobs.cancel(queued[-1], client_id="client-a")  # cancel_job (queued: cancelled)
         moved(queued[-1])
+
+        _, (six,) = jobs.complete_and_claim([], 1, lease=LEASE)  # complete_jobs_and_claim
+        moved(six.id)
+        done_six, (seven,) = jobs.complete_and_claim(  # complete_jobs_and_claim_for_client
+            [Completion(six.id, {}, 1, 0, attempt=six.attempts)],
+            1,
+            lease=LEASE,
+            client_id="client-a",
+        )
+        assert [item.outcome for item in done_six] == ["done"]
+        moved(six.id, seven.id)
 
         # release_expired_jobs: a lease that ran out (set by hand: one trigger call)
         _sql(

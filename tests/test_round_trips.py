@@ -24,7 +24,7 @@ import pytest
 from psycopg import pq
 
 import cira_db
-from cira_db import Database, Job, JobRepository, JobResultRepository, JobStatus
+from cira_db import Completion, Database, Job, JobRepository, JobResultRepository, JobStatus
 from cira_db._sql import load_queries
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
 from cira_db.errors import (
@@ -413,3 +413,21 @@ def test_named_queries_bind_only_placeholders() -> None:
             # Any % that is not a %(name)s (or binary %(name)b) placeholder must be an escaped %%.
             stripped = re.sub(r"%\([a-z_][a-z0-9_]*\)[sb]|%%", "", query.sql)
             assert "%" not in stripped, f"{file}:{query.name} has a stray %"
+
+
+def test_complete_and_claim_is_one_statement_and_one_commit(conn: psycopg.Connection[Any]) -> None:
+    jobs = JobRepository(conn)
+    jobs.create_many(client_id=A, pdf_urls=[f"https://e.com/{n}" for n in range(4)])
+    first = jobs.claim_batch(2, lease=LEASE)
+    items = [Completion(j.id, {}, 1, 0, attempt=j.attempts) for j in first]
+    with traced(conn) as wire:
+        outcomes, claimed = jobs.complete_and_claim(items, 2, lease=LEASE)
+    (seen,) = wire
+    # One Parse/Bind/Execute/Sync in autocommit: one implicit transaction, one commit.
+    assert (seen.count("F", "Parse"), seen.count("F", "Sync"), seen.count("F", "Query")) == (
+        1,
+        1,
+        0,
+    )
+    assert [o.outcome for o in outcomes] == ["done", "done"]
+    assert len(claimed) == 2

@@ -12,6 +12,7 @@ import typing as _typing
 
 from cira_db._database import Database
 from cira_db._models import (
+    CompletedAndClaimed,
     Completion,
     Failure,
     ItemOutcome,
@@ -31,6 +32,7 @@ if _typing.TYPE_CHECKING:
     from cira_db._settings_model import DatabaseSettings
 
 __all__ = [
+    "CompletedAndClaimed",
     "Completion",
     "Database",
     "DatabaseSettings",

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar
 from uuid import UUID
 
 __all__ = [
+    "CompletedAndClaimed",
     "Completion",
     "Failure",
     "ItemOutcome",
@@ -249,3 +250,16 @@ class ItemOutcome(Generic[T]):
     def ok(self) -> bool:
         """True when the item was applied as asked (``outcome == "done"``)."""
         return self.outcome == "done"
+
+
+class CompletedAndClaimed(NamedTuple):
+    """What `JobRepository.complete_and_claim` did: the batch it completed, the batch it claimed.
+
+    ``outcomes`` holds one `ItemOutcome` per completed item, in input order,
+    as `JobRepository.complete_many` reports them; ``claimed`` the newly
+    claimed jobs in claim order, as `JobRepository.claim_batch` returns them
+    (empty when nothing was due). Unpacks as ``outcomes, claimed = ...``.
+    """
+
+    outcomes: list[ItemOutcome[JobResult]]
+    claimed: list[Job]

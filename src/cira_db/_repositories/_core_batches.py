@@ -26,6 +26,7 @@ from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
 
 from cira_db._models import (
     STATUS_BY_LABEL,
+    CompletedAndClaimed,
     Completion,
     Failure,
     ItemOutcome,
@@ -35,6 +36,7 @@ from cira_db._models import (
     OutcomeKind,
 )
 from cira_db._repositories._base import Call, Logic
+from cira_db._repositories._core_jobs import _claim_order
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
@@ -45,20 +47,28 @@ from cira_db._validation import (
     check_extracted_data,
     check_job_id,
     check_lease,
+    check_limit,
     check_optional_attempt,
     check_optional_client_id,
     check_retry_in,
     check_tokens_used,
 )
-from cira_db.errors import InvalidTransitionError, NotFoundError, ValidationError
+from cira_db.errors import (
+    DatabaseUnavailableError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
 
-__all__ = ["complete_many", "extend_leases", "fail_many"]
+__all__ = ["complete_and_claim", "complete_many", "extend_leases", "fail_many"]
 
 T = TypeVar("T")
 
 _COMPLETE_JOBS: Final = query("jobs.sql", "complete_jobs")
 _FAIL_JOBS: Final = query("jobs.sql", "fail_jobs")
 _EXTEND_LEASES: Final = query("jobs.sql", "extend_leases")
+_COMPLETE_AND_CLAIM: Final = query("jobs.sql", "complete_jobs_and_claim")
+_COMPLETE_AND_CLAIM_FOR_CLIENT: Final = query("jobs.sql", "complete_jobs_and_claim_for_client")
 
 BATCH_MAX: Final = LIMIT_MAX
 """At most this many items per batch call (as many as `claim_batch` hands out)."""
@@ -181,69 +191,133 @@ def _atomic_refusal(
     raise InvalidTransitionError(text)
 
 
+class _Completions:
+    """A batch of `Completion` items checked and turned into the statement's arrays.
+
+    The result ids are fixed here, before the first try: a repeat after a lost
+    reply finds these result rows and reports the items done (``repeated``),
+    so repeating is harmless.
+    """
+
+    __slots__ = ("attempts", "data", "ids", "params", "result_ids", "scores", "tokens")
+
+    def __init__(self, items: Sequence[Completion], client: str | None) -> None:
+        given = _items(items, Completion)
+        self.ids: list[UUID] = []
+        self.attempts: list[int | None] = []
+        self.data: list[str] = []
+        self.scores: list[Decimal] = []
+        self.tokens: list[int] = []
+        for index, item in enumerate(given):
+            try:
+                self.ids.append(check_job_id(item.job_id))
+                self.data.append(check_extracted_data(item.extracted_data))
+                self.scores.append(check_confidence_score(item.confidence_score))
+                self.tokens.append(check_tokens_used(item.tokens_used))
+                self.attempts.append(check_optional_attempt(item.attempt))
+            except ValidationError as error:
+                raise _at(index, error) from None
+        _distinct(self.ids, "items")
+        self.result_ids = uuid7_batch(len(self.ids))
+        self.params: dict[str, Any] = {
+            "ids": self.ids,
+            "attempts": self.attempts,
+            "result_ids": self.result_ids,
+            "extracted_data": self.data,
+            "confidence_scores": self.scores,
+            "tokens_used": self.tokens,
+            "client_id": client,
+        }
+
+    def outcomes(
+        self, rows: Sequence[tuple[int, str | None, int | None, datetime | None]]
+    ) -> list[ItemOutcome[JobResult]]:
+        """One outcome per item from the rows ``(n, outcome, current_attempts, created_at)``."""
+        ids, data = self.ids, self.data
+        replies: list[_Reply] = [
+            (
+                n,
+                label,
+                current,
+                None
+                if created_at is None
+                else JobResult(
+                    self.result_ids[n - 1],
+                    ids[n - 1],
+                    stored_json(data[n - 1]),
+                    self.scores[n - 1],
+                    self.tokens[n - 1],
+                    created_at,
+                ),
+            )
+            for n, label, current, created_at in rows
+        ]
+        return _outcomes(replies, ids, self.attempts, cancel_moves=False)
+
+
 def complete_many(
     items: Sequence[Completion], *, client_id: str | None, atomic: bool
 ) -> Logic[list[ItemOutcome[JobResult]]]:
     """Complete a batch of processing jobs with their results, one statement."""
-    given = _items(items, Completion)
     all_or_nothing = _check_atomic(atomic)
-    client = check_optional_client_id(client_id)
-    ids: list[UUID] = []
-    attempts: list[int | None] = []
-    data: list[str] = []
-    scores: list[Decimal] = []
-    tokens: list[int] = []
-    for index, item in enumerate(given):
-        try:
-            ids.append(check_job_id(item.job_id))
-            data.append(check_extracted_data(item.extracted_data))
-            scores.append(check_confidence_score(item.confidence_score))
-            tokens.append(check_tokens_used(item.tokens_used))
-            attempts.append(check_optional_attempt(item.attempt))
-        except ValidationError as error:
-            raise _at(index, error) from None
-    _distinct(ids, "items")
-    if not ids:
+    batch = _Completions(items, check_optional_client_id(client_id))
+    if not batch.ids:
         return []
-    result_ids = uuid7_batch(len(ids))
-    params = {
-        "ids": ids,
-        "attempts": attempts,
-        # Fixed before the first try: a repeat after a lost reply finds these
-        # result rows and reports the items done, so repeating is harmless.
-        "result_ids": result_ids,
-        "extracted_data": data,
-        "confidence_scores": scores,
-        "tokens_used": tokens,
-        "client_id": client,
-        "atomic": all_or_nothing,
-    }
+    params = {**batch.params, "atomic": all_or_nothing}
     # One row per item: (n, outcome, current_attempts, the result's created_at or None).
     rows: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
         _COMPLETE_JOBS, params, tuple_row, "complete jobs", idempotent=True
     )
-    replies: list[_Reply] = [
-        (
-            n,
-            label,
-            current,
-            None
-            if created_at is None
-            else JobResult(
-                result_ids[n - 1],
-                ids[n - 1],
-                stored_json(data[n - 1]),
-                scores[n - 1],
-                tokens[n - 1],
-                created_at,
-            ),
-        )
-        for n, label, current, created_at in rows
-    ]
-    outcomes = _outcomes(replies, ids, attempts, cancel_moves=False)
+    outcomes = batch.outcomes(rows)
     if all_or_nothing:
-        _atomic_refusal("complete jobs", outcomes, attempts)
+        _atomic_refusal("complete jobs", outcomes, batch.attempts)
     return outcomes
+
+
+def complete_and_claim(
+    items: Sequence[Completion], limit: int, *, lease: timedelta, client_id: str | None
+) -> Logic[CompletedAndClaimed]:
+    """Complete a batch (items on their own) and claim the next, one statement, one commit."""
+    client = check_optional_client_id(client_id)
+    batch = _Completions(items, client)
+    params = {**batch.params, "limit": check_limit(limit), "lease": check_lease(lease)}
+    statement = _COMPLETE_AND_CLAIM if client is None else _COMPLETE_AND_CLAIM_FOR_CLIENT
+    try:
+        # Not repeated on a failure: the claim may have happened (as claim_batch).
+        rows: list[tuple[Any, ...]] = yield Call.all(
+            statement, params, tuple_row, "complete and claim jobs", idempotent=False
+        )
+    except DatabaseUnavailableError:
+        if not batch.ids:
+            raise
+        # The reply is lost or the statement failed: the results must not be. The
+        # completion alone is safe to repeat (same result ids: a try that did
+        # commit reports its items done), so it runs again, with retries; a claim
+        # the lost try may have made comes back to the queue when its lease ends.
+        repeated: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
+            _COMPLETE_JOBS,
+            {**batch.params, "atomic": False},
+            tuple_row,
+            "complete jobs",
+            idempotent=True,
+        )
+        return CompletedAndClaimed(batch.outcomes(repeated), [])
+    done = [row[:4] for row in rows if row[0] is not None]
+    claimed = [_claimed_job(row) for row in rows if row[0] is None]
+    claimed.sort(key=_claim_order)
+    return CompletedAndClaimed(batch.outcomes(done), claimed)
+
+
+_JOB_COLUMNS: Final = (
+    "id", "client_id", "status", "pdf_url", "created_at", "updated_at", "completed_at",
+    "error_message", "attempts", "lease_expires_at", "priority", "run_after", "progress",
+    "cancel_requested_at",
+)  # fmt: skip
+
+
+def _claimed_job(row: tuple[Any, ...]) -> Job:
+    """A claimed job from a complete_jobs_and_claim row (its columns after the first four)."""
+    return _job(**dict(zip(_JOB_COLUMNS, row[4:], strict=True)))
 
 
 def fail_many(

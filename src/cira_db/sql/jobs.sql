@@ -666,6 +666,170 @@ LEFT JOIN result ON result.job_id = input.id
 LEFT JOIN earlier ON earlier.job_id = input.id
 ORDER BY input.n
 
+-- name: complete_jobs_and_claim
+-- complete_and_claim's statement: complete_jobs (without `atomic`: each item
+-- on its own) and claim_jobs in ONE statement, so a worker's batch costs one
+-- commit (one WAL flush the worker waits for) and one round trip instead of
+-- two of each. The two moves touch disjoint rows: the completed jobs are
+-- processing, the claimed ones queued, and the claim locks with SKIP LOCKED
+-- only, so it never waits on a lock. The reply is one result: the items'
+-- rows first (n = 1..; outcome, current_attempts, result_created_at), then
+-- the claimed jobs (n NULL; the job's columns), which the caller sorts in
+-- claim order.
+WITH input AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[], %(result_ids)b::uuid[],
+                %(extracted_data)b::text[], %(confidence_scores)s::numeric[],
+                %(tokens_used)s::integer[])
+         WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
+                               tokens_used, n)
+), to_complete AS MATERIALIZED (
+    SELECT jobs.id, jobs.status, jobs.attempts
+    FROM jobs
+    WHERE jobs.id = ANY (%(ids)b::uuid[])
+      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    ORDER BY jobs.id
+    FOR UPDATE
+), go AS MATERIALIZED (
+    SELECT input.*
+    FROM input JOIN to_complete ON to_complete.id = input.id
+    WHERE to_complete.status = 'processing'
+      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
+), done AS (
+    UPDATE jobs
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
+        updated_at = now()
+    FROM go
+    WHERE jobs.id = go.id
+    RETURNING jobs.id
+), result AS (
+    INSERT INTO job_results (id, job_id, extracted_data, confidence_score, tokens_used, created_at)
+    SELECT go.result_id, go.id, go.extracted_data::jsonb, go.confidence_score, go.tokens_used,
+           now()
+    FROM go JOIN done ON done.id = go.id
+    RETURNING job_id, created_at
+), earlier AS (
+    SELECT job_results.job_id, job_results.created_at
+    FROM input
+    JOIN to_complete ON to_complete.id = input.id AND to_complete.status = 'completed'
+    JOIN job_results ON job_results.id = input.result_id AND job_results.job_id = input.id
+), claimed AS (
+    UPDATE jobs
+    SET status = 'processing',
+        attempts = jobs.attempts + 1,
+        lease_expires_at = now() + %(lease)s::interval,
+        updated_at = now()
+    WHERE jobs.id = ANY (ARRAY(
+        SELECT id
+        FROM jobs
+        WHERE status = 'queued'
+          AND coalesce(run_after, created_at) <= now()
+        ORDER BY priority DESC, coalesce(run_after, created_at), id
+        LIMIT (SELECT %(limit)s::integer)
+        FOR UPDATE SKIP LOCKED))
+    RETURNING jobs.*
+)
+SELECT input.n,
+       CASE WHEN earlier.job_id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.attempts AS current_attempts,
+       coalesce(result.created_at, earlier.created_at) AS result_created_at,
+       NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
+       NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
+       NULL::timestamptz AS completed_at, NULL::text AS error_message, NULL::integer AS attempts,
+       NULL::timestamptz AS lease_expires_at, NULL::smallint AS priority,
+       NULL::timestamptz AS run_after, NULL::jsonb AS progress,
+       NULL::timestamptz AS cancel_requested_at
+FROM input
+LEFT JOIN to_complete ON to_complete.id = input.id
+LEFT JOIN result ON result.job_id = input.id
+LEFT JOIN earlier ON earlier.job_id = input.id
+UNION ALL
+SELECT NULL, NULL, NULL, NULL,
+       id, client_id, status::text, pdf_url, created_at, updated_at, completed_at,
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
+FROM claimed
+ORDER BY n
+
+-- name: complete_jobs_and_claim_for_client
+-- As complete_jobs_and_claim, for one client: items of other clients'
+-- jobs are not found, and the claim reads that client's queue only
+-- (idx_jobs_claim_client).
+WITH input AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[], %(result_ids)b::uuid[],
+                %(extracted_data)b::text[], %(confidence_scores)s::numeric[],
+                %(tokens_used)s::integer[])
+         WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
+                               tokens_used, n)
+), to_complete AS MATERIALIZED (
+    SELECT jobs.id, jobs.status, jobs.attempts
+    FROM jobs
+    WHERE jobs.id = ANY (%(ids)b::uuid[])
+      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    ORDER BY jobs.id
+    FOR UPDATE
+), go AS MATERIALIZED (
+    SELECT input.*
+    FROM input JOIN to_complete ON to_complete.id = input.id
+    WHERE to_complete.status = 'processing'
+      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
+), done AS (
+    UPDATE jobs
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
+        updated_at = now()
+    FROM go
+    WHERE jobs.id = go.id
+    RETURNING jobs.id
+), result AS (
+    INSERT INTO job_results (id, job_id, extracted_data, confidence_score, tokens_used, created_at)
+    SELECT go.result_id, go.id, go.extracted_data::jsonb, go.confidence_score, go.tokens_used,
+           now()
+    FROM go JOIN done ON done.id = go.id
+    RETURNING job_id, created_at
+), earlier AS (
+    SELECT job_results.job_id, job_results.created_at
+    FROM input
+    JOIN to_complete ON to_complete.id = input.id AND to_complete.status = 'completed'
+    JOIN job_results ON job_results.id = input.result_id AND job_results.job_id = input.id
+), claimed AS (
+    UPDATE jobs
+    SET status = 'processing',
+        attempts = jobs.attempts + 1,
+        lease_expires_at = now() + %(lease)s::interval,
+        updated_at = now()
+    WHERE jobs.id = ANY (ARRAY(
+        SELECT id
+        FROM jobs
+        WHERE client_id = %(client_id)s AND status = 'queued'
+          AND coalesce(run_after, created_at) <= now()
+        ORDER BY priority DESC, coalesce(run_after, created_at), id
+        LIMIT (SELECT %(limit)s::integer)
+        FOR UPDATE SKIP LOCKED))
+    RETURNING jobs.*
+)
+SELECT input.n,
+       CASE WHEN earlier.job_id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.attempts AS current_attempts,
+       coalesce(result.created_at, earlier.created_at) AS result_created_at,
+       NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
+       NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
+       NULL::timestamptz AS completed_at, NULL::text AS error_message, NULL::integer AS attempts,
+       NULL::timestamptz AS lease_expires_at, NULL::smallint AS priority,
+       NULL::timestamptz AS run_after, NULL::jsonb AS progress,
+       NULL::timestamptz AS cancel_requested_at
+FROM input
+LEFT JOIN to_complete ON to_complete.id = input.id
+LEFT JOIN result ON result.job_id = input.id
+LEFT JOIN earlier ON earlier.job_id = input.id
+UNION ALL
+SELECT NULL, NULL, NULL, NULL,
+       id, client_id, status::text, pdf_url, created_at, updated_at, completed_at,
+       error_message, attempts, lease_expires_at,
+       priority, run_after, progress, cancel_requested_at
+FROM claimed
+ORDER BY n
+
 -- name: fail_jobs
 -- Fail a batch of processing jobs, one statement: each keeps its
 -- error_message and loses its lease; with a retry_in it goes back to the
