@@ -336,28 +336,69 @@ def test_complete_and_claim_completes_a_batch_and_claims_the_next_in_claim_order
     assert all(_status(cira_db, j.id)[0] == "completed" for j in [urgent, *made])
 
 
-def test_complete_and_claim_reports_each_item_and_claims_only_its_clients_jobs(
-    jobs: JobRepository, cira_db: Database
+@pytest.mark.parametrize("scope", [None, A], ids=["any-client", "one-client"])
+def test_complete_and_claim_reports_each_item_and_claims_only_due_jobs(
+    jobs: JobRepository, cira_db: Database, scope: str | None
 ) -> None:
-    good, stale = _claimed(jobs, 2)
+    good, stale, failed, cancelled_job, finished = _claimed(jobs, 5)
     other = _claimed(jobs, 1, client=B)[0]
-    jobs.create_many(client_id=B, pdf_urls=[_url(n) for n in range(3)])
-    waiting = jobs.create(client_id=A, pdf_url=_url(7))
+    queued = jobs.create(client_id=A, pdf_url=_url(6))
     later = jobs.create(client_id=A, pdf_url=_url(8), run_after=datetime.now(UTC) + LEASE)
-    with cira_db.connection() as conn:  # stale's claim is gone: claimed again since
+    later_b = jobs.create(client_id=B, pdf_url=_url(9), run_after=datetime.now(UTC) + LEASE)
+    with cira_db.connection() as conn:
         conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = %s", (stale.id,))
-    items = [_done(good), _done(stale), _done(other)]
-    outcomes, claimed = jobs.complete_and_claim(items, 10, lease=LEASE, client_id=A)
+        for job_id, status in ((failed.id, "failed"), (cancelled_job.id, "cancelled")):
+            conn.execute(
+                "UPDATE jobs SET status = %s::job_status, lease_expires_at = NULL WHERE id = %s",
+                (status, job_id),
+            )
+    jobs.complete_many([_done(finished)])
+    waiting_b = jobs.create(client_id=B, pdf_url=_url(7))
+    items = [
+        _done(good),
+        _done(stale),
+        _done(failed),
+        _done(cancelled_job),
+        _done(finished),
+        Completion(queued.id, {}, 1, 0),
+        _done(other),
+    ]
+    outcomes, claimed = jobs.complete_and_claim(items, 10, lease=LEASE, client_id=scope)
     assert [(o.outcome, o.status) for o in outcomes] == [
         ("done", JobStatus.PROCESSING),
         ("claimed_again", JobStatus.PROCESSING),
-        ("not_found", None),  # another client's job looks missing
+        ("wrong_state", JobStatus.FAILED),
+        ("cancelled", JobStatus.CANCELLED),
+        ("wrong_state", JobStatus.COMPLETED),
+        ("wrong_state", JobStatus.QUEUED),
+        ("not_found", None) if scope else ("done", JobStatus.PROCESSING),
     ]
-    assert [j.id for j in claimed] == [waiting.id]  # A's due job only: not B's, not later
-    assert _results(cira_db) == 1
+    # Due queued jobs only (never a scheduled one); with client_id, that client's only.
+    expected = [queued.id] if scope else [queued.id, waiting_b.id]
+    assert [j.id for j in claimed] == expected
+    for job in claimed:  # each claimed job is the stored row, field for field
+        assert job == jobs.get(job.id, client_id=job.client_id)
+        assert job.status is JobStatus.PROCESSING
+        assert job.lease_expires_at is not None
+    assert _results(cira_db) == (2 if scope else 3)  # finished's, good's (and other's)
     assert _status(cira_db, stale.id)[0] == "processing"  # the newer claim is untouched
-    assert _status(cira_db, other.id)[0] == "processing"
+    assert _status(cira_db, failed.id)[0] == "failed"
+    assert _status(cira_db, cancelled_job.id)[0] == "cancelled"
     assert _status(cira_db, later.id)[0] == "queued"
+    assert _status(cira_db, later_b.id)[0] == "queued"
+    assert _status(cira_db, other.id)[0] == ("processing" if scope else "completed")
+
+
+def test_the_per_client_complete_and_claim_differs_only_in_the_claims_filter() -> None:
+    from cira_db._sql import load_queries
+
+    queries = load_queries("jobs.sql")
+    plain = queries["complete_jobs_and_claim"].sql
+    scoped = queries["complete_jobs_and_claim_for_client"].sql
+    assert scoped == plain.replace(
+        "WHERE status = 'queued'", "WHERE client_id = %(client_id)s AND status = 'queued'"
+    )
+    assert plain.count("WHERE status = 'queued'") == 1
 
 
 def test_complete_and_claim_validates_everything_before_any_sql(
@@ -386,10 +427,11 @@ def test_complete_and_claim_validates_everything_before_any_sql(
 
 
 def _drive_complete_and_claim(
-    db: Database, items: list[Completion], *, commit_first: bool
+    db: Database, items: list[Completion], *, commit_first: bool, fail_again: bool = False
 ) -> tuple[Any, list[Any]]:
     """complete_and_claim whose statement fails (``commit_first``: after it committed,
-    as when the reply is lost): what the logic does next, and the calls it made."""
+    as when the reply is lost): what it returns, and the calls it made. With
+    ``fail_again`` the claim after the recovery fails too."""
     from cira_db._repositories import _core_batches
     from cira_db._repositories._base import Runner
     from cira_db.errors import DatabaseUnavailableError
@@ -401,42 +443,90 @@ def _drive_complete_and_claim(
     if commit_first:
         runner.execute(first)
     calls = [first]
+    call = logic.throw(DatabaseUnavailableError("complete and claim jobs: connection lost"))
     try:
-        call = logic.throw(DatabaseUnavailableError("complete and claim jobs: connection lost"))
-        calls.append(call)
-        logic.send(runner.execute(call))
+        while True:
+            calls.append(call)
+            if fail_again and len(calls) == 3:
+                call = logic.throw(DatabaseUnavailableError("claim jobs: connection lost"))
+            else:
+                call = logic.send(runner.execute(call))
     except StopIteration as stop:
         return stop.value, calls
-    raise AssertionError("the logic asked for a third call")
 
 
 @pytest.mark.parametrize("commit_first", [False, True], ids=["failed", "reply-lost"])
-def test_complete_and_claim_failure_stores_the_results_and_claims_nothing(
-    cira_db: Database, commit_first: bool
+def test_complete_and_claim_failure_stores_the_results_then_claims_again(
+    cira_db: Database, commit_first: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs = JobRepository(cira_db)
     claimed = _claimed(jobs, 2)
     jobs.create_many(client_id=A, pdf_urls=[_url(n) for n in range(3)])
-    got, calls = _drive_complete_and_claim(
-        cira_db, [_done(j) for j in claimed], commit_first=commit_first
-    )
-    assert len(calls) == 2
+    with caplog.at_level("WARNING", logger="cira_db.calls"):
+        got, calls = _drive_complete_and_claim(
+            cira_db, [_done(j) for j in claimed], commit_first=commit_first
+        )
+    assert len(calls) == 3
     assert calls[1].idempotent  # the completion alone, with retries
     assert calls[1].params["result_ids"] == calls[0].params["result_ids"]
+    assert not calls[2].idempotent  # then one claim, never repeated
     assert [o.outcome for o in got.outcomes] == ["done", "done"]
-    assert got.claimed == []
     assert _results(cira_db) == 2  # stored once, whether the first try committed or not
     for outcome in got.outcomes:
         assert outcome.value is not None
         assert outcome.value.created_at == _stored(cira_db, outcome.job_id)[5]
+    # The lost try's claim holds the 3 queued jobs until their lease ends: the new claim
+    # finds none. After a failed try, the new claim takes them.
+    assert len(got.claimed) == (0 if commit_first else 3)
     with cira_db.connection() as conn:
         row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'processing'").fetchone()
-    # The lost try's claim (3 jobs) holds them until their lease ends; a failed try none.
-    assert row == ((3,) if commit_first else (0,))
+    assert row == (3,)
+    assert any("completing the 2 items again" in r.getMessage() for r in caplog.records)
+
+
+def test_complete_and_claim_says_the_items_are_stored_when_the_claim_fails_too(
+    cira_db: Database,
+) -> None:
+    from cira_db.errors import DatabaseUnavailableError
+
+    jobs = JobRepository(cira_db)
+    claimed = _claimed(jobs, 2)
+    with pytest.raises(DatabaseUnavailableError, match="the 2 items were completed first, 2 done"):
+        _drive_complete_and_claim(
+            cira_db, [_done(j) for j in claimed], commit_first=False, fail_again=True
+        )
+    assert _results(cira_db) == 2
+
+
+def test_complete_and_claim_in_a_callers_transaction_raises_the_failure(
+    cira_db_url: str,
+) -> None:
+    from cira_db._repositories import _core_batches
+    from cira_db.errors import DatabaseUnavailableError
+
+    with psycopg.connect(cira_db_url, autocommit=True) as conn:
+        assert _core_batches.commits_each_statement(conn)
+        with conn.transaction():
+            # Inside the caller's transaction nothing commits on its own: no recovery.
+            assert not _core_batches.commits_each_statement(conn)
+            jobs = JobRepository(conn)
+            job = jobs.create(client_id=A, pdf_url=_url(1))
+            logic = _core_batches.complete_and_claim(
+                [Completion(job.id, {}, 1, 0)],
+                1,
+                lease=LEASE,
+                client_id=None,
+                recover=_core_batches.commits_each_statement(conn),
+            )
+            next(logic)
+            with pytest.raises(DatabaseUnavailableError, match="connection lost"):
+                logic.throw(DatabaseUnavailableError("complete and claim jobs: connection lost"))
+    with psycopg.connect(cira_db_url) as conn:
+        assert not _core_batches.commits_each_statement(conn)  # not autocommit
 
 
 def test_complete_and_claim_after_a_really_lost_reply_keeps_the_results(
-    cira_db: Database, cira_db_url: str
+    cira_db: Database, cira_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs = JobRepository(cira_db)
     claimed = _claimed(jobs, 2)
@@ -444,6 +534,7 @@ def test_complete_and_claim_after_a_really_lost_reply_keeps_the_results(
     with (
         LostReply(cira_db_url) as relay,
         Database(relay.url, pool_min_size=1, pool_max_size=1, retry_backoff=0.01) as db,
+        caplog.at_level("WARNING", logger="cira_db.calls"),
     ):
         relay.lose_reply("claimed AS (")  # the server commits; the reply never arrives
         outcomes, got = JobRepository(db).complete_and_claim(
@@ -451,9 +542,10 @@ def test_complete_and_claim_after_a_really_lost_reply_keeps_the_results(
         )
     assert relay.lost == 1
     assert [o.outcome for o in outcomes] == ["done", "done"]  # found by the repeat
-    assert got == []
+    assert got == []  # the lost try claimed all three: they wait for their lease
     assert _results(cira_db) == 2
     assert all(_status(cira_db, j.id)[0] == "completed" for j in claimed)
+    assert [r.levelname for r in caplog.records if "items again" in r.getMessage()] == ["WARNING"]
 
 
 def test_complete_and_claim_failure_with_no_items_is_raised(cira_db: Database) -> None:

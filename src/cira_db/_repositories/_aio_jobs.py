@@ -504,16 +504,25 @@ class AsyncJobRepository:
         ``client_id``, only that client's jobs are completed and claimed).
         For fair turns between clients use `claim_batch` with ``fair=True``.
 
-        A failure never loses finished work: when the statement fails or its
+        A failure never loses finished work. When the statement fails or its
         reply is lost (`DatabaseUnavailableError`), the items are completed
         again on their own with retries (the same result ids, so a try that
-        did commit reports them ``"done"``), and ``claimed`` comes back empty;
-        jobs the lost try may have claimed return to the queue when their lease
-        ends, as after a worker crash. With no items the failure is raised, as
-        `claim_batch` raises it.
+        did commit reports them ``"done"`` with the rows it stored; logged at
+        WARNING), then one more claim is made; if that fails, the error says
+        the items were stored. Jobs a lost try claimed return to the queue
+        when their lease ends, with that attempt used up, as after a worker
+        crash. With no items, inside a caller's transaction, and for other
+        errors (a statement timeout, ...) the error is raised as it is:
+        nothing was written, and the items can go to `complete_many`.
         """
         return await self._run.drive(
-            _batches.complete_and_claim(items, limit, lease=lease, client_id=client_id)
+            _batches.complete_and_claim(
+                items,
+                limit,
+                lease=lease,
+                client_id=client_id,
+                recover=_batches.commits_each_statement(self._run.executor),
+            )
         )
 
     async def fail_many(

@@ -16,12 +16,15 @@ raises (`NotFoundError` if the first refused item is not found, else
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
 
 from cira_db._models import (
@@ -35,8 +38,8 @@ from cira_db._models import (
     JobStatus,
     OutcomeKind,
 )
-from cira_db._repositories._base import Call, Logic
-from cira_db._repositories._core_jobs import _claim_order
+from cira_db._repositories._base import Call, Logic, job_row, model_builder
+from cira_db._repositories._core_jobs import _CLAIM_JOBS, _CLAIM_JOBS_FOR_CLIENT, _claim_order
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
@@ -60,9 +63,17 @@ from cira_db.errors import (
     ValidationError,
 )
 
-__all__ = ["complete_and_claim", "complete_many", "extend_leases", "fail_many"]
+__all__ = [
+    "commits_each_statement",
+    "complete_and_claim",
+    "complete_many",
+    "extend_leases",
+    "fail_many",
+]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("cira_db.calls")
 
 _COMPLETE_JOBS: Final = query("jobs.sql", "complete_jobs")
 _FAIL_JOBS: Final = query("jobs.sql", "fail_jobs")
@@ -274,38 +285,99 @@ def complete_many(
     return outcomes
 
 
+def commits_each_statement(executor: object) -> bool:
+    """Whether every statement run on ``executor`` commits on its own.
+
+    True for a `Database` / `AsyncDatabase` (each call its own transaction) and
+    for a caller's autocommit connection outside a transaction; False inside
+    a caller's transaction, which commits (or not) when the caller says.
+    """
+    if not isinstance(executor, psycopg.Connection | psycopg.AsyncConnection):
+        return True
+    idle = executor.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    return bool(executor.autocommit and idle)
+
+
 def complete_and_claim(
-    items: Sequence[Completion], limit: int, *, lease: timedelta, client_id: str | None
+    items: Sequence[Completion],
+    limit: int,
+    *,
+    lease: timedelta,
+    client_id: str | None,
+    recover: bool = True,
 ) -> Logic[CompletedAndClaimed]:
-    """Complete a batch (items on their own) and claim the next, one statement, one commit."""
+    """Complete a batch (items on their own) and claim the next, one statement, one commit.
+
+    ``recover``: each statement commits on its own (a `Database`, or a
+    caller's autocommit connection outside a transaction), so after a
+    `DatabaseUnavailableError` the items can be completed again alone. Inside
+    a caller's transaction the error is raised as it is (the transaction is
+    aborted; nothing was committed).
+    """
     client = check_optional_client_id(client_id)
     batch = _Completions(items, client)
-    params = {**batch.params, "limit": check_limit(limit), "lease": check_lease(lease)}
+    claim = {"limit": check_limit(limit), "lease": check_lease(lease), "client_id": client}
     statement = _COMPLETE_AND_CLAIM if client is None else _COMPLETE_AND_CLAIM_FOR_CLIENT
     try:
         # Not repeated on a failure: the claim may have happened (as claim_batch).
         rows: list[tuple[Any, ...]] = yield Call.all(
-            statement, params, tuple_row, "complete and claim jobs", idempotent=False
-        )
-    except DatabaseUnavailableError:
-        if not batch.ids:
-            raise
-        # The reply is lost or the statement failed: the results must not be. The
-        # completion alone is safe to repeat (same result ids: a try that did
-        # commit reports its items done), so it runs again, with retries; a claim
-        # the lost try may have made comes back to the queue when its lease ends.
-        repeated: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
-            _COMPLETE_JOBS,
-            {**batch.params, "atomic": False},
+            statement,
+            {**batch.params, **claim},
             tuple_row,
-            "complete jobs",
-            idempotent=True,
+            "complete and claim jobs",
+            idempotent=False,
         )
-        return CompletedAndClaimed(batch.outcomes(repeated), [])
+    except DatabaseUnavailableError as exc:
+        if not batch.ids or not recover:
+            raise
+        return (yield from _recover(batch, claim, exc))
     done = [row[:4] for row in rows if row[0] is not None]
-    claimed = [_claimed_job(row) for row in rows if row[0] is None]
+    build = _claimed_builder()
+    claimed = [build(row[4:]) for row in rows if row[0] is None]
     claimed.sort(key=_claim_order)
     return CompletedAndClaimed(batch.outcomes(done), claimed)
+
+
+def _recover(
+    batch: _Completions, claim: dict[str, Any], failure: DatabaseUnavailableError
+) -> Logic[CompletedAndClaimed]:
+    """After the combined statement failed: the items alone (safe to repeat), then a claim.
+
+    The completion runs with retries and the same result ids, so a lost try
+    that did commit has its items reported done with the rows it stored. The
+    claim is one more try, never repeated; if it fails, the error says the
+    items were stored. Jobs a lost try claimed stay claimed until their lease
+    ends (their attempt is used up), as after a worker crash: logged.
+    """
+    _log.warning(
+        "%s; completing the %d items again on their own, then "
+        "claiming again (jobs a lost try claimed return to the queue when their lease ends)",
+        failure,
+        len(batch.ids),
+    )
+    rows: list[tuple[int, str | None, int | None, datetime | None]] = yield Call.all(
+        _COMPLETE_JOBS,
+        {**batch.params, "atomic": False},
+        tuple_row,
+        "complete jobs",
+        idempotent=True,
+    )
+    outcomes = batch.outcomes(rows)
+    if claim["client_id"] is None:
+        statement, params = _CLAIM_JOBS, {"limit": claim["limit"], "lease": claim["lease"]}
+    else:
+        statement, params = _CLAIM_JOBS_FOR_CLIENT, claim
+    try:
+        claimed: list[Job] = yield Call.all(
+            statement, params, job_row, "claim jobs", idempotent=False
+        )
+    except DatabaseUnavailableError as exc:
+        stored = sum(outcome.ok for outcome in outcomes)
+        raise DatabaseUnavailableError(
+            f"{exc} (complete and claim jobs: the {len(outcomes)} items were completed first, "
+            f"{stored} done; the claim failed: claim again)"
+        ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
+    return CompletedAndClaimed(outcomes, sorted(claimed, key=_claim_order))
 
 
 _JOB_COLUMNS: Final = (
@@ -315,9 +387,10 @@ _JOB_COLUMNS: Final = (
 )  # fmt: skip
 
 
-def _claimed_job(row: tuple[Any, ...]) -> Job:
-    """A claimed job from a complete_jobs_and_claim row (its columns after the first four)."""
-    return _job(**dict(zip(_JOB_COLUMNS, row[4:], strict=True)))
+@cache
+def _claimed_builder() -> Callable[[Sequence[Any]], Job]:
+    """Builds a claimed job from a complete_jobs_and_claim row's columns after the first four."""
+    return model_builder(Job, _JOB_COLUMNS)
 
 
 def fail_many(

@@ -675,7 +675,9 @@ ORDER BY input.n
 -- only, so it never waits on a lock. The reply is one result: the items'
 -- rows first (n = 1..; outcome, current_attempts, result_created_at), then
 -- the claimed jobs (n NULL; the job's columns), which the caller sorts in
--- claim order.
+-- claim order. Never repeated (the claim may have happened), so it has no
+-- 'repeated' check: after a failure the caller runs complete_jobs alone,
+-- which has one, with the same result ids.
 WITH input AS MATERIALIZED (
     SELECT *
     FROM unnest(%(ids)b::uuid[], %(attempts)s::integer[], %(result_ids)b::uuid[],
@@ -708,11 +710,6 @@ WITH input AS MATERIALIZED (
            now()
     FROM go JOIN done ON done.id = go.id
     RETURNING job_id, created_at
-), earlier AS (
-    SELECT job_results.job_id, job_results.created_at
-    FROM input
-    JOIN to_complete ON to_complete.id = input.id AND to_complete.status = 'completed'
-    JOIN job_results ON job_results.id = input.result_id AND job_results.job_id = input.id
 ), claimed AS (
     UPDATE jobs
     SET status = 'processing',
@@ -730,9 +727,9 @@ WITH input AS MATERIALIZED (
     RETURNING jobs.*
 )
 SELECT input.n,
-       CASE WHEN earlier.job_id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.status::text AS outcome,
        to_complete.attempts AS current_attempts,
-       coalesce(result.created_at, earlier.created_at) AS result_created_at,
+       result.created_at AS result_created_at,
        NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
        NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
        NULL::timestamptz AS completed_at, NULL::text AS error_message, NULL::integer AS attempts,
@@ -742,7 +739,6 @@ SELECT input.n,
 FROM input
 LEFT JOIN to_complete ON to_complete.id = input.id
 LEFT JOIN result ON result.job_id = input.id
-LEFT JOIN earlier ON earlier.job_id = input.id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL,
        id, client_id, status::text, pdf_url, created_at, updated_at, completed_at,
@@ -787,11 +783,6 @@ WITH input AS MATERIALIZED (
            now()
     FROM go JOIN done ON done.id = go.id
     RETURNING job_id, created_at
-), earlier AS (
-    SELECT job_results.job_id, job_results.created_at
-    FROM input
-    JOIN to_complete ON to_complete.id = input.id AND to_complete.status = 'completed'
-    JOIN job_results ON job_results.id = input.result_id AND job_results.job_id = input.id
 ), claimed AS (
     UPDATE jobs
     SET status = 'processing',
@@ -809,9 +800,9 @@ WITH input AS MATERIALIZED (
     RETURNING jobs.*
 )
 SELECT input.n,
-       CASE WHEN earlier.job_id IS NOT NULL THEN 'repeated' ELSE to_complete.status::text END AS outcome,
+       to_complete.status::text AS outcome,
        to_complete.attempts AS current_attempts,
-       coalesce(result.created_at, earlier.created_at) AS result_created_at,
+       result.created_at AS result_created_at,
        NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
        NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
        NULL::timestamptz AS completed_at, NULL::text AS error_message, NULL::integer AS attempts,
@@ -821,7 +812,6 @@ SELECT input.n,
 FROM input
 LEFT JOIN to_complete ON to_complete.id = input.id
 LEFT JOIN result ON result.job_id = input.id
-LEFT JOIN earlier ON earlier.job_id = input.id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL,
        id, client_id, status::text, pdf_url, created_at, updated_at, completed_at,
