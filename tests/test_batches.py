@@ -277,7 +277,9 @@ def test_complete_many_validates_every_item_before_any_sql(
     assert jobs.complete_many([]) == []
 
 
-@pytest.mark.parametrize("call", ["complete_many", "fail_many", "extend_leases"])
+@pytest.mark.parametrize(
+    "call", ["complete_many", "fail_many", "extend_leases", "complete_and_claim"]
+)
 def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database, call: str) -> None:
     # The batch locks its rows (FOR UPDATE): an item whose job another transaction is
     # changing waits, then is judged on the committed row, not on a stale snapshot
@@ -288,6 +290,7 @@ def test_a_batch_waits_for_a_concurrent_change_and_reports_it(cira_db: Database,
         "complete_many": lambda: list(jobs.complete_many([_done(job)])),
         "fail_many": lambda: list(jobs.fail_many([Failure(job.id, "x", job.attempts)])),
         "extend_leases": lambda: list(jobs.extend_leases([job.id], lease=LEASE)),
+        "complete_and_claim": lambda: jobs.complete_and_claim([_done(job)], 1, lease=LEASE)[0],
     }
     run = runs[call]
     outcomes: list[Any] = []
@@ -389,16 +392,35 @@ def test_complete_and_claim_reports_each_item_and_claims_only_due_jobs(
     assert _status(cira_db, other.id)[0] == ("processing" if scope else "completed")
 
 
-def test_the_per_client_complete_and_claim_differs_only_in_the_claims_filter() -> None:
+def test_the_per_client_complete_and_claim_differs_only_in_its_client_filters() -> None:
+    # What the mutation guards check in complete_jobs_and_claim holds for the per-client
+    # copy too: the two differ only in the client conditions.
     from cira_db._sql import load_queries
 
     queries = load_queries("jobs.sql")
     plain = queries["complete_jobs_and_claim"].sql
     scoped = queries["complete_jobs_and_claim_for_client"].sql
+    held = "WHERE jobs.id = ANY (%(ids)b::uuid[])\n"
+    due = "WHERE status = 'queued'"
+    assert (plain.count(held), plain.count(due)) == (1, 1)
     assert scoped == plain.replace(
-        "WHERE status = 'queued'", "WHERE client_id = %(client_id)s AND status = 'queued'"
-    )
-    assert plain.count("WHERE status = 'queued'") == 1
+        held, "WHERE jobs.id = ANY (%(ids)b::uuid[]) AND jobs.client_id = %(client_id)s\n"
+    ).replace(due, "WHERE client_id = %(client_id)s AND status = 'queued'")
+
+
+def test_complete_and_claim_skips_a_queued_job_another_transaction_holds(
+    cira_db: Database, cira_db_url: str
+) -> None:
+    jobs = JobRepository(cira_db)
+    first, second = jobs.create_many(client_id=A, pdf_urls=[_url(1), _url(2)])
+    with cira_db.connection() as holder, holder.transaction():
+        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (first.id,))
+        # On a connection that gives up on a lock at once: waiting would be an error.
+        with psycopg.connect(cira_db_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '100ms'")
+            _, claimed = JobRepository(conn).complete_and_claim([], 2, lease=LEASE)
+    assert [j.id for j in claimed] == [second.id]
+    assert _status(cira_db, first.id)[0] == "queued"
 
 
 def test_complete_and_claim_validates_everything_before_any_sql(

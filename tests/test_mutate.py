@@ -88,7 +88,7 @@ def test_a_guard_whose_text_is_ambiguous_fails_loudly(tmp_path: Path) -> None:
         tests=("t",),
         why="",
     )
-    with pytest.raises(mutate.GuardError, match=r"'twice': its text occurs [2-9] times"):
+    with pytest.raises(mutate.GuardError, match=r"'twice': its text occurs \d+ times"):
         mutate.mutate(twice, src / "cira_db")
 
 

@@ -317,12 +317,17 @@ def complete_and_claim(
     client = check_optional_client_id(client_id)
     batch = _Completions(items, client)
     claim = {"limit": check_limit(limit), "lease": check_lease(lease), "client_id": client}
-    statement = _COMPLETE_AND_CLAIM if client is None else _COMPLETE_AND_CLAIM_FOR_CLIENT
+    params = {**batch.params, **claim}
+    if client is None:
+        statement = _COMPLETE_AND_CLAIM
+        del params["client_id"]  # the plain statement has no client filter
+    else:
+        statement = _COMPLETE_AND_CLAIM_FOR_CLIENT
     try:
         # Not repeated on a failure: the claim may have happened (as claim_batch).
         rows: list[tuple[Any, ...]] = yield Call.all(
             statement,
-            {**batch.params, **claim},
+            params,
             tuple_row,
             "complete and claim jobs",
             idempotent=False,

@@ -685,18 +685,17 @@ WITH input AS MATERIALIZED (
                 %(tokens_used)s::integer[])
          WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
                                tokens_used, n)
-), to_complete AS MATERIALIZED (
+), held AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
     WHERE jobs.id = ANY (%(ids)b::uuid[])
-      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
     ORDER BY jobs.id
     FOR UPDATE
 ), go AS MATERIALIZED (
     SELECT input.*
-    FROM input JOIN to_complete ON to_complete.id = input.id
-    WHERE to_complete.status = 'processing'
-      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
+    FROM input JOIN held ON held.id = input.id
+    WHERE held.status = 'processing'
+      AND (input.attempt IS NULL OR held.attempts = input.attempt)
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
@@ -727,8 +726,8 @@ WITH input AS MATERIALIZED (
     RETURNING jobs.*
 )
 SELECT input.n,
-       to_complete.status::text AS outcome,
-       to_complete.attempts AS current_attempts,
+       held.status::text AS outcome,
+       held.attempts AS current_attempts,
        result.created_at AS result_created_at,
        NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
        NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
@@ -737,7 +736,7 @@ SELECT input.n,
        NULL::timestamptz AS run_after, NULL::jsonb AS progress,
        NULL::timestamptz AS cancel_requested_at
 FROM input
-LEFT JOIN to_complete ON to_complete.id = input.id
+LEFT JOIN held ON held.id = input.id
 LEFT JOIN result ON result.job_id = input.id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL,
@@ -758,18 +757,17 @@ WITH input AS MATERIALIZED (
                 %(tokens_used)s::integer[])
          WITH ORDINALITY AS i (id, attempt, result_id, extracted_data, confidence_score,
                                tokens_used, n)
-), to_complete AS MATERIALIZED (
+), held AS MATERIALIZED (
     SELECT jobs.id, jobs.status, jobs.attempts
     FROM jobs
-    WHERE jobs.id = ANY (%(ids)b::uuid[])
-      AND (%(client_id)s::text IS NULL OR jobs.client_id = %(client_id)s)
+    WHERE jobs.id = ANY (%(ids)b::uuid[]) AND jobs.client_id = %(client_id)s
     ORDER BY jobs.id
     FOR UPDATE
 ), go AS MATERIALIZED (
     SELECT input.*
-    FROM input JOIN to_complete ON to_complete.id = input.id
-    WHERE to_complete.status = 'processing'
-      AND (input.attempt IS NULL OR to_complete.attempts = input.attempt)
+    FROM input JOIN held ON held.id = input.id
+    WHERE held.status = 'processing'
+      AND (input.attempt IS NULL OR held.attempts = input.attempt)
 ), done AS (
     UPDATE jobs
     SET status = 'completed', completed_at = now(), lease_expires_at = NULL,
@@ -800,8 +798,8 @@ WITH input AS MATERIALIZED (
     RETURNING jobs.*
 )
 SELECT input.n,
-       to_complete.status::text AS outcome,
-       to_complete.attempts AS current_attempts,
+       held.status::text AS outcome,
+       held.attempts AS current_attempts,
        result.created_at AS result_created_at,
        NULL::uuid AS id, NULL::text AS client_id, NULL::text AS status, NULL::text AS pdf_url,
        NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
@@ -810,7 +808,7 @@ SELECT input.n,
        NULL::timestamptz AS run_after, NULL::jsonb AS progress,
        NULL::timestamptz AS cancel_requested_at
 FROM input
-LEFT JOIN to_complete ON to_complete.id = input.id
+LEFT JOIN held ON held.id = input.id
 LEFT JOIN result ON result.job_id = input.id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL,
