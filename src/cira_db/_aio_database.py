@@ -37,7 +37,9 @@ from cira_db._database import (
     Mapper,
     _ConnectState,
     _fresh,
+    _no_attempt,
     _opened,
+    _timed_out,
 )
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._observe import PoolStats, pool_event, pool_stats
@@ -300,6 +302,15 @@ class AsyncDatabase:
     ) -> tuple[AsyncConnection, bool]:
         """`Database._getconn`, awaited: the same fail-fast rules, the same messages."""
         timeout = self._timeout
+        if state.connected and state.error is None:  # state.healthy, without a property call
+            # The usual case, as in `Database._getconn`: nothing is known to fail, so
+            # wait in one piece, as the loop below would.
+            try:
+                return await pool.getconn(timeout), True
+            except psycopg_pool.PoolTimeout:
+                if state.healthy:
+                    raise  # pool exhausted by load: every connection is busy
+                raise _timed_out(timeout) from state.error or _no_attempt(timeout)
         deadline = time.monotonic() + timeout
         known = state.permanent
         if known is not None:
@@ -319,13 +330,7 @@ class AsyncDatabase:
                     continue  # only a slice of the wait is over
                 if state.healthy:
                     raise  # pool exhausted by load: every connection is busy
-                last = state.error or psycopg.OperationalError(
-                    f"no connection attempt finished within {timeout:g} s; check the host "
-                    "and CIRA_DB_CONNECT_TIMEOUT"
-                )
-                raise psycopg_pool.PoolTimeout(
-                    f"couldn't get a connection after {timeout:.2f} sec"
-                ) from last
+                raise _timed_out(timeout) from state.error or _no_attempt(timeout)
 
     async def _probe(self, state: _ConnectState) -> AsyncConnection | None:
         """`Database._probe`, awaited."""
@@ -416,27 +421,31 @@ class AsyncDatabase:
                 return await work(fresh)
             finally:
                 await fresh.close()
-        pool = self._checkout_pool()
+        pool = self._pool
+        if pool is None:
+            pool = self._checkout_pool()  # raises: not open
         try:
             conn, pooled = await self._getconn(pool, self._state)
         except psycopg.Error as exc:  # nothing sent: any call may repeat
             raise CheckoutFailed(exc) from exc
-        broken = False
         try:
             result = await work(conn)
             if conn.pgconn.transaction_status != _IDLE and not conn.closed:
                 await conn.commit()
-            return result
         except BaseException:
             broken = conn.broken
-            if not conn.closed:
-                try:
-                    await conn.rollback()
-                except Exception as exc2:
-                    _log.warning("error ignored in rollback on %s: %s", conn, exc2)
+            try:
+                if not conn.closed:
+                    try:
+                        await conn.rollback()
+                    except Exception as exc2:
+                        _log.warning("error ignored in rollback on %s: %s", conn, exc2)
+            finally:
+                await self._checkin(pool, conn, pooled=pooled, broken=broken)
             raise
-        finally:
-            await self._checkin(pool, conn, pooled=pooled, broken=broken)
+        # `_checkin(pool, conn, pooled=pooled, broken=False)` written out: every call's path.
+        await (pool.putconn(conn) if pooled else conn.close())
+        return result
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from time import time as _wall_clock
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
@@ -137,6 +138,9 @@ class Database:
         )
         self._rds_client = rds_client
         self._counters = Counters()
+        # Read on every checkout: kept here rather than asked of the settings each time.
+        self._timeout = resolved.pool_timeout
+        self._check_after = resolved.pool_check_after
         self._retry = RetryPolicy(
             attempts=resolved.retry_attempts,
             backoff=resolved.retry_backoff,
@@ -254,12 +258,16 @@ class Database:
 
     def _mark_used(self, conn: Connection) -> None:
         if isinstance(conn, _PoolConnection):
-            conn.cira_db_used_at = time.time()
+            conn.cira_db_used_at = _wall_clock()
 
     def _check_connection(self, conn: Connection) -> None:
-        """Check a connection that sat idle long enough to have been dropped meanwhile."""
+        """Check a connection that sat idle long enough to have been dropped meanwhile.
+
+        Called by the pool on every checkout (``check=``), so it is kept to one
+        clock read and one comparison when no check is due.
+        """
         last = conn.cira_db_used_at if isinstance(conn, _PoolConnection) else None
-        if last is None or time.time() - last >= self._settings.pool_check_after:
+        if last is None or _wall_clock() - last >= self._check_after:
             ConnectionPool.check_connection(conn)
 
     # -- credentials ----------------------------------------------------------
@@ -358,12 +366,12 @@ class Database:
         A timeout while no connection could be made names the reason. Other
         psycopg errors come out raw.
         """
-        timeout = self._settings.pool_timeout
-        if state.healthy:
+        timeout = self._timeout
+        if state.connected and state.error is None:  # state.healthy, without a property call
             # The usual case: the pool has connected and its last attempt worked, so
             # nothing is known to fail; wait in one piece, as the loop below would.
             try:
-                return pool.getconn(timeout=timeout), True
+                return pool.getconn(timeout), True
             except psycopg_pool.PoolTimeout:
                 if state.healthy:
                     raise  # pool exhausted by load: every connection is busy
@@ -434,7 +442,9 @@ class Database:
         # pool returns connections through a worker thread, and a caller's
         # next checkout would find none idle and grow the pool.
         if pooled:
-            self._mark_used(conn)
+            # The pool's connections are all `_PoolConnection` (`_connection_class`):
+            # stamped without an isinstance or a cast, which cost a call at run time.
+            conn.cira_db_used_at = _wall_clock()  # type: ignore[attr-defined]
             pool.putconn(conn)
         else:
             conn.close()
@@ -511,12 +521,20 @@ class Database:
             raise CheckoutFailed(exc) from exc
         try:
             result = work(conn)
-            _end(conn, None)
+            # `_end(conn, None)` inlined: commit only what the work left open. A
+            # closed connection's status is UNKNOWN, never IDLE, hence the order.
+            if conn.pgconn.transaction_status != _IDLE and not conn.closed:
+                conn.commit()
         except BaseException as exc:
             _end(conn, exc)
             self._release(pool, conn, pooled=pooled, broken=conn.broken)
             raise
-        self._release(pool, conn, pooled=pooled, broken=False)
+        # `_release(pool, conn, pooled=pooled, broken=False)` inlined: every call's path.
+        if pooled:
+            conn.cira_db_used_at = _wall_clock()  # type: ignore[attr-defined]
+            pool.putconn(conn)
+        else:
+            conn.close()
         return result
 
     def _pause(self, seconds: float) -> None:
