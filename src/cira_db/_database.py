@@ -418,12 +418,6 @@ class Database:
         state.error = None  # the pool's own next attempt will succeed too
         return conn
 
-    @contextmanager
-    def _borrow(self) -> Iterator[Connection]:
-        """A connection (pooled, or fresh with ``pool=False``); psycopg's errors stay raw."""
-        with _Borrowed(self) as conn:
-            yield conn
-
     def _release(
         self,
         pool: ConnectionPool[Connection],
@@ -499,7 +493,7 @@ class Database:
     def _use(self, work: Callable[[Connection], T]) -> T:
         """``work`` on a borrowed connection; psycopg's errors stay raw (one try of `run`).
 
-        What ``with db._borrow() as conn: return work(conn)`` does, written out:
+        What ``with _Borrowed(db) as conn: return work(conn)`` does, written out:
         this is every repository call's path.
         """
         pool = self._pool
