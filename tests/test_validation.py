@@ -37,6 +37,7 @@ from cira_db._validation import (
     check_confidence_score,
     check_error_message,
     check_extracted_data,
+    check_extracted_document,
     check_job_id,
     check_lease,
     check_limit,
@@ -352,6 +353,48 @@ def test_extracted_data_refusals_give_the_first_reason_in_order(value: object, r
         check_extracted_data(value)
     assert info.value.field == "extracted_data"
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reads"),
+    [
+        ({"a": "\x00"}, 0),
+        ({"a": "\ud800"}, 0),
+        ({"a": "\ud800", "b": "\x00"}, 0),
+        ({"t": (1, 2)}, 1),  # read (by the caller's reading), then found unequal
+    ],
+)
+def test_check_extracted_document_reads_no_text_it_refuses_for_its_characters(
+    value: dict[str, Any], reads: int
+) -> None:
+    read: list[str] = []
+    with pytest.raises(ValidationError) as info:
+        check_extracted_document(value, read.append)
+    assert info.value.field == "extracted_data"
+    assert str(info.value) == str(_refusal_of(value))
+    assert len(read) == reads
+
+
+def _refusal_of(value: object) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        check_extracted_data(value)
+    return info.value
+
+
+def test_check_extracted_document_returns_the_text_and_the_callers_reading() -> None:
+    value = {"é": "😀", "n": [1.5, 1e16, 1.2345678901234567e30, -0.0, 10**30, True, None]}
+    text, document = check_extracted_document(value, json.loads)
+    assert text == check_extracted_data(value)
+    assert document == value
+
+    def rounded(text: str) -> dict[str, Any]:  # numbers read otherwise: compared the plain way
+        read: dict[str, Any] = json.loads(text, parse_float=lambda number: round(float(number)))
+        return read
+
+    assert check_extracted_document({"x": 1.5}, rounded) == ('{"x":1.5}', {"x": 2})
+    assert _field(lambda: check_extracted_document({1: 1.5}, rounded)) == "extracted_data"
+    with pytest.raises(ValidationError, match="must not contain the character U"):
+        check_extracted_document({"x": "\x00"}, json.loads, "progress")
 
 
 def test_extracted_data_size_is_checked_after_depth_and_before_the_read_back(
