@@ -36,13 +36,12 @@ from cira_db._models import (
 )
 from cira_db._repositories._base import Call, Logic
 from cira_db._repositories._ids import uuid7_batch
-from cira_db._repositories._jsonb import stored_json
+from cira_db._repositories._jsonb import stored_document
 from cira_db._sql import query
 from cira_db._validation import (
     LIMIT_MAX,
     check_confidence_score,
     check_error_message,
-    check_extracted_data,
     check_job_id,
     check_lease,
     check_optional_attempt,
@@ -191,12 +190,15 @@ def complete_many(
     ids: list[UUID] = []
     attempts: list[int | None] = []
     data: list[str] = []
+    documents: list[dict[str, Any]] = []  # as the stored column gives them back
     scores: list[Decimal] = []
     tokens: list[int] = []
     for index, item in enumerate(given):
         try:
             ids.append(check_job_id(item.job_id))
-            data.append(check_extracted_data(item.extracted_data))
+            text, document = stored_document(item.extracted_data)
+            data.append(text)
+            documents.append(document)
             scores.append(check_confidence_score(item.confidence_score))
             tokens.append(check_tokens_used(item.tokens_used))
             attempts.append(check_optional_attempt(item.attempt))
@@ -232,7 +234,7 @@ def complete_many(
             else JobResult(
                 result_ids[n - 1],
                 ids[n - 1],
-                stored_json(data[n - 1]),
+                documents[n - 1],
                 scores[n - 1],
                 tokens[n - 1],
                 created_at,

@@ -5,7 +5,9 @@
 server writes no document back. Reading the column would give jsonb's form
 of the document (its number and key-order rules), so the text is read here
 the same way. Tests compare the outcome with the stored column
-(tests/test_batches.py, tests/test_jobs_repository.py).
+(tests/test_batches.py, tests/test_jobs_repository.py). `stored_document`
+checks a document and reads its text this way in one decode: the reading
+is also the validation's read-back.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 from decimal import Decimal
 from typing import Any, Final
 
-__all__ = ["stored_json"]
+from cira_db._validation import check_extracted_document
+
+__all__ = ["stored_document", "stored_json"]
 
 
 def _jsonb_number(text: str) -> int | float:
@@ -62,3 +66,13 @@ def stored_json(text: str) -> dict[str, Any]:
     """
     value: dict[str, Any] = _STORED_DECODER.raw_decode(text)[0]
     return value
+
+
+def stored_document(value: object, field: str = "extracted_data") -> tuple[str, dict[str, Any]]:
+    """`check_extracted_data`'s JSON text of ``value``, and `stored_json` of it: one decode.
+
+    The same checks and refusals; the stored reading doubles as the
+    read-back (it differs from `json.loads` only in numbers, which are then
+    compared the plain way).
+    """
+    return check_extracted_document(value, stored_json, field)
