@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cira_db import Database
-from cira_db._repositories._jsonb import stored_json
+from cira_db._repositories._jsonb import stored_document, stored_json
 from cira_db._validation import check_extracted_data
+from cira_db.errors import ValidationError
 
 
 def test_numbers_and_key_order_follow_jsonb() -> None:
@@ -61,3 +63,31 @@ def test_the_results_documents_read_as_jsonb_gives_them_back(
             (texts,),
         ).fetchall()
     assert [json.dumps(stored_json(text)) for text in texts] == [json.dumps(r[0]) for r in rows]
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_json_docs)
+def test_stored_document_is_the_check_and_the_stored_reading_in_one(doc: dict[str, Any]) -> None:
+    text, document = stored_document(doc)
+    assert text == check_extracted_data(doc)
+    assert json.dumps(document) == json.dumps(stored_json(text))  # key order too
+
+
+def test_stored_document_accepts_floats_that_jsonb_gives_back_as_other_ints() -> None:
+    value = {"f": 1.2345678901234567e30, "g": 1e16}
+    text, document = stored_document(value)
+    assert document == {"f": 1234567890123456700000000000000, "g": 10**16}
+    assert document != value  # jsonb's integer is not the float: the plain read-back decided
+    assert text == check_extracted_data(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[], {1: "x"}, {"t": (1, 2)}, {"s": {1}}, {"a": "\x00"}, {"a": "\ud800"}, {"\udcff": 1}],
+)
+def test_stored_document_refuses_as_check_extracted_data(value: object) -> None:
+    with pytest.raises(ValidationError) as plain:
+        check_extracted_data(value)
+    with pytest.raises(ValidationError) as stored:
+        stored_document(value)
+    assert (stored.value.field, str(stored.value)) == (plain.value.field, str(plain.value))

@@ -37,6 +37,7 @@ from cira_db._validation import (
     check_confidence_score,
     check_error_message,
     check_extracted_data,
+    check_extracted_document,
     check_job_id,
     check_lease,
     check_limit,
@@ -294,6 +295,137 @@ def test_deeply_nested_data_is_a_validation_error() -> None:
         cursor["x"] = {}
         cursor = cursor["x"]
     assert _field(lambda: check_extracted_data(value)) == "extracted_data"
+
+
+def _nested(depth: int, leaf: object) -> dict[str, Any]:
+    """A dict nesting ``depth`` dicts deep (the top one counts), ``leaf`` in the innermost."""
+    value: dict[str, Any] = {"leaf": leaf}
+    for _ in range(depth - 1):
+        value = {"x": value}
+    return value
+
+
+def _circular() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
+
+
+_DEPTH = "must not nest dicts and lists more than 100 levels deep"
+_SERIALISABLE = "must be JSON-serialisable"
+_READ_BACK = "must read back unchanged from JSON"
+_NUL = "must not contain the character U+0000"
+_SURROGATE = "must be valid Unicode text (no surrogate code points"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ([], "must be a dict, not list"),
+        (_nested(101, 1), _DEPTH),
+        (_nested(5000, 1), _DEPTH),
+        (_circular(), _DEPTH),  # a cycle nests without end
+        ({"l": [_circular()]}, _DEPTH),
+        (_nested(101, {1, 2}), _DEPTH),  # depth before serialisability
+        (_nested(101, (1, 2)), _DEPTH),  # depth before the read-back
+        (_nested(101, "\x00"), _DEPTH),
+        (_nested(100, {1, 2}), _SERIALISABLE),
+        ({"s": {1, 2}}, _SERIALISABLE),
+        ({"d": Decimal("1.5")}, _SERIALISABLE),
+        ({"f": float("nan")}, _SERIALISABLE),
+        ({(1, 2): 1}, _SERIALISABLE),
+        ({"t": (1, 2)}, _READ_BACK),
+        ({1: "x"}, _READ_BACK),
+        ({1: "\x00"}, _READ_BACK),  # the read-back before U+0000
+        ({1: "\ud800"}, _READ_BACK),  # and before surrogates
+        ({"t": ("\x00", "\ud800")}, _READ_BACK),
+        ({"a": "\x00"}, _NUL),
+        ({"\x00": 1}, _NUL),
+        ({"a": "\ud800", "b": "\x00"}, _NUL),  # U+0000 before surrogates
+        ({"a": "\ud800"}, _SURROGATE),
+        ({"\udcff": 1}, _SURROGATE),
+        ({"a": ["é", "\udcff"]}, _SURROGATE),
+    ],
+)
+def test_extracted_data_refusals_give_the_first_reason_in_order(value: object, reason: str) -> None:
+    """Type, nesting depth, serialisability, size, read-back, U+0000, surrogates: in that order."""
+    with pytest.raises(ValidationError) as info:
+        check_extracted_data(value)
+    assert info.value.field == "extracted_data"
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reads"),
+    [
+        ({"a": "\x00"}, 0),
+        ({"a": "\ud800"}, 0),
+        ({"a": "\ud800", "b": "\x00"}, 0),
+        ({"t": (1, 2)}, 1),  # read (by the caller's reading), then found unequal
+    ],
+)
+def test_check_extracted_document_reads_no_text_it_refuses_for_its_characters(
+    value: dict[str, Any], reads: int
+) -> None:
+    read: list[str] = []
+    with pytest.raises(ValidationError) as info:
+        check_extracted_document(value, read.append)
+    assert info.value.field == "extracted_data"
+    assert str(info.value) == str(_refusal_of(value))
+    assert len(read) == reads
+
+
+def _refusal_of(value: object) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        check_extracted_data(value)
+    return info.value
+
+
+def test_check_extracted_document_returns_the_text_and_the_callers_reading() -> None:
+    value = {"é": "😀", "n": [1.5, 1e16, 1.2345678901234567e30, -0.0, 10**30, True, None]}
+    text, document = check_extracted_document(value, json.loads)
+    assert text == check_extracted_data(value)
+    assert document == value
+
+    def rounded(text: str) -> dict[str, Any]:  # numbers read otherwise: compared the plain way
+        read: dict[str, Any] = json.loads(text, parse_float=lambda number: round(float(number)))
+        return read
+
+    assert check_extracted_document({"x": 1.5}, rounded) == ('{"x":1.5}', {"x": 2})
+    assert _field(lambda: check_extracted_document({1: 1.5}, rounded)) == "extracted_data"
+    with pytest.raises(ValidationError, match="must not contain the character U"):
+        check_extracted_document({"x": "\x00"}, json.loads, "progress")
+
+
+def test_extracted_data_size_is_checked_after_depth_and_before_the_read_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("cira_db._validation.EXTRACTED_DATA_MAX_BYTES", 100)
+    too_large = {"k": "x" * 100}
+    for value, reason in [
+        (too_large, "64 MiB"),
+        ({**too_large, "t": (1, 2), "n": "\x00"}, "64 MiB"),
+        ({**too_large, "deep": _nested(100, 1)}, _DEPTH),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            check_extracted_data(value)
+        assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"k": "a literal \\u0000, six characters", "\\": "\\\\u0000"},
+        _nested(99, [1]),  # 100 levels deep (99 dicts, a list): the limit itself
+        {"brackets": "[{" * 200},  # brackets in text, not nesting
+        {"é": "😀", "n": [1.5, 1e300, -0.0, 10**30, True, None]},
+    ],
+)
+def test_extracted_data_accepts_what_reads_back(value: dict[str, Any]) -> None:
+    text = check_extracted_data(value)
+    assert json.loads(text) == value
+    assert text == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _data_of_size(size: int, char: str = "x") -> dict[str, Any]:

@@ -18,10 +18,10 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -30,6 +30,8 @@ from cira_db.errors import ValidationError
 
 if TYPE_CHECKING:
     from pydantic import AnyHttpUrl, TypeAdapter
+
+T = TypeVar("T")
 
 __all__ = [
     "CLIENT_ID_MAX",
@@ -50,6 +52,7 @@ __all__ = [
     "check_confidence_score",
     "check_error_message",
     "check_extracted_data",
+    "check_extracted_document",
     "check_flag",
     "check_job_id",
     "check_job_status",
@@ -170,12 +173,18 @@ def _check_unicode(value: str, field: str) -> None:
     lone half of a pair); the driver cannot send them, and PostgreSQL text
     and jsonb cannot store them.
     """
+    if not _utf8_encodable(value):
+        raise ValidationError(
+            field, "must be valid Unicode text (no surrogate code points U+D800..U+DFFF)"
+        )
+
+
+def _utf8_encodable(value: str) -> bool:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValidationError(
-            field, "must be valid Unicode text (no surrogate code points U+D800..U+DFFF)"
-        ) from None
+        return False
+    return True
 
 
 def check_client_id(value: object, field: str = "client_id") -> str:
@@ -635,20 +644,104 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
     before anything is sent. The text keeps non-ASCII characters as they
     are (no ``\\u`` escapes), so a surrogate shows: UTF-8 cannot encode it.
     """
+    return check_extracted_document(value, _read_json, field)[0]
+
+
+def check_extracted_document(
+    value: object, read: Callable[[str], T], field: str = "extracted_data"
+) -> tuple[str, T]:
+    """`check_extracted_data`, and ``read`` of its JSON text: the text decoded once, not twice.
+
+    ``read`` decodes the text as its caller needs it (`complete`: as the
+    jsonb column gives it back); what it returns counts as the read-back, and
+    only if that differs from ``value`` is the text decoded again the plain
+    way to decide. So ``read`` must give what `json.loads` gives, numbers
+    with a fraction or exponent aside (`json.loads` gives those back exactly).
+    It only sees text UTF-8 can encode, without a U+0000 escape. Refusals,
+    in order: the type, nesting depth, serialisability, size, the read-back,
+    U+0000, surrogates.
+    """
+    text = _extracted_json(value, field)
+    # Both scans are skipped for most documents: no "\\u0000" at all, or ASCII text.
+    nul = "\\u0000" in text and _JSON_NUL.search(text) is not None
+    if nul or not (text.isascii() or _utf8_encodable(text)):
+        # Refused; the read-back is still the first reason given.
+        if not _reads_back(text, value):
+            raise _not_read_back(field)
+        if nul:
+            raise ValidationError(field, "must not contain the character U+0000")
+        _check_unicode(text, field)  # raises: the text holds a surrogate
+    document = read(text)
+    if document != value and not _reads_back(text, value):
+        raise _not_read_back(field)
+    return text, document
+
+
+# Made once: json.dumps and json.loads given arguments build an encoder or a decoder per call.
+_JSON_ENCODER: Final = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+_SPACED_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+_JSON_DECODER: Final = json.JSONDecoder()
+
+
+def _compact_json_encoder() -> Callable[[object], str]:
+    """`_JSON_ENCODER`'s ``encode``, calling CPython's C encoder built once, where there is one.
+
+    ``JSONEncoder.encode`` builds that C encoder (and a closure) on every
+    call, a third of its cost for a small dict. Built once, it can keep no
+    cycle markers (they belong to one call): a circular value recurses to a
+    `RecursionError`, not a `ValueError`, and `_extracted_json` treats both
+    alike (the depth walk names it). The text is the same, character for
+    character (tests/test_validation.py compares it with `json.dumps`).
+    """
+    try:
+        from _json import make_encoder
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        return _JSON_ENCODER.encode
+    encoder = make_encoder(
+        None,  # no cycle markers
+        _JSON_ENCODER.default,
+        json.encoder.encode_basestring,  # what ensure_ascii=False writes strings with
+        None,  # no indent
+        _JSON_ENCODER.key_separator,
+        _JSON_ENCODER.item_separator,
+        _JSON_ENCODER.sort_keys,
+        _JSON_ENCODER.skipkeys,
+        _JSON_ENCODER.allow_nan,
+    )
+
+    def encode(value: object) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_compact_json: Final = _compact_json_encoder()
+
+
+def _extracted_json(value: object, field: str) -> str:
+    """``value``'s JSON text; refused for its type, depth, serialisability or size, in order."""
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
-    if _nesting_above(value, EXTRACTED_DATA_MAX_DEPTH):
-        # Checked here, not left to json.dumps: its recursion limit differs between
-        # Python versions (3.13 serialises 5,000 levels that 3.12 refuses).
-        raise ValidationError(
-            field, f"must not nest dicts and lists more than {EXTRACTED_DATA_MAX_DEPTH} levels deep"
-        )
+    text: str | None
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError):
-        raise ValidationError(
-            field, "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)"
-        ) from None
+        text = _compact_json(value)
+    except (TypeError, ValueError, RecursionError):  # a circular value: RecursionError
+        text = None
+    # The depth is checked here, not left to the encoder: its recursion limit differs
+    # between Python versions (3.13 serialises 5,000 levels that 3.12 refuses). Every
+    # dict and list opens with a bracket, so a text with at most the limit of them
+    # (in strings too) nests no deeper and needs no walk.
+    if text is None or text.count("[") + text.count("{") > EXTRACTED_DATA_MAX_DEPTH:
+        if _nesting_above(value, EXTRACTED_DATA_MAX_DEPTH):
+            raise ValidationError(
+                field,
+                f"must not nest dicts and lists more than {EXTRACTED_DATA_MAX_DEPTH} levels deep",
+            )
+        if text is None:
+            raise ValidationError(
+                field,
+                "must be JSON-serialisable (str keys; dict, list, str, int, float, bool, None)",
+            )
     # Before the read-back comparison: a text too large to send is refused fast.
     if _utf8_size_above(text, EXTRACTED_DATA_MAX_BYTES):
         raise ValidationError(
@@ -656,19 +749,27 @@ def check_extracted_data(value: object, field: str = "extracted_data") -> str:
             f"must be at most {EXTRACTED_DATA_MAX_BYTES:,} bytes (64 MiB) as JSON text "
             "(UTF-8); store large data elsewhere and keep a reference to it",
         )
-    try:
-        same: Any = json.loads(text) == value
-    except RecursionError:  # pragma: no cover - dumps would have failed first
-        same = False
-    if not same:
-        raise ValidationError(
-            field,
-            "must read back unchanged from JSON (str keys only; lists, not tuples)",
-        )
-    if _JSON_NUL.search(text):
-        raise ValidationError(field, "must not contain the character U+0000")
-    _check_unicode(text, field)
     return text
+
+
+def _read_json(text: str) -> Any:
+    """JSON text made by `_JSON_ENCODER`, decoded (nothing follows the value)."""
+    return _JSON_DECODER.raw_decode(text)[0]
+
+
+def _reads_back(text: str, value: object) -> bool:
+    """Whether ``text`` decodes to a value equal to ``value``."""
+    try:
+        same: Any = _read_json(text) == value
+    except RecursionError:  # pragma: no cover - the encoder would have failed first
+        return False
+    return bool(same)
+
+
+def _not_read_back(field: str) -> ValidationError:
+    return ValidationError(
+        field, "must read back unchanged from JSON (str keys only; lists, not tuples)"
+    )
 
 
 def _nesting_above(value: object, limit: int) -> bool:
@@ -707,7 +808,7 @@ def check_progress(value: object, field: str = "progress") -> str:
     text = check_extracted_data(value, field)
     # Measured as jsonb::text spaces it; numbers PostgreSQL writes longer than
     # Python does (1e300) are left to the CHECK, which names this field too.
-    spaced = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    spaced = _SPACED_JSON_ENCODER.encode(value)
     if _utf8_size_above(spaced, PROGRESS_MAX_BYTES):
         raise ValidationError(
             field,

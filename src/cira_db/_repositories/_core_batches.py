@@ -41,13 +41,12 @@ from cira_db._models import (
 from cira_db._repositories._base import Call, Logic, job_row, model_builder
 from cira_db._repositories._core_jobs import _CLAIM_JOBS, _CLAIM_JOBS_FOR_CLIENT, _claim_order
 from cira_db._repositories._ids import uuid7_batch
-from cira_db._repositories._jsonb import stored_json
+from cira_db._repositories._jsonb import stored_document
 from cira_db._sql import query
 from cira_db._validation import (
     LIMIT_MAX,
     check_confidence_score,
     check_error_message,
-    check_extracted_data,
     check_job_id,
     check_lease,
     check_limit,
@@ -210,19 +209,31 @@ class _Completions:
     so repeating is harmless.
     """
 
-    __slots__ = ("attempts", "data", "ids", "params", "result_ids", "scores", "tokens")
+    __slots__ = (
+        "attempts",
+        "data",
+        "documents",
+        "ids",
+        "params",
+        "result_ids",
+        "scores",
+        "tokens",
+    )
 
     def __init__(self, items: Sequence[Completion], client: str | None) -> None:
         given = _items(items, Completion)
         self.ids: list[UUID] = []
         self.attempts: list[int | None] = []
         self.data: list[str] = []
+        self.documents: list[dict[str, Any]] = []  # as the stored column gives them back
         self.scores: list[Decimal] = []
         self.tokens: list[int] = []
         for index, item in enumerate(given):
             try:
                 self.ids.append(check_job_id(item.job_id))
-                self.data.append(check_extracted_data(item.extracted_data))
+                text, document = stored_document(item.extracted_data)
+                self.data.append(text)
+                self.documents.append(document)
                 self.scores.append(check_confidence_score(item.confidence_score))
                 self.tokens.append(check_tokens_used(item.tokens_used))
                 self.attempts.append(check_optional_attempt(item.attempt))
@@ -244,7 +255,7 @@ class _Completions:
         self, rows: Sequence[tuple[int, str | None, int | None, datetime | None]]
     ) -> list[ItemOutcome[JobResult]]:
         """One outcome per item from the rows ``(n, outcome, current_attempts, created_at)``."""
-        ids, data = self.ids, self.data
+        ids, documents = self.ids, self.documents
         replies: list[_Reply] = [
             (
                 n,
@@ -255,7 +266,7 @@ class _Completions:
                 else JobResult(
                     self.result_ids[n - 1],
                     ids[n - 1],
-                    stored_json(data[n - 1]),
+                    documents[n - 1],
                     self.scores[n - 1],
                     self.tokens[n - 1],
                     created_at,

@@ -33,7 +33,7 @@ from cira_db._repositories._base import (
     prefixed_builder,
 )
 from cira_db._repositories._ids import uuid7, uuid7_batch
-from cira_db._repositories._jsonb import stored_json
+from cira_db._repositories._jsonb import stored_document
 from cira_db._sql import query
 from cira_db._validation import (
     PdfUrlChecker,
@@ -42,7 +42,6 @@ from cira_db._validation import (
     check_client_id,
     check_confidence_score,
     check_error_message,
-    check_extracted_data,
     check_flag,
     check_job_id,
     check_job_ids,
@@ -278,19 +277,24 @@ def _claim_order(job: Job) -> tuple[int, datetime, UUID]:
 
 
 def _made_result(
-    result_id: UUID, job_id: UUID, text: str, score: Decimal, tokens: int, created_at: datetime
+    result_id: UUID,
+    job_id: UUID,
+    document: dict[str, Any],
+    score: Decimal,
+    tokens: int,
+    created_at: datetime,
 ) -> JobResult:
     """The result `complete` stored, from the values it sent and the server's created_at.
 
-    ``text`` is the JSON the validation made; it is read back as the jsonb
-    column gives it (`stored_json`: numbers and key order), a copy the
-    caller cannot change through their own dict. ``score`` is rounded to the column's two
+    ``document`` is the sent JSON text read back as the jsonb column gives it
+    (`stored_document`: numbers and key order), a copy the caller cannot
+    change through their own dict. ``score`` is rounded to the column's two
     places already, as stored.
     """
     return JobResult(
         id=result_id,
         job_id=job_id,
-        extracted_data=stored_json(text),
+        extracted_data=document,
         confidence_score=score,
         tokens_used=tokens,
         created_at=created_at,
@@ -679,7 +683,7 @@ class JobLogic:
         key = check_job_id(job_id)
         claim = check_optional_attempt(attempt)
         result_id = uuid7()
-        text = check_extracted_data(extracted_data)
+        text, document = stored_document(extracted_data)
         score = check_confidence_score(confidence_score)
         tokens = check_tokens_used(tokens_used)
         params = {
@@ -703,7 +707,7 @@ class JobLogic:
             raise _refused(
                 key, "complete", outcome, JobStatus.PROCESSING, attempt=claim, current=current
             )
-        return _made_result(result_id, key, text, score, tokens, created_at)
+        return _made_result(result_id, key, document, score, tokens, created_at)
 
     def fail(
         self,

@@ -10,13 +10,18 @@ Layout: 48-bit Unix time in milliseconds, version 7, then a 74-bit counter
 (``rand_a`` and ``rand_b``) that starts at a random value each millisecond
 and is incremented for every further id in the same millisecond (RFC 9562
 section 6.2, method 2, with a random start).
+
+The random starts come from `os.urandom` a block at a time (400 starts per
+read, a system call), not one read per millisecond. A forked child uses
+neither its parent's unused starts nor its counter (`os.register_at_fork`):
+the two processes would otherwise hand out the same ids.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from random import SystemRandom
 from typing import Final
 from uuid import UUID
 
@@ -29,11 +34,15 @@ _COUNTER_BITS: Final = 74
 # at least 2**73 ids before the counter would overflow.
 _START_BITS: Final = _COUNTER_BITS - 1
 
+_START_BYTES: Final = (_START_BITS + 7) // 8
+_RANDOM_BLOCK: Final = 400 * _START_BYTES
+"""Bytes read from `os.urandom` at a time: the random starts of 400 milliseconds."""
+
 _lock = threading.Lock()
-# secrets.randbits is this generator's getrandbits; random is loaded already, secrets is not.
-_SYSTEM_RANDOM: Final = SystemRandom()
 _last_ms = -1
 _next_counter = 0
+# Random starts still to use, read from one os.urandom block (changed in place, under _lock).
+_starts: Final[list[int]] = []
 
 
 def _reserve(count: int) -> tuple[int, int]:
@@ -42,14 +51,48 @@ def _reserve(count: int) -> tuple[int, int]:
     with _lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > _last_ms:
-            _last_ms, _next_counter = now_ms, _SYSTEM_RANDOM.getrandbits(_START_BITS)
+            _last_ms, _next_counter = now_ms, _starts.pop() if _starts else _new_starts()
         counter = _next_counter
         _next_counter += count
         if _next_counter >> _COUNTER_BITS:  # pragma: no cover - needs 2**73 ids in one ms
-            _last_ms, _next_counter = _last_ms + 1, _SYSTEM_RANDOM.getrandbits(_START_BITS)
+            _last_ms, _next_counter = _last_ms + 1, _starts.pop() if _starts else _new_starts()
             counter = _next_counter
             _next_counter += count
         return _last_ms, counter
+
+
+def _new_starts() -> int:
+    """Fill ``_starts`` from a new `os.urandom` block and take one (called under ``_lock``).
+
+    Each start is 73 random bits, as `random.SystemRandom().getrandbits(73)`
+    gives them: 10 bytes, the lowest 7 bits dropped.
+    """
+    block = os.urandom(_RANDOM_BLOCK)
+    drop = _START_BYTES * 8 - _START_BITS
+    _starts[:] = [
+        int.from_bytes(block[at : at + _START_BYTES], "big") >> drop
+        for at in range(0, _RANDOM_BLOCK, _START_BYTES)
+    ]
+    return _starts.pop()
+
+
+def _after_fork_in_child() -> None:
+    """Run in a forked child: drop the parent's unused random starts, leave its counter.
+
+    The child would otherwise hand out the parent's next ids: the same
+    counter in the same millisecond, the same buffered random start in the
+    next. It stays above every id it inherited (monotonic, as in any process),
+    a random jump of up to 2**64 ahead of where the parent goes on counting.
+    The lock is new: a thread of the parent may have held it at the fork.
+    """
+    global _lock, _next_counter
+    _lock = threading.Lock()
+    _starts.clear()
+    _next_counter += 1 + int.from_bytes(os.urandom(8), "big")
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _compose(ms: int, counter: int) -> UUID:

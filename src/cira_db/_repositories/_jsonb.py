@@ -5,16 +5,20 @@
 server writes no document back. Reading the column would give jsonb's form
 of the document (its number and key-order rules), so the text is read here
 the same way. Tests compare the outcome with the stored column
-(tests/test_batches.py, tests/test_jobs_repository.py).
+(tests/test_batches.py, tests/test_jobs_repository.py). `stored_document`
+checks a document and reads its text this way in one decode: the reading
+is also the validation's read-back.
 """
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["stored_json"]
+from cira_db._validation import check_extracted_document
+
+__all__ = ["stored_document", "stored_json"]
 
 
 def _jsonb_number(text: str) -> int | float:
@@ -25,6 +29,8 @@ def _jsonb_number(text: str) -> int | float:
     scaled) comes back as the integer ``10000000000000000``; every other
     one (``0.5``, ``1e-07``, ``100.0``) as the same float (``-0.0`` as ``0.0``).
     """
+    if "e" not in text and "E" not in text:
+        return float(text) + 0.0  # digits after the point: a negative exponent, a float
     number = Decimal(text)
     exponent = number.as_tuple().exponent  # an int: json.dumps writes no NaN or infinity
     if isinstance(exponent, int) and exponent >= 0:
@@ -44,14 +50,29 @@ def _jsonb_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+# Built once: json.loads given hooks builds a decoder (and its scanner) on every call.
+_STORED_DECODER: Final = json.JSONDecoder(
+    parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
+)
+
+
 def stored_json(text: str) -> dict[str, Any]:
     """The document ``text`` as reading the jsonb column it was stored in gives it back.
 
     The same dict, numbers and key order as psycopg's ``json.loads`` of the
     column: `complete` and `complete_many` build their results from what they
-    sent instead of asking the server to write every document back.
+    sent instead of asking the server to write every document back. ``text``
+    is JSON the validation made: nothing follows the document.
     """
-    value: dict[str, Any] = json.loads(
-        text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object
-    )
+    value: dict[str, Any] = _STORED_DECODER.raw_decode(text)[0]
     return value
+
+
+def stored_document(value: object, field: str = "extracted_data") -> tuple[str, dict[str, Any]]:
+    """`check_extracted_data`'s JSON text of ``value``, and `stored_json` of it: one decode.
+
+    The same checks and refusals; the stored reading doubles as the
+    read-back (it differs from `json.loads` only in numbers, which are then
+    compared the plain way).
+    """
+    return check_extracted_document(value, stored_json, field)
