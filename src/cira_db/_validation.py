@@ -683,49 +683,14 @@ _SPACED_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=("
 _JSON_DECODER: Final = json.JSONDecoder()
 
 
-def _compact_json_encoder() -> Callable[[object], str]:
-    """`_JSON_ENCODER`'s ``encode``, calling CPython's C encoder built once, where there is one.
-
-    ``JSONEncoder.encode`` builds that C encoder (and a closure) on every
-    call, a third of its cost for a small dict. Built once, it can keep no
-    cycle markers (they belong to one call): a circular value recurses to a
-    `RecursionError`, not a `ValueError`, and `_extracted_json` treats both
-    alike (the depth walk names it). The text is the same, character for
-    character (tests/test_validation.py compares it with `json.dumps`).
-    """
-    try:
-        from _json import make_encoder
-    except ImportError:  # pragma: no cover - a Python without the C accelerator
-        return _JSON_ENCODER.encode
-    encoder = make_encoder(
-        None,  # no cycle markers
-        _JSON_ENCODER.default,
-        json.encoder.encode_basestring,  # what ensure_ascii=False writes strings with
-        None,  # no indent
-        _JSON_ENCODER.key_separator,
-        _JSON_ENCODER.item_separator,
-        _JSON_ENCODER.sort_keys,
-        _JSON_ENCODER.skipkeys,
-        _JSON_ENCODER.allow_nan,
-    )
-
-    def encode(value: object) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
-
-
-_compact_json: Final = _compact_json_encoder()
-
-
 def _extracted_json(value: object, field: str) -> str:
     """``value``'s JSON text; refused for its type, depth, serialisability or size, in order."""
     if not isinstance(value, dict):
         raise ValidationError(field, f"must be a dict, not {_type_name(value)}")
     text: str | None
     try:
-        text = _compact_json(value)
-    except (TypeError, ValueError, RecursionError):  # a circular value: RecursionError
+        text = _JSON_ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):  # a circular value is a ValueError
         text = None
     # The depth is checked here, not left to the encoder: its recursion limit differs
     # between Python versions (3.13 serialises 5,000 levels that 3.12 refuses). Every
