@@ -45,6 +45,7 @@ __all__ = [
     "Outcome",
     "RowFactory",
     "Runner",
+    "StatementRows",
     "job_outcome_row",
     "job_row",
     "model_builder",
@@ -115,9 +116,8 @@ def _twin(cls: type) -> type | None:
     return twin
 
 
-def _column_names(cursor: Any) -> tuple[bytes, ...] | None:
-    """The names of the current result's columns as libpq gives them (bytes); None if none."""
-    result = cursor.pgresult
+def _column_names(result: Any) -> tuple[bytes, ...] | None:
+    """The names of ``result``'s columns as libpq gives them (bytes); None if none."""
     if result is None or not result.nfields:
         return None
     return tuple(map(result.fname, range(result.nfields)))
@@ -179,17 +179,24 @@ class RowFactory(Generic[T]):
 
     ``shape(names)`` makes the per-row function for a result with those
     columns; it is made once per distinct set of columns and kept, keyed by
-    the names as libpq gives them (bytes: no decoding on every call).
+    the names as libpq gives them (bytes: no decoding on every call). Reading
+    the names costs a call into libpq per column on every result: a
+    repository's statements use `of` instead, which finds its builder once.
     """
 
-    __slots__ = ("_builders", "_shape")
+    __slots__ = ("_builders", "_shape", "_statements")
 
     def __init__(self, shape: Callable[[tuple[str, ...]], Callable[[Sequence[Any]], T]]) -> None:
         self._shape = shape
         self._builders: dict[tuple[bytes, ...], Callable[[Sequence[Any]], T]] = {}
+        self._statements: dict[str, StatementRows[T]] = {}
 
     def __call__(self, cursor: Any) -> Callable[[Sequence[Any]], T]:
-        names = _column_names(cursor)
+        return self.builder(cursor.pgresult)
+
+    def builder(self, result: Any) -> Callable[[Sequence[Any]], T]:
+        """The per-row function for ``result``'s columns (psycopg's `no_result` if none)."""
+        names = _column_names(result)
         if names is None:
             return no_result
         builder = self._builders.get(names)
@@ -198,8 +205,50 @@ class RowFactory(Generic[T]):
             builder = self._builders[names] = shape
         return builder
 
+    def of(self, statement: Query) -> StatementRows[T]:
+        """This factory for the rows of ``statement`` only (one per statement text)."""
+        rows = self._statements.get(statement.sql)
+        if rows is None:
+            rows = self._statements.setdefault(statement.sql, StatementRows(self, statement.name))
+        return rows
 
-def model_row(cls: type[T]) -> BaseRowFactory[T]:
+
+class StatementRows(Generic[T]):
+    """A `RowFactory` bound to one named statement: its builder found once, not per call.
+
+    A named statement's text fixes its columns, except where a ``*`` expands
+    over a table that a migration changes while this process runs: ``ADD
+    COLUMN`` appends (the count and the last name change), ``DROP COLUMN``
+    removes (the count changes). So a result with as many columns as the
+    last one, ending in the same name, is built by the last one's builder:
+    two cheap reads instead of a libpq call per column; any other result
+    goes through the factory's lookup by names, with its checks.
+    """
+
+    __slots__ = ("_factory", "_known", "name")
+
+    def __init__(self, factory: RowFactory[T], name: str) -> None:
+        self._factory = factory
+        self.name = name
+        # (column count, last column name, builder) of the last result: one
+        # tuple, replaced whole, so that threads never see a mix of two.
+        self._known: tuple[int, bytes | None, Callable[[Sequence[Any]], T]] = (-1, None, no_result)
+
+    def __call__(self, cursor: Any) -> Callable[[Sequence[Any]], T]:
+        result = cursor.pgresult
+        if result is None:
+            return no_result
+        count, last, builder = self._known
+        if result.nfields == count and result.fname(count - 1) == last:
+            return builder
+        builder = self._factory.builder(result)
+        if builder is not no_result:
+            count = result.nfields
+            self._known = (count, result.fname(count - 1), builder)
+        return builder
+
+
+def model_row(cls: type[T]) -> RowFactory[T]:
     """Rows whose columns are fields of the dataclass ``cls`` -> ``cls`` instances."""
     return RowFactory(lambda names: model_builder(cls, names))
 
@@ -264,24 +313,24 @@ def _outcome_shape(cls: type[T]) -> Callable[[tuple[str, ...]], Callable[[Sequen
     return shape
 
 
-def _outcome_row(cls: type[T]) -> BaseRowFactory[Outcome[T]]:
+def _outcome_row(cls: type[T]) -> RowFactory[Outcome[T]]:
     """Rows of ``outcome`` (and maybe ``current_attempts``) plus ``cls``'s columns."""
     return RowFactory(_outcome_shape(cls))
 
 
-job_row: Final[BaseRowFactory[Job]] = model_row(Job)
+job_row: Final[RowFactory[Job]] = model_row(Job)
 """Rows of the job columns -> `Job`."""
 
 job_outcome_row: Final = _outcome_row(Job)
 """Rows of ``outcome`` [and ``current_attempts``] plus the job columns -> `Outcome` of `Job`."""
 
-result_row: Final[BaseRowFactory[JobResult]] = model_row(JobResult)
+result_row: Final[RowFactory[JobResult]] = model_row(JobResult)
 """Rows of the six result columns -> `JobResult`."""
 
 result_outcome_row: Final = _outcome_row(JobResult)
 """Rows of ``outcome`` and ``current_attempts`` plus the result columns -> `Outcome`."""
 
-usage_row: Final[BaseRowFactory[Usage]] = model_row(Usage)
+usage_row: Final[RowFactory[Usage]] = model_row(Usage)
 """The one row of ``usage_by_client`` -> `Usage`."""
 
 
