@@ -19,6 +19,7 @@ from cira_db._repositories._base import (
     Outcome,
     job_outcome_row,
     job_row,
+    make_result,
     model_builder,
     result_outcome_row,
     result_row,
@@ -178,3 +179,26 @@ def test_a_statement_factory_follows_the_columns_its_statement_returns(cira_db: 
     assert fewer.run_after is None
     assert other.run_after == datetime(2026, 2, 3, tzinfo=UTC)
     assert type(other) is Job
+
+
+def test_make_result_makes_what_the_constructor_makes() -> None:
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    values = (UUID(int=1), UUID(int=2), {"a": [1, 2]}, Decimal("0.95"), 12, when)
+    made = make_result(values)
+    assert type(made) is JobResult
+    assert made == JobResult(*values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.tokens_used = 4  # type: ignore[misc]
+
+
+def test_a_generic_model_is_built_through_its_twin_too(cira_db: Database) -> None:
+    # Outcome is generic (a Generic[T] base): its twin shares that base, so the
+    # row is an Outcome switched from the twin, equal to the constructed one.
+    with cira_db.connection() as conn, conn.cursor(row_factory=job_outcome_row) as cur:
+        cur.execute(f"SELECT 'queued' AS outcome, 1 AS current_attempts, {_JOB_COLUMNS}")
+        moved = cur.fetchone()
+    assert type(moved) is Outcome
+    assert moved == Outcome("queued", 1, moved.row)
+    assert not hasattr(moved, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        moved.outcome = "failed"  # type: ignore[misc]

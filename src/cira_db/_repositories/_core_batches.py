@@ -34,7 +34,7 @@ from cira_db._models import (
     JobStatus,
     OutcomeKind,
 )
-from cira_db._repositories._base import Call, Logic
+from cira_db._repositories._base import Call, Logic, make_result
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
@@ -229,13 +229,15 @@ def complete_many(
             current,
             None
             if created_at is None
-            else JobResult(
-                result_ids[n - 1],
-                ids[n - 1],
-                stored_json(data[n - 1]),
-                scores[n - 1],
-                tokens[n - 1],
-                created_at,
+            else make_result(
+                (
+                    result_ids[n - 1],
+                    ids[n - 1],
+                    stored_json(data[n - 1]),
+                    scores[n - 1],
+                    tokens[n - 1],
+                    created_at,
+                )
             ),
         )
         for n, label, current, created_at in rows

@@ -29,6 +29,7 @@ from cira_db._repositories._base import (
     RowFactory,
     job_outcome_row,
     job_row,
+    make_result,
     model_builder,
     prefixed_builder,
 )
@@ -307,14 +308,7 @@ def _made_result(
     caller cannot change through their own dict. ``score`` is rounded to the column's two
     places already, as stored.
     """
-    return JobResult(
-        id=result_id,
-        job_id=job_id,
-        extracted_data=stored_json(text),
-        confidence_score=score,
-        tokens_used=tokens,
-        created_at=created_at,
-    )
+    return make_result((result_id, job_id, stored_json(text), score, tokens, created_at))
 
 
 def _not_found(job_id: UUID) -> NotFoundError:
