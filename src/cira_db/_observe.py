@@ -104,13 +104,20 @@ class _Otel:
         return bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
 
 
+# Until something imports OpenTelemetry's API (or OTEL_PYTHON_TRACER_PROVIDER names
+# a provider) no SDK can be set: a call checks that with one dict lookup, without
+# calling `_tracer`.
+_OTEL_API: Final = "opentelemetry.trace"
+_modules: Final = sys.modules
+
+
 def _tracer() -> Any:
     tracer = _Otel.tracer
     if tracer is not None or _Otel.missing:
         return tracer
     trace: Any = _Otel.trace
     if trace is None:
-        if "opentelemetry.trace" not in sys.modules and not _Otel.named_provider():
+        if _OTEL_API not in _modules and not _Otel.named_provider():
             # No SDK can be set before the API is imported: spare a cold start its
             # import until someone (the app, the instrumentation) has loaded it.
             return None
@@ -184,7 +191,9 @@ def server_of(executor: Any) -> tuple[str | None, int | None]:
     try:
         from cira_db._plan import plan_connection
 
-        plan = plan_connection(executor.settings)
+        # A database's own settings, light or pydantic: ``settings`` would build
+        # the pydantic model (loading pydantic) from light ones.
+        plan = plan_connection(getattr(executor, "_settings", None) or executor.settings)
         return plan.hosts[0] if plan.hosts else None, int(plan.port.split(",")[0] or 5432)
     except Exception:  # incomplete settings fail at connect, not here
         return None, None
@@ -255,7 +264,9 @@ class Observation:
             return server
         self.operation = call.operation
         self.params = call.params
-        tracer = _tracer()
+        tracer = _Otel.tracer
+        if tracer is None and (_OTEL_API in _modules or _Otel.named_provider()):
+            tracer = _tracer()  # the API is loaded: an SDK may have been set since
         if tracer is not None:
             if server is None:
                 server = server_of(executor)
@@ -288,10 +299,10 @@ class Observation:
         """Count the rows of one call's reply (``changes``: the rows it wrote, if given)."""
         if changes is not None:
             self.rows += changes
-        elif kind in ("all", "copy_all"):
-            self.rows += len(value)
-        elif kind == "one":
+        elif kind == "one":  # the busiest first
             self.rows += value is not None
+        elif kind == "all" or kind == "copy_all":
+            self.rows += len(value)
         else:
             self.rows += value
 
