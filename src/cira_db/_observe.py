@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
@@ -64,6 +65,10 @@ FIELD: Final = "cira_db"
 
 calls_log: Final = logging.getLogger("cira_db.calls")
 _DEBUG: Final = logging.DEBUG
+_WARNING: Final = logging.WARNING
+_perf_counter: Final = time.perf_counter
+# The parameters of a call that ran no statement (shared: only ever read).
+_NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 # Errors that answer the caller's request (the row is not there, the move is not
 # allowed, the input is refused): the caller decides what they mean, so their
@@ -241,11 +246,11 @@ class Observation:
     )
 
     def __init__(self, method: str, slow_ms: int, *, task: bool = False) -> None:
-        self.started = time.perf_counter()
+        self.started = _perf_counter()
         self.method = method
         self.slow_ms = slow_ms
         self.operation: str | None = None
-        self.params: Mapping[str, Any] = {}
+        self.params: Mapping[str, Any] = _NO_PARAMS
         self.rows = 0
         self.statements = 0
         self.retries = 0
@@ -309,11 +314,11 @@ class Observation:
     def finish(self, exc: BaseException | None) -> None:
         """Log (and end the span of) the call, with what reached the caller."""
         outer = self.outer
-        if isinstance(outer, Observation) or outer is None:
+        if outer is None or isinstance(outer, Observation):
             _thread.current = outer
         else:
             _task.reset(outer)
-        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        elapsed_ms = (_perf_counter() - self.started) * 1000
         span = self.span
         if span is not None:
             _Otel.context.detach(self.token)
@@ -328,7 +333,7 @@ class Observation:
                 span.set_attribute("cira_db.retries", self.retries)
             span.end()
         slow = 0 < self.slow_ms <= elapsed_ms
-        level = logging.WARNING if slow else _DEBUG  # `_level` of a success, without a call
+        level = _WARNING if slow else _DEBUG  # `_level` of a success, without a call
         if exc is not None:
             level = _level(exc, slow=slow)
         if not calls_log.isEnabledFor(level):

@@ -41,7 +41,7 @@ T = TypeVar("T")
 class AsyncRunner:
     """Runs `Call` requests on an `AsyncDatabase` or on a caller's async connection."""
 
-    __slots__ = ("_connection", "_database", "_server", "_slow_ms")
+    __slots__ = ("_connection", "_database", "_server", "_slow_ms", "executor")
 
     def __init__(self, executor: AsyncExecutor) -> None:
         self._server: Any = None  # (host, port) for spans, found on first use
@@ -57,14 +57,8 @@ class AsyncRunner:
                 "an async repository needs a cira_db.aio.AsyncDatabase or a "
                 f"psycopg.AsyncConnection, not {type(executor).__name__}"
             )
-
-    @property
-    def executor(self) -> AsyncExecutor:
+        self.executor: AsyncExecutor = executor
         """The `AsyncDatabase` or connection statements run on."""
-        if self._database is not None:
-            return self._database
-        assert self._connection is not None  # one of the two is always set
-        return self._connection
 
     async def drive(self, logic: Logic[T]) -> T:
         """Run a repository method's logic to its end, awaiting each `Call` (see `Runner.drive`)."""
@@ -72,7 +66,6 @@ class AsyncRunner:
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
         observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms, task=True)
-        executor = self._database if self._database is not None else self._connection
         try:
             while True:
                 try:
@@ -80,7 +73,7 @@ class AsyncRunner:
                 except StopIteration as stop:
                     result: T = stop.value
                     break
-                self._server = observation.begin(call, executor, self._server)
+                self._server = observation.begin(call, self.executor, self._server)
                 value, error = None, None
                 try:
                     value = await self.execute(call)

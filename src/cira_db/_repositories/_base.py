@@ -614,7 +614,7 @@ _STATEMENTS: Final[Mapping[str, Callable[[Call[Any], psycopg.Connection[Any]], A
 class Runner:
     """Runs named queries on a `Database` or on a caller's connection."""
 
-    __slots__ = ("_connection", "_database", "_server", "_slow_ms")
+    __slots__ = ("_connection", "_database", "_server", "_slow_ms", "executor")
 
     def __init__(self, executor: Executor) -> None:
         self._server: Any = None  # (host, port) for spans, found on first use
@@ -630,14 +630,8 @@ class Runner:
                 "a repository needs a cira_db.Database or a psycopg.Connection, "
                 f"not {type(executor).__name__}"
             )
-
-    @property
-    def executor(self) -> Executor:
+        self.executor: Executor = executor
         """The `Database` or connection statements run on."""
-        if self._database is not None:
-            return self._database
-        assert self._connection is not None  # one of the two is always set
-        return self._connection
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -666,7 +660,6 @@ class Runner:
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
         observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms)
-        executor = self._database if self._database is not None else self._connection
         try:
             while True:
                 try:
@@ -674,7 +667,7 @@ class Runner:
                 except StopIteration as stop:
                     result: T = stop.value
                     break
-                self._server = observation.begin(call, executor, self._server)
+                self._server = observation.begin(call, self.executor, self._server)
                 value, error = None, None
                 try:
                     value = self.execute(call)
