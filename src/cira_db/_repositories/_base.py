@@ -137,7 +137,8 @@ def model_builder(cls: type[T], names: Sequence[str]) -> Callable[[Sequence[Any]
     fields without a column take their default (none is a `TypeError`, like
     the constructor). Bypasses ``__init__`` (the models have no
     ``__post_init__``): each slot is set once, on the model's twin (see above)
-    or, where no twin fits, through the slot's descriptor.
+    or, where no twin fits, through the slot's descriptor. A row must hold
+    exactly the columns ``names``.
     """
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = [name for name in names if name not in fields]
@@ -160,12 +161,29 @@ def model_builder(cls: type[T], names: Sequence[str]) -> Callable[[Sequence[Any]
         else:
             lines.append(f"    obj.{name} = {value}")
 
-    for i, name in enumerate(names):
-        if name in convert:
-            env[f"convert{i}"] = convert[name]
-            store(name, f"convert{i}(values[{i}])", f"set{i}")
-        else:
-            store(name, f"values[{i}]", f"set{i}")
+    if twin is None:
+        for i, name in enumerate(names):
+            if name in convert:
+                env[f"convert{i}"] = convert[name]
+                store(name, f"convert{i}(values[{i}])", f"set{i}")
+            else:
+                store(name, f"values[{i}]", f"set{i}")
+    elif names:
+        # One unpacking of the row straight into the twin's slots (two
+        # instructions a column instead of five); a column to convert goes
+        # through a local first.
+        targets: list[str] = []
+        for i, name in enumerate(names):
+            assert name.isidentifier()  # a dataclass field of cls
+            if name in convert:
+                env[f"convert{i}"] = convert[name]
+                targets.append(f"value{i}")
+            else:
+                targets.append(f"obj.{name}")
+        lines.append(f"    {', '.join(targets)}, = values")
+        for i, name in enumerate(names):
+            if name in convert:
+                lines.append(f"    obj.{name} = convert{i}(value{i})")
     for j, (name, field) in enumerate(fields.items()):
         if name in names:
             continue
