@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from uuid import UUID
 
-from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
+from psycopg.rows import tuple_row
 
 from cira_db._models import (
     STATUS_BY_LABEL,
@@ -34,7 +34,7 @@ from cira_db._models import (
     JobStatus,
     OutcomeKind,
 )
-from cira_db._repositories._base import Call, Logic, make_result
+from cira_db._repositories._base import Call, Logic, RowFactory, make_result, prefixed_builder
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
@@ -54,7 +54,6 @@ from cira_db.errors import InvalidTransitionError, NotFoundError, ValidationErro
 
 __all__ = ["complete_many", "extend_leases", "fail_many"]
 
-T = TypeVar("T")
 
 _COMPLETE_JOBS: Final = query("jobs.sql", "complete_jobs")
 _FAIL_JOBS: Final = query("jobs.sql", "fail_jobs")
@@ -67,23 +66,28 @@ BATCH_MAX: Final = LIMIT_MAX
 _Reply = tuple[int, str | None, int | None, Any]
 
 
-def _batch_row(
-    make: Callable[..., T],
-) -> BaseRowFactory[tuple[int, str | None, int | None, T | None]]:
-    def decode(
-        *, n: int, outcome: str | None, current_attempts: int | None, **columns: Any
-    ) -> tuple[int, str | None, int | None, T | None]:
-        row = None if columns["id"] is None else make(**columns)
-        return n, outcome, current_attempts, row
-
-    return kwargs_row(decode)
+_REPLY_COLUMNS: Final = ("n", "outcome", "current_attempts")
 
 
-def _job(*, status: str, **columns: Any) -> Job:
-    return Job(status=STATUS_BY_LABEL[status], **columns)
+def _batch_reply(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Reply]:
+    """Rows of ``n``, ``outcome``, ``current_attempts`` then the job columns -> `_Reply`.
+
+    The job is None where the item changed nothing (its columns are NULL).
+    """
+    if names[: len(_REPLY_COLUMNS)] != _REPLY_COLUMNS:
+        raise TypeError(f"the first columns must be {list(_REPLY_COLUMNS)}, got {list(names)}")
+    _, make = prefixed_builder(Job, names, _REPLY_COLUMNS)
+
+    def build(values: Sequence[Any]) -> _Reply:
+        return values[0], values[1], values[2], make(values)
+
+    return build
 
 
-_JOB_ROWS: Final = _batch_row(_job)
+_REPLY_ROWS: Final = RowFactory(_batch_reply)
+# Bound to each statement: its builder is found once (`RowFactory.of`).
+_FAIL_JOBS_ROWS: Final = _REPLY_ROWS.of(_FAIL_JOBS)
+_EXTEND_LEASES_ROWS: Final = _REPLY_ROWS.of(_EXTEND_LEASES)
 
 
 def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
@@ -281,7 +285,7 @@ def fail_many(
     # Never repeated: after a lost reply a repeat would find the jobs failed
     # (or re-queued, maybe claimed again) and misreport what the first try did.
     replies: list[_Reply] = yield Call.all(
-        _FAIL_JOBS, params, _JOB_ROWS, "fail jobs", idempotent=False
+        _FAIL_JOBS, params, _FAIL_JOBS_ROWS, "fail jobs", idempotent=False
     )
     outcomes = _outcomes(replies, ids, attempts, cancel_moves=True)
     if all_or_nothing:
@@ -328,6 +332,6 @@ def extend_leases(
     # Repeating is harmless: a lease moved twice ends at now() + lease, and a
     # job the first try moved to cancelled is reported "cancelled" again.
     replies: list[_Reply] = yield Call.all(
-        _EXTEND_LEASES, params, _JOB_ROWS, "extend leases", idempotent=True
+        _EXTEND_LEASES, params, _EXTEND_LEASES_ROWS, "extend leases", idempotent=True
     )
     return _outcomes(replies, ids, claims, cancel_moves=True)
