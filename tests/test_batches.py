@@ -23,6 +23,7 @@ from cira_db import (
     Completion,
     Database,
     Failure,
+    ItemOutcome,
     Job,
     JobRepository,
     JobResultRepository,
@@ -397,6 +398,8 @@ def test_the_jobs_fail_many_and_extend_leases_return_are_the_stored_rows(
     extended = jobs.extend_leases([held.id], lease=timedelta(hours=2))
     failed = jobs.fail_many([Failure(failing.id, "broken", retry_in=timedelta(minutes=3))])
     for outcome in (*extended, *failed):
+        assert type(outcome) is ItemOutcome
+        assert outcome.ok
         assert outcome.outcome == "done"
         assert type(outcome.value) is Job
         assert outcome.value == jobs.get(outcome.job_id, client_id=A)

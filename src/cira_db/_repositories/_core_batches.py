@@ -34,7 +34,14 @@ from cira_db._models import (
     JobStatus,
     OutcomeKind,
 )
-from cira_db._repositories._base import Call, Logic, RowFactory, make_result, prefixed_builder
+from cira_db._repositories._base import (
+    Call,
+    Logic,
+    RowFactory,
+    make_result,
+    model_builder,
+    prefixed_builder,
+)
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_json
 from cira_db._sql import query
@@ -84,6 +91,10 @@ def _batch_reply(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Reply]:
     return build
 
 
+# An item's outcome, as ``ItemOutcome(*values)`` makes it without its frozen __init__.
+_make_item: Final[Callable[[Sequence[Any]], ItemOutcome[Any]]] = model_builder(
+    ItemOutcome, ("index", "job_id", "outcome", "value", "status", "attempts")
+)
 _REPLY_ROWS: Final = RowFactory(_batch_reply)
 # Bound to each statement: its builder is found once (`RowFactory.of`).
 _FAIL_JOBS_ROWS: Final = _REPLY_ROWS.of(_FAIL_JOBS)
@@ -156,7 +167,7 @@ def _outcomes(
             kind = "cancelled"
         else:
             kind = "wrong_state"
-        outcomes.append(ItemOutcome(index, job_id, kind, row, status, current))
+        outcomes.append(_make_item((index, job_id, kind, row, status, current)))
     return outcomes
 
 
