@@ -157,6 +157,10 @@ _SHARED_FIELDS: Final = (
     "cancel_requested_at",
 )
 _NEW_JOB: Final = model_builder(Job, ("id", "pdf_url", *_SHARED_FIELDS))
+# A page of the listing, as ``Page(items, next_cursor)`` makes it (no frozen __init__).
+_make_page: Final[Callable[[Sequence[Any]], Page[Job]]] = model_builder(
+    Page, ("items", "next_cursor")
+)
 _SET_CREATED_AT: Final = vars(Job)["created_at"].__set__
 _SET_UPDATED_AT: Final = vars(Job)["updated_at"].__set__
 _SET_RUN_AFTER: Final = vars(Job)["run_after"].__set__
@@ -615,7 +619,7 @@ class JobLogic:
                 job_id=last.id,
                 key=self.cursor_key,
             )
-        return Page(items=tuple(rows), next_cursor=next_cursor)
+        return _make_page((tuple(rows), next_cursor))
 
     def count_by_status(self, *, client_id: str) -> Logic[dict[JobStatus, int]]:
         """The client's job count per status, every status present."""
