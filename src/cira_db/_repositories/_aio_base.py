@@ -87,19 +87,27 @@ class AsyncRunner:
         observation.finish(None)
         return result
 
-    async def execute(self, call: Call[R]) -> R:
-        """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
+    def execute(self, call: Call[R]) -> Awaitable[R]:
+        """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``.
+
+        Returns the awaitable of `AsyncDatabase.run` itself (no coroutine of
+        its own around it), or, on a caller's connection, `_once`'s.
+        """
         work = partial(_STATEMENTS[call.kind], call)
         database = self._database
         if database is None:  # the caller owns the transaction: one try, errors mapped
             connection = self._connection
             assert connection is not None  # one of the two is always set
-            with wrap_errors(call.operation, map_error):
-                return await work(connection)  # type: ignore[no-any-return]
-        result: R = await database.run(
-            call.operation, work, idempotent=call.idempotent, mapper=map_error
-        )
-        return result
+            return _once(call.operation, work, connection)
+        return database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
+
+
+async def _once(
+    operation: str, work: Callable[[AsyncConnection], Awaitable[R]], connection: AsyncConnection
+) -> R:
+    """``work`` on the caller's connection: one try, its errors mapped."""
+    with wrap_errors(operation, map_error):
+        return await work(connection)
 
 
 # Cursors left unclosed, as by the sync twins (``_base.py`` says why): here
