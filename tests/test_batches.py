@@ -24,6 +24,7 @@ from cira_db import (
     Completion,
     Database,
     Failure,
+    ItemOutcome,
     Job,
     JobRepository,
     JobResultRepository,
@@ -704,6 +705,23 @@ def test_extend_leases_moves_every_held_lease_and_reports_the_others(
     # Repeating is harmless: the same outcomes (the cancelled job stays "cancelled").
     again = jobs.extend_leases(ids, lease=timedelta(hours=2), attempts=attempts, client_id=A)
     assert [o.outcome for o in again] == expected
+
+
+def test_the_jobs_fail_many_and_extend_leases_return_are_the_stored_rows(
+    jobs: JobRepository,
+) -> None:
+    held, failing = _claimed(jobs, 2)
+    extended = jobs.extend_leases([held.id], lease=timedelta(hours=2))
+    failed = jobs.fail_many([Failure(failing.id, "broken", retry_in=timedelta(minutes=3))])
+    for outcome in (*extended, *failed):
+        assert type(outcome) is ItemOutcome
+        assert outcome.ok
+        assert outcome.outcome == "done"
+        assert type(outcome.value) is Job
+        assert outcome.value == jobs.get(outcome.job_id, client_id=A)
+    assert failed[0].value is not None
+    assert failed[0].value.status is JobStatus.QUEUED
+    assert failed[0].value.error_message == "broken"
 
 
 def test_extend_leases_validates_its_arguments(jobs: JobRepository) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
@@ -282,6 +283,10 @@ def test_list_of_nothing(jobs: JobRepository) -> None:
     page = jobs.list(client_id=A)
     assert page.items == ()
     assert page.next_cursor is None
+    assert type(page) is Page  # built without its __init__, the model itself
+    assert page == Page(items=(), next_cursor=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        page.next_cursor = "x"  # type: ignore[misc]
 
 
 def test_list_filters_by_status(jobs: JobRepository) -> None:

@@ -19,10 +19,12 @@ from cira_db._repositories._base import (
     Outcome,
     job_outcome_row,
     job_row,
+    make_result,
     model_builder,
     result_outcome_row,
     result_row,
 )
+from cira_db._sql import Query
 
 _JOB_COLUMNS = """
     '0190a0a0-0000-7000-8000-000000000001'::uuid AS id, 'client-a' AS client_id,
@@ -145,3 +147,58 @@ def test_rows_built_through_the_twin_are_the_model_itself() -> None:
     assert dataclasses.replace(made, tokens_used=4).tokens_used == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.tokens_used = 4  # type: ignore[misc]
+
+
+def test_a_statement_factory_follows_the_columns_its_statement_returns(cira_db: Database) -> None:
+    # Bound to one statement, the factory keeps the builder of the last reply; a
+    # reply with other columns (a ``*`` over a table a migration changed) is
+    # built by its own names, and refused if they do not fit, as the shared one does.
+    rows = job_row.of(Query("jobs_now", "SELECT 1", frozenset(), ""))
+    assert job_row.of(Query("jobs_now", "SELECT 1", frozenset(), "")) is rows
+    with cira_db.connection() as conn, conn.cursor(row_factory=rows) as cur:
+        cur.execute(f"SELECT {_JOB_COLUMNS}, 5::smallint AS priority")
+        first = cur.fetchone()
+        cur.execute(f"SELECT {_JOB_COLUMNS}, 6::smallint AS priority")
+        again = cur.fetchone()
+        # as many columns, another last one
+        cur.execute(f"SELECT {_JOB_COLUMNS}, '2026-02-03 00:00:00+00'::timestamptz AS run_after")
+        other = cur.fetchone()
+        cur.execute(f"SELECT {_JOB_COLUMNS}")  # one column fewer
+        fewer = cur.fetchone()
+        with pytest.raises(TypeError, match="no field"):
+            cur.execute(f"SELECT {_JOB_COLUMNS}, 1 AS priority, 'red' AS colour")
+    with cira_db.connection() as conn, conn.cursor(row_factory=job_row) as cur:
+        cur.execute(f"SELECT {_JOB_COLUMNS}, 5::smallint AS priority")
+        shared = cur.fetchone()
+    assert first == shared
+    assert first is not None
+    assert again is not None
+    assert fewer is not None
+    assert other is not None
+    assert (first.priority, again.priority, fewer.priority, other.priority) == (5, 6, 0, 0)
+    assert fewer.run_after is None
+    assert other.run_after == datetime(2026, 2, 3, tzinfo=UTC)
+    assert type(other) is Job
+
+
+def test_make_result_makes_what_the_constructor_makes() -> None:
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    values = (UUID(int=1), UUID(int=2), {"a": [1, 2]}, Decimal("0.95"), 12, when)
+    made = make_result(values)
+    assert type(made) is JobResult
+    assert made == JobResult(*values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.tokens_used = 4  # type: ignore[misc]
+
+
+def test_a_generic_model_is_built_through_its_twin_too(cira_db: Database) -> None:
+    # Outcome is generic (a Generic[T] base): its twin shares that base, so the
+    # row is an Outcome switched from the twin, equal to the constructed one.
+    with cira_db.connection() as conn, conn.cursor(row_factory=job_outcome_row) as cur:
+        cur.execute(f"SELECT 'queued' AS outcome, 1 AS current_attempts, {_JOB_COLUMNS}")
+        moved = cur.fetchone()
+    assert type(moved) is Outcome
+    assert moved == Outcome("queued", 1, moved.row)
+    assert not hasattr(moved, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        moved.outcome = "failed"  # type: ignore[misc]

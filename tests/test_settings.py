@@ -689,10 +689,21 @@ def test_an_async_cold_start_loads_no_pydantic_until_the_settings_model_is_asked
     assert result.stdout.strip() == ""
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
 @pytest.mark.parametrize("face", ["sync", "async"])
-def test_a_cold_start_to_the_first_call_loads_no_pydantic(cira_db_url: str, face: str) -> None:
+def test_a_cold_start_to_the_first_call_loads_no_pydantic(
+    cira_db_url: str, face: str, traced: bool
+) -> None:
     """A Lambda cold start of either face, on a real server: import, settings from the
-    environment, open the pool, one repository call; pydantic is never imported."""
+    environment, open the pool, one repository call; pydantic is never imported, not
+    even by the call's span (which names the server from the database's settings)."""
+    if traced:
+        pytest.importorskip("opentelemetry.sdk.trace")  # not in the lowest-dependency venv
+    tracing = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+    )
     sync = (
         "from cira_db import Database, JobRepository\n"
         "with Database.from_env() as db:\n"
@@ -710,6 +721,7 @@ def test_a_cold_start_to_the_first_call_loads_no_pydantic(cira_db_url: str, face
     code = (
         "import os, sys, uuid\n"
         "os.environ.update(CIRA_DB_URL=sys.argv[1], AWS_LAMBDA_FUNCTION_NAME='cold-start')\n"
+        + (tracing if traced else "")
         + (sync if face == "sync" else aio)
         + "print(','.join(sorted(m for m in sys.modules if m.startswith('pydantic'))))\n"
     )

@@ -6,6 +6,7 @@ import ast
 import re
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -151,6 +152,20 @@ def test_bind_of_a_query_without_parameters() -> None:
     assert q.bind({}) == {}
     with pytest.raises(TypeError):
         q.bind({"x": 1})
+
+
+@given(st.sets(st.sampled_from(["job_id", "client_id", "status", "x"])))
+def test_bind_accepts_any_mapping_with_exactly_the_names(names: set[str]) -> None:
+    # Any Mapping, not only a dict: the check compares its keys() with the names.
+    get_job = parse_queries(TWO_QUERIES, source="example.sql")["get_job"]
+    values = MappingProxyType(dict.fromkeys(names, 1))
+    if names == {"job_id", "client_id"}:
+        bound = get_job.bind(values)
+        assert bound == dict(values)
+        assert type(bound) is dict
+    else:
+        with pytest.raises(TypeError, match="get_job: missing"):
+            get_job.bind(values)
 
 
 # -- the packaged files ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
@@ -64,6 +65,10 @@ FIELD: Final = "cira_db"
 
 calls_log: Final = logging.getLogger("cira_db.calls")
 _DEBUG: Final = logging.DEBUG
+_WARNING: Final = logging.WARNING
+_perf_counter: Final = time.perf_counter
+# The parameters of a call that ran no statement (shared: only ever read).
+_NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 # Errors that answer the caller's request (the row is not there, the move is not
 # allowed, the input is refused): the caller decides what they mean, so their
@@ -104,13 +109,20 @@ class _Otel:
         return bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
 
 
+# Until something imports OpenTelemetry's API (or OTEL_PYTHON_TRACER_PROVIDER names
+# a provider) no SDK can be set: a call checks that with one dict lookup, without
+# calling `_tracer`.
+_OTEL_API: Final = "opentelemetry.trace"
+_modules: Final = sys.modules
+
+
 def _tracer() -> Any:
     tracer = _Otel.tracer
     if tracer is not None or _Otel.missing:
         return tracer
     trace: Any = _Otel.trace
     if trace is None:
-        if "opentelemetry.trace" not in sys.modules and not _Otel.named_provider():
+        if _OTEL_API not in _modules and not _Otel.named_provider():
             # No SDK can be set before the API is imported: spare a cold start its
             # import until someone (the app, the instrumentation) has loaded it.
             return None
@@ -184,7 +196,9 @@ def server_of(executor: Any) -> tuple[str | None, int | None]:
     try:
         from cira_db._plan import plan_connection
 
-        plan = plan_connection(executor.settings)
+        # A database's own settings, light or pydantic: ``settings`` would build
+        # the pydantic model (loading pydantic) from light ones.
+        plan = plan_connection(getattr(executor, "_settings", None) or executor.settings)
         return plan.hosts[0] if plan.hosts else None, int(plan.port.split(",")[0] or 5432)
     except Exception:  # incomplete settings fail at connect, not here
         return None, None
@@ -232,11 +246,11 @@ class Observation:
     )
 
     def __init__(self, method: str, slow_ms: int, *, task: bool = False) -> None:
-        self.started = time.perf_counter()
+        self.started = _perf_counter()
         self.method = method
         self.slow_ms = slow_ms
         self.operation: str | None = None
-        self.params: Mapping[str, Any] = {}
+        self.params: Mapping[str, Any] = _NO_PARAMS
         self.rows = 0
         self.statements = 0
         self.retries = 0
@@ -255,7 +269,9 @@ class Observation:
             return server
         self.operation = call.operation
         self.params = call.params
-        tracer = _tracer()
+        tracer = _Otel.tracer
+        if tracer is None and (_OTEL_API in _modules or _Otel.named_provider()):
+            tracer = _tracer()  # the API is loaded: an SDK may have been set since
         if tracer is not None:
             if server is None:
                 server = server_of(executor)
@@ -288,21 +304,21 @@ class Observation:
         """Count the rows of one call's reply (``changes``: the rows it wrote, if given)."""
         if changes is not None:
             self.rows += changes
-        elif kind in ("all", "copy_all"):
-            self.rows += len(value)
-        elif kind == "one":
+        elif kind == "one":  # the busiest first
             self.rows += value is not None
+        elif kind == "all" or kind == "copy_all":
+            self.rows += len(value)
         else:
             self.rows += value
 
     def finish(self, exc: BaseException | None) -> None:
         """Log (and end the span of) the call, with what reached the caller."""
         outer = self.outer
-        if isinstance(outer, Observation) or outer is None:
+        if outer is None or isinstance(outer, Observation):
             _thread.current = outer
         else:
             _task.reset(outer)
-        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        elapsed_ms = (_perf_counter() - self.started) * 1000
         span = self.span
         if span is not None:
             _Otel.context.detach(self.token)
@@ -317,7 +333,7 @@ class Observation:
                 span.set_attribute("cira_db.retries", self.retries)
             span.end()
         slow = 0 < self.slow_ms <= elapsed_ms
-        level = logging.WARNING if slow else _DEBUG  # `_level` of a success, without a call
+        level = _WARNING if slow else _DEBUG  # `_level` of a success, without a call
         if exc is not None:
             level = _level(exc, slow=slow)
         if not calls_log.isEnabledFor(level):

@@ -34,9 +34,14 @@ class Query:
     description: str
 
     def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Check that ``values`` names exactly this query's parameters."""
-        given = set(values)
-        if given != self.params:
+        """A copy of ``values``, checked to name exactly this query's parameters.
+
+        ``params`` holds the names of its ``%(name)s`` and ``%(name)b``
+        placeholders, found once when the file was loaded: the check compares
+        the keys with it, without making a set of them on every call.
+        """
+        if values.keys() != self.params:
+            given = set(values)
             missing = sorted(self.params - given)
             extra = sorted(given - self.params)
             raise TypeError(f"query {self.name}: missing {missing}, unexpected {extra}")

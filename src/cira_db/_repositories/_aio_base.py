@@ -41,7 +41,7 @@ T = TypeVar("T")
 class AsyncRunner:
     """Runs `Call` requests on an `AsyncDatabase` or on a caller's async connection."""
 
-    __slots__ = ("_connection", "_database", "_server", "_slow_ms")
+    __slots__ = ("_connection", "_database", "_server", "_slow_ms", "executor")
 
     def __init__(self, executor: AsyncExecutor) -> None:
         self._server: Any = None  # (host, port) for spans, found on first use
@@ -57,14 +57,8 @@ class AsyncRunner:
                 "an async repository needs a cira_db.aio.AsyncDatabase or a "
                 f"psycopg.AsyncConnection, not {type(executor).__name__}"
             )
-
-    @property
-    def executor(self) -> AsyncExecutor:
+        self.executor: AsyncExecutor = executor
         """The `AsyncDatabase` or connection statements run on."""
-        if self._database is not None:
-            return self._database
-        assert self._connection is not None  # one of the two is always set
-        return self._connection
 
     async def drive(self, logic: Logic[T]) -> T:
         """Run a repository method's logic to its end, awaiting each `Call` (see `Runner.drive`)."""
@@ -72,7 +66,6 @@ class AsyncRunner:
         error: CiraDbError | None = None
         # Logged, traced and counted here once for every method (cira_db._observe).
         observation = Observation(getattr(logic, "__name__", "call"), self._slow_ms, task=True)
-        executor = self._database if self._database is not None else self._connection
         try:
             while True:
                 try:
@@ -80,7 +73,7 @@ class AsyncRunner:
                 except StopIteration as stop:
                     result: T = stop.value
                     break
-                self._server = observation.begin(call, executor, self._server)
+                self._server = observation.begin(call, self.executor, self._server)
                 value, error = None, None
                 try:
                     value = await self.execute(call)
@@ -94,40 +87,52 @@ class AsyncRunner:
         observation.finish(None)
         return result
 
-    async def execute(self, call: Call[R]) -> R:
-        """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``."""
+    def execute(self, call: Call[R]) -> Awaitable[R]:
+        """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``.
+
+        Returns the awaitable of `AsyncDatabase.run` itself (no coroutine of
+        its own around it), or, on a caller's connection, `_once`'s.
+        """
         work = partial(_STATEMENTS[call.kind], call)
         database = self._database
         if database is None:  # the caller owns the transaction: one try, errors mapped
             connection = self._connection
             assert connection is not None  # one of the two is always set
-            with wrap_errors(call.operation, map_error):
-                return await work(connection)  # type: ignore[no-any-return]
-        result: R = await database.run(
-            call.operation, work, idempotent=call.idempotent, mapper=map_error
-        )
-        return result
+            return _once(call.operation, work, connection)
+        return database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
+
+
+async def _once(
+    operation: str, work: Callable[[AsyncConnection], Awaitable[R]], connection: AsyncConnection
+) -> R:
+    """``work`` on the caller's connection: one try, its errors mapped."""
+    with wrap_errors(operation, map_error):
+        return await work(connection)
+
+
+# Cursors left unclosed, as by the sync twins (``_base.py`` says why): here
+# that also spares awaiting ``__aenter__``, ``__aexit__`` and ``close``.
 
 
 async def _one(call: Call[Any], conn: AsyncConnection) -> Any:
     """Run a ``one`` call on ``conn``: its first row, or None."""
-    async with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
-        await cur.execute(call.query.sql, call.params)
-        return await cur.fetchone()
+    cur = conn.cursor(row_factory=call.row_factory)  # type: ignore[arg-type]  # set
+    await cur.execute(call.query.sql, call.params)
+    return await cur.fetchone()
 
 
 async def _all(call: Call[Any], conn: AsyncConnection) -> list[Any]:
     """Run an ``all`` call on ``conn``: every row."""
-    async with conn.cursor(row_factory=call.row_factory) as cur:  # type: ignore[arg-type]  # set
-        await cur.execute(call.query.sql, call.params)
-        return await cur.fetchall()
+    cur = conn.cursor(row_factory=call.row_factory)  # type: ignore[arg-type]  # set
+    await cur.execute(call.query.sql, call.params)
+    return await cur.fetchall()
 
 
 async def _rowcount(call: Call[Any], conn: AsyncConnection) -> int:
     """Run a ``rowcount`` call on ``conn``: how many rows it changed."""
-    async with conn.cursor() as cur:
-        await cur.execute(call.query.sql, call.params)
-        return cur.rowcount
+    cur = conn.cursor()
+    await cur.execute(call.query.sql, call.params)
+    return cur.rowcount
 
 
 async def _copy(call: Call[Any], conn: AsyncConnection) -> int:

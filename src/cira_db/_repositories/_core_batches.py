@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import BaseRowFactory, kwargs_row, tuple_row
+from psycopg.rows import tuple_row
 
 from cira_db._models import (
     STATUS_BY_LABEL,
@@ -38,7 +38,15 @@ from cira_db._models import (
     JobStatus,
     OutcomeKind,
 )
-from cira_db._repositories._base import Call, Logic, job_row, model_builder
+from cira_db._repositories._base import (
+    Call,
+    Logic,
+    RowFactory,
+    job_row,
+    make_result,
+    model_builder,
+    prefixed_builder,
+)
 from cira_db._repositories._core_jobs import _CLAIM_JOBS, _CLAIM_JOBS_FOR_CLIENT, _claim_order
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_document
@@ -70,7 +78,6 @@ __all__ = [
     "fail_many",
 ]
 
-T = TypeVar("T")
 
 _log = logging.getLogger("cira_db.calls")
 
@@ -87,23 +94,32 @@ BATCH_MAX: Final = LIMIT_MAX
 _Reply = tuple[int, str | None, int | None, Any]
 
 
-def _batch_row(
-    make: Callable[..., T],
-) -> BaseRowFactory[tuple[int, str | None, int | None, T | None]]:
-    def decode(
-        *, n: int, outcome: str | None, current_attempts: int | None, **columns: Any
-    ) -> tuple[int, str | None, int | None, T | None]:
-        row = None if columns["id"] is None else make(**columns)
-        return n, outcome, current_attempts, row
-
-    return kwargs_row(decode)
+_REPLY_COLUMNS: Final = ("n", "outcome", "current_attempts")
 
 
-def _job(*, status: str, **columns: Any) -> Job:
-    return Job(status=STATUS_BY_LABEL[status], **columns)
+def _batch_reply(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Reply]:
+    """Rows of ``n``, ``outcome``, ``current_attempts`` then the job columns -> `_Reply`.
+
+    The job is None where the item changed nothing (its columns are NULL).
+    """
+    if names[: len(_REPLY_COLUMNS)] != _REPLY_COLUMNS:
+        raise TypeError(f"the first columns must be {list(_REPLY_COLUMNS)}, got {list(names)}")
+    _, make = prefixed_builder(Job, names, _REPLY_COLUMNS)
+
+    def build(values: Sequence[Any]) -> _Reply:
+        return values[0], values[1], values[2], make(values)
+
+    return build
 
 
-_JOB_ROWS: Final = _batch_row(_job)
+# An item's outcome, as ``ItemOutcome(*values)`` makes it without its frozen __init__.
+_make_item: Final[Callable[[Sequence[Any]], ItemOutcome[Any]]] = model_builder(
+    ItemOutcome, ("index", "job_id", "outcome", "value", "status", "attempts")
+)
+_REPLY_ROWS: Final = RowFactory(_batch_reply)
+# Bound to each statement: its builder is found once (`RowFactory.of`).
+_FAIL_JOBS_ROWS: Final = _REPLY_ROWS.of(_FAIL_JOBS)
+_EXTEND_LEASES_ROWS: Final = _REPLY_ROWS.of(_EXTEND_LEASES)
 
 
 def _items(value: object, kind: type, field: str = "items") -> Sequence[Any]:
@@ -172,7 +188,7 @@ def _outcomes(
             kind = "cancelled"
         else:
             kind = "wrong_state"
-        outcomes.append(ItemOutcome(index, job_id, kind, row, status, current))
+        outcomes.append(_make_item((index, job_id, kind, row, status, current)))
     return outcomes
 
 
@@ -263,13 +279,15 @@ class _Completions:
                 current,
                 None
                 if created_at is None
-                else JobResult(
-                    self.result_ids[n - 1],
-                    ids[n - 1],
-                    documents[n - 1],
-                    self.scores[n - 1],
-                    self.tokens[n - 1],
-                    created_at,
+                else make_result(
+                    (
+                        self.result_ids[n - 1],
+                        ids[n - 1],
+                        documents[n - 1],
+                        self.scores[n - 1],
+                        self.tokens[n - 1],
+                        created_at,
+                    )
                 ),
             )
             for n, label, current, created_at in rows
@@ -442,7 +460,7 @@ def fail_many(
     # Never repeated: after a lost reply a repeat would find the jobs failed
     # (or re-queued, maybe claimed again) and misreport what the first try did.
     replies: list[_Reply] = yield Call.all(
-        _FAIL_JOBS, params, _JOB_ROWS, "fail jobs", idempotent=False
+        _FAIL_JOBS, params, _FAIL_JOBS_ROWS, "fail jobs", idempotent=False
     )
     outcomes = _outcomes(replies, ids, attempts, cancel_moves=True)
     if all_or_nothing:
@@ -489,6 +507,6 @@ def extend_leases(
     # Repeating is harmless: a lease moved twice ends at now() + lease, and a
     # job the first try moved to cancelled is reported "cancelled" again.
     replies: list[_Reply] = yield Call.all(
-        _EXTEND_LEASES, params, _JOB_ROWS, "extend leases", idempotent=True
+        _EXTEND_LEASES, params, _EXTEND_LEASES_ROWS, "extend leases", idempotent=True
     )
     return _outcomes(replies, ids, claims, cancel_moves=True)

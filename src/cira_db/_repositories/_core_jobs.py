@@ -29,6 +29,7 @@ from cira_db._repositories._base import (
     RowFactory,
     job_outcome_row,
     job_row,
+    make_result,
     model_builder,
     prefixed_builder,
 )
@@ -117,6 +118,26 @@ def _created(names: tuple[str, ...]) -> Callable[[Sequence[Any]], _Created]:
 
 _CREATED_ROWS: Final = RowFactory(_created)
 
+# Each statement's row factory, bound to it (`RowFactory.of`): its builder is
+# found once, not from the column names of every reply.
+_INSERT_JOB_ROWS: Final = job_outcome_row.of(_INSERT_JOB)
+_INSERT_JOBS_BY_ID_ROWS: Final = _CREATED_ROWS.of(_INSERT_JOBS_BY_ID)
+_GET_JOB_ROWS: Final = job_row.of(_GET_JOB)
+_LIST_JOBS_ROWS: Final = job_row.of(_LIST_JOBS)
+_LIST_JOBS_BY_STATUS_ROWS: Final = job_row.of(_LIST_JOBS_BY_STATUS)
+_CLAIM_JOB_ROWS: Final = job_row.of(_CLAIM_JOB)
+_CLAIM_JOB_FOR_CLIENT_ROWS: Final = job_row.of(_CLAIM_JOB_FOR_CLIENT)
+_CLAIM_JOBS_ROWS: Final = job_row.of(_CLAIM_JOBS)
+_CLAIM_JOBS_FOR_CLIENT_ROWS: Final = job_row.of(_CLAIM_JOBS_FOR_CLIENT)
+_CLAIM_JOBS_FAIR_ROWS: Final = job_row.of(_CLAIM_JOBS_FAIR)
+_EXTEND_LEASE_ROWS: Final = job_outcome_row.of(_EXTEND_LEASE)
+_FAIL_JOB_ROWS: Final = job_outcome_row.of(_FAIL_JOB)
+_FAIL_JOB_RETRY_ROWS: Final = job_outcome_row.of(_FAIL_JOB_RETRY)
+_REPORT_PROGRESS_ROWS: Final = job_outcome_row.of(_REPORT_PROGRESS)
+_CANCEL_JOB_ROWS: Final = job_outcome_row.of(_CANCEL_JOB)
+_RETRY_JOB_ROWS: Final = job_outcome_row.of(_RETRY_JOB)
+_RELEASE_EXPIRED_JOBS_ROWS: Final = job_row.of(_RELEASE_EXPIRED_JOBS)
+
 
 # A new job's fields: the id and the URL (one per job), then those every job
 # of one create_many shares. Fields of Job not named here take their default.
@@ -135,6 +156,10 @@ _SHARED_FIELDS: Final = (
     "cancel_requested_at",
 )
 _NEW_JOB: Final = model_builder(Job, ("id", "pdf_url", *_SHARED_FIELDS))
+# A page of the listing, as ``Page(items, next_cursor)`` makes it (no frozen __init__).
+_make_page: Final[Callable[[Sequence[Any]], Page[Job]]] = model_builder(
+    Page, ("items", "next_cursor")
+)
 _SET_CREATED_AT: Final = vars(Job)["created_at"].__set__
 _SET_UPDATED_AT: Final = vars(Job)["updated_at"].__set__
 _SET_RUN_AFTER: Final = vars(Job)["run_after"].__set__
@@ -291,14 +316,7 @@ def _made_result(
     change through their own dict. ``score`` is rounded to the column's two
     places already, as stored.
     """
-    return JobResult(
-        id=result_id,
-        job_id=job_id,
-        extracted_data=document,
-        confidence_score=score,
-        tokens_used=tokens,
-        created_at=created_at,
-    )
+    return make_result((result_id, job_id, document, score, tokens, created_at))
 
 
 def _not_found(job_id: UUID) -> NotFoundError:
@@ -386,7 +404,7 @@ class JobLogic:
             # The id is fixed before the first try, so repeating the insert is
             # harmless: a try whose reply was lost makes the next one "existing".
             reply: Outcome[Job] | None = yield Call.one(
-                _INSERT_JOB, params, job_outcome_row, "create a job", idempotent=True
+                _INSERT_JOB, params, _INSERT_JOB_ROWS, "create a job", idempotent=True
             )
             if reply is None:
                 continue  # a concurrent insert of this id committed after our snapshot
@@ -516,7 +534,11 @@ class JobLogic:
                 # Repeating is harmless: the rows of a try whose reply was lost
                 # are found as "existing" by the next one.
                 rows: builtins.list[tuple[str, int | None, Job | None]] = yield Call.all(
-                    _INSERT_JOBS_BY_ID, params, _CREATED_ROWS, "create jobs", idempotent=True
+                    _INSERT_JOBS_BY_ID,
+                    params,
+                    _INSERT_JOBS_BY_ID_ROWS,
+                    "create jobs",
+                    idempotent=True,
                 )
             except ConflictError:
                 # jobs_pkey: a concurrent insert of one of these ids committed
@@ -541,7 +563,9 @@ class JobLogic:
     def find(self, job_id: UUID | str, *, client_id: str) -> Logic[Job | None]:
         """The client's job, or None."""
         params = {"id": check_job_id(job_id), "client_id": check_client_id(client_id)}
-        job: Job | None = yield Call.one(_GET_JOB, params, job_row, "read a job", idempotent=True)
+        job: Job | None = yield Call.one(
+            _GET_JOB, params, _GET_JOB_ROWS, "read a job", idempotent=True
+        )
         return job
 
     def get(self, job_id: UUID | str, *, client_id: str) -> Logic[Job]:
@@ -550,7 +574,9 @@ class JobLogic:
         # one generator per call instead of two, on the busiest read.
         key = check_job_id(job_id)
         params = {"id": key, "client_id": check_client_id(client_id)}
-        job: Job | None = yield Call.one(_GET_JOB, params, job_row, "read a job", idempotent=True)
+        job: Job | None = yield Call.one(
+            _GET_JOB, params, _GET_JOB_ROWS, "read a job", idempotent=True
+        )
         if job is None:
             raise _not_found(key)
         return job
@@ -576,11 +602,15 @@ class JobLogic:
         }
         rows: builtins.list[Job]
         if wanted is None:
-            rows = yield Call.all(_LIST_JOBS, params, job_row, "list jobs", idempotent=True)
+            rows = yield Call.all(_LIST_JOBS, params, _LIST_JOBS_ROWS, "list jobs", idempotent=True)
         else:
             params["status"] = wanted.value
             rows = yield Call.all(
-                _LIST_JOBS_BY_STATUS, params, job_row, "list jobs", idempotent=True
+                _LIST_JOBS_BY_STATUS,
+                params,
+                _LIST_JOBS_BY_STATUS_ROWS,
+                "list jobs",
+                idempotent=True,
             )
         next_cursor = None
         if len(rows) > size:
@@ -593,7 +623,7 @@ class JobLogic:
                 job_id=last.id,
                 key=self.cursor_key,
             )
-        return Page(items=tuple(rows), next_cursor=next_cursor)
+        return _make_page((tuple(rows), next_cursor))
 
     def count_by_status(self, *, client_id: str) -> Logic[dict[JobStatus, int]]:
         """The client's job count per status, every status present."""
@@ -612,12 +642,12 @@ class JobLogic:
         """Claim the next due queued job (priority, then the longest waiting), or None."""
         params: dict[str, Any] = {"lease": check_lease(lease)}
         client = check_optional_client_id(client_id)
-        statement = _CLAIM_JOB
+        statement, rows = _CLAIM_JOB, _CLAIM_JOB_ROWS
         if client is not None:
             params["client_id"] = client
-            statement = _CLAIM_JOB_FOR_CLIENT
+            statement, rows = _CLAIM_JOB_FOR_CLIENT, _CLAIM_JOB_FOR_CLIENT_ROWS
         # Claims are never repeated: a lost reply may hide a claim that happened.
-        job: Job | None = yield Call.one(statement, params, job_row, "claim jobs", idempotent=False)
+        job: Job | None = yield Call.one(statement, params, rows, "claim jobs", idempotent=False)
         return job
 
     def claim_batch(
@@ -635,15 +665,23 @@ class JobLogic:
                 raise ValidationError(
                     "fair", "shares between clients: it cannot be combined with client_id"
                 )
-            jobs = yield Call.all(_CLAIM_JOBS_FAIR, params, job_row, "claim jobs", idempotent=False)
+            jobs = yield Call.all(
+                _CLAIM_JOBS_FAIR, params, _CLAIM_JOBS_FAIR_ROWS, "claim jobs", idempotent=False
+            )
             return jobs
         if client is None:
             # Claims are never repeated: a lost reply may hide a claim that happened.
-            jobs = yield Call.all(_CLAIM_JOBS, params, job_row, "claim jobs", idempotent=False)
+            jobs = yield Call.all(
+                _CLAIM_JOBS, params, _CLAIM_JOBS_ROWS, "claim jobs", idempotent=False
+            )
             return sorted(jobs, key=_claim_order)
         params["client_id"] = client
         jobs = yield Call.all(
-            _CLAIM_JOBS_FOR_CLIENT, params, job_row, "claim jobs", idempotent=False
+            _CLAIM_JOBS_FOR_CLIENT,
+            params,
+            _CLAIM_JOBS_FOR_CLIENT_ROWS,
+            "claim jobs",
+            idempotent=False,
         )
         return sorted(jobs, key=_claim_order)
 
@@ -665,7 +703,7 @@ class JobLogic:
             "attempt": claim,
         }
         reply: Outcome[Job] | None = yield Call.one(
-            _EXTEND_LEASE, params, job_outcome_row, "extend a lease", idempotent=True
+            _EXTEND_LEASE, params, _EXTEND_LEASE_ROWS, "extend a lease", idempotent=True
         )
         return _heard(reply, key, "extend the lease of", claim)
 
@@ -728,12 +766,12 @@ class JobLogic:
             "attempt": claim,
         }
         delay = check_retry_in(retry_in)
-        statement = _FAIL_JOB
+        statement, rows = _FAIL_JOB, _FAIL_JOB_ROWS
         if delay is not None:
             params["retry_in"] = delay
-            statement = _FAIL_JOB_RETRY
+            statement, rows = _FAIL_JOB_RETRY, _FAIL_JOB_RETRY_ROWS
         reply: Outcome[Job] | None = yield Call.one(
-            statement, params, job_outcome_row, "fail a job", idempotent=False
+            statement, params, rows, "fail a job", idempotent=False
         )
         return _moved(reply, key, "fail", JobStatus.PROCESSING, claim)
 
@@ -756,7 +794,7 @@ class JobLogic:
         }
         # Repeating it is harmless: the same document again, or the same refusal.
         reply: Outcome[Job] | None = yield Call.one(
-            _REPORT_PROGRESS, params, job_outcome_row, "report progress", idempotent=True
+            _REPORT_PROGRESS, params, _REPORT_PROGRESS_ROWS, "report progress", idempotent=True
         )
         return _heard(reply, key, "report the progress of", claim)
 
@@ -767,7 +805,7 @@ class JobLogic:
         for _ in range(_CANCEL_TRIES):
             # Idempotent: a repeat finds the job cancelled (or its cancel asked for).
             reply: Outcome[Job] | None = yield Call.one(
-                _CANCEL_JOB, params, job_outcome_row, "cancel a job", idempotent=True
+                _CANCEL_JOB, params, _CANCEL_JOB_ROWS, "cancel a job", idempotent=True
             )
             if reply is None:
                 raise _not_found(key)
@@ -785,7 +823,7 @@ class JobLogic:
         key = check_job_id(job_id)
         params = {"id": key, "client_id": check_optional_client_id(client_id)}
         reply: Outcome[Job] | None = yield Call.one(
-            _RETRY_JOB, params, job_outcome_row, "retry a job", idempotent=False
+            _RETRY_JOB, params, _RETRY_JOB_ROWS, "retry a job", idempotent=False
         )
         return _moved(reply, key, "retry", JobStatus.FAILED, None)
 
@@ -807,7 +845,11 @@ class JobLogic:
         if params["backoff_max"] is None:
             raise ValidationError("backoff_max", "must be a datetime.timedelta, not NoneType")
         jobs: builtins.list[Job] = yield Call.all(
-            _RELEASE_EXPIRED_JOBS, params, job_row, "release expired leases", idempotent=False
+            _RELEASE_EXPIRED_JOBS,
+            params,
+            _RELEASE_EXPIRED_JOBS_ROWS,
+            "release expired leases",
+            idempotent=False,
         )
         return jobs
 

@@ -21,6 +21,9 @@ __all__ = ["ResultLogic"]
 
 _GET_RESULT_FOR_JOB: Final = query("job_results.sql", "get_result_for_job")
 _USAGE_BY_CLIENT: Final = query("job_results.sql", "usage_by_client")
+# Each statement's row factory, bound to it: its builder is found once (`RowFactory.of`).
+_GET_RESULT_FOR_JOB_ROWS: Final = result_row.of(_GET_RESULT_FOR_JOB)
+_USAGE_BY_CLIENT_ROWS: Final = usage_row.of(_USAGE_BY_CLIENT)
 
 
 class ResultLogic:
@@ -32,7 +35,11 @@ class ResultLogic:
         """The client's result of the job, or None."""
         params = {"job_id": check_job_id(job_id), "client_id": check_client_id(client_id)}
         result: JobResult | None = yield Call.one(
-            _GET_RESULT_FOR_JOB, params, result_row, "read a job result", idempotent=True
+            _GET_RESULT_FOR_JOB,
+            params,
+            _GET_RESULT_FOR_JOB_ROWS,
+            "read a job result",
+            idempotent=True,
         )
         return result
 
@@ -42,7 +49,11 @@ class ResultLogic:
         key = check_job_id(job_id)
         params = {"job_id": key, "client_id": check_client_id(client_id)}
         result: JobResult | None = yield Call.one(
-            _GET_RESULT_FOR_JOB, params, result_row, "read a job result", idempotent=True
+            _GET_RESULT_FOR_JOB,
+            params,
+            _GET_RESULT_FOR_JOB_ROWS,
+            "read a job result",
+            idempotent=True,
         )
         if result is None:
             raise NotFoundError(f"no result for job {key}")
@@ -55,7 +66,7 @@ class ResultLogic:
         start, end = check_time_range(since, until)
         params = {"client_id": check_client_id(client_id), "since": start, "until": end}
         usage: Usage | None = yield Call.one(
-            _USAGE_BY_CLIENT, params, usage_row, "compute usage", idempotent=True
+            _USAGE_BY_CLIENT, params, _USAGE_BY_CLIENT_ROWS, "compute usage", idempotent=True
         )
         assert usage is not None  # an aggregate without GROUP BY returns one row
         return usage
