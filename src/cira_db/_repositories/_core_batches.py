@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
 from typing import Any, Final
 from uuid import UUID
 
@@ -42,12 +41,11 @@ from cira_db._repositories._base import (
     Call,
     Logic,
     RowFactory,
-    job_row,
     make_result,
     model_builder,
     prefixed_builder,
 )
-from cira_db._repositories._core_jobs import _CLAIM_JOBS, _CLAIM_JOBS_FOR_CLIENT, _claim_order
+from cira_db._repositories._core_jobs import JobLogic, _claim_order
 from cira_db._repositories._ids import uuid7_batch
 from cira_db._repositories._jsonb import stored_document
 from cira_db._sql import query
@@ -345,43 +343,47 @@ def complete_and_claim(
     """
     client = check_optional_client_id(client_id)
     batch = _Completions(items, client)
-    claim = {"limit": check_limit(limit), "lease": check_lease(lease), "client_id": client}
+    claim = {"limit": check_limit(limit), "lease": check_lease(lease)}
     params = {**batch.params, **claim}
-    if client is None:
-        statement = _COMPLETE_AND_CLAIM
-        del params["client_id"]  # the plain statement has no client filter
+    if client is None:  # the plain statement has no client filter
+        statement, row_factory = _COMPLETE_AND_CLAIM, _COMPLETE_AND_CLAIM_ROWS
+        del params["client_id"]
     else:
-        statement = _COMPLETE_AND_CLAIM_FOR_CLIENT
+        statement, row_factory = _COMPLETE_AND_CLAIM_FOR_CLIENT, _COMPLETE_AND_CLAIM_FOR_CLIENT_ROWS
     try:
         # Not repeated on a failure: the claim may have happened (as claim_batch).
-        rows: list[tuple[Any, ...]] = yield Call.all(
+        rows: list[tuple[tuple[Any, ...], Job | None]] = yield Call.all(
             statement,
             params,
-            tuple_row,
+            row_factory,
             "complete and claim jobs",
             idempotent=False,
         )
     except DatabaseUnavailableError as exc:
         if not batch.ids or not recover:
             raise
-        return (yield from _recover(batch, claim, exc))
-    done = [row[:4] for row in rows if row[0] is not None]
-    build = _claimed_builder()
-    claimed = [build(row[4:]) for row in rows if row[0] is None]
+        return (yield from _recover(batch, limit, lease, client, exc))
+    done = [item for item, job in rows if job is None]
+    claimed = [job for _, job in rows if job is not None]
     claimed.sort(key=_claim_order)
     return CompletedAndClaimed(batch.outcomes(done), claimed)
 
 
 def _recover(
-    batch: _Completions, claim: dict[str, Any], failure: DatabaseUnavailableError
+    batch: _Completions,
+    limit: int,
+    lease: timedelta,
+    client: str | None,
+    failure: DatabaseUnavailableError,
 ) -> Logic[CompletedAndClaimed]:
     """After the combined statement failed: the items alone (safe to repeat), then a claim.
 
     The completion runs with retries and the same result ids, so a lost try
     that did commit has its items reported done with the rows it stored. The
-    claim is one more try, never repeated; if it fails, the error says the
-    items were stored. Jobs a lost try claimed stay claimed until their lease
-    ends (their attempt is used up), as after a worker crash: logged.
+    claim is `claim_batch`'s, one more try, never repeated; if it fails, the
+    error says the items were stored. Jobs a lost try claimed stay claimed
+    until their lease ends (their attempt is used up), as after a worker
+    crash: logged.
     """
     _log.warning(
         "%s; completing the %d items again on their own, then "
@@ -397,34 +399,37 @@ def _recover(
         idempotent=True,
     )
     outcomes = batch.outcomes(rows)
-    if claim["client_id"] is None:
-        statement, params = _CLAIM_JOBS, {"limit": claim["limit"], "lease": claim["lease"]}
-    else:
-        statement, params = _CLAIM_JOBS_FOR_CLIENT, claim
     try:
-        claimed: list[Job] = yield Call.all(
-            statement, params, job_row, "claim jobs", idempotent=False
-        )
+        claimed = yield from JobLogic().claim_batch(limit, lease=lease, client_id=client)
     except DatabaseUnavailableError as exc:
         stored = sum(outcome.ok for outcome in outcomes)
         raise DatabaseUnavailableError(
             f"{exc} (complete and claim jobs: the {len(outcomes)} items were completed first, "
             f"{stored} done; the claim failed: claim again)"
         ) from (exc.__cause__ or exc)  # the psycopg error stays the cause
-    return CompletedAndClaimed(outcomes, sorted(claimed, key=_claim_order))
+    return CompletedAndClaimed(outcomes, claimed)
 
 
-_JOB_COLUMNS: Final = (
-    "id", "client_id", "status", "pdf_url", "created_at", "updated_at", "completed_at",
-    "error_message", "attempts", "lease_expires_at", "priority", "run_after", "progress",
-    "cancel_requested_at",
-)  # fmt: skip
+_STEP_COLUMNS: Final = ("n", "outcome", "current_attempts", "result_created_at")
 
 
-@cache
-def _claimed_builder() -> Callable[[Sequence[Any]], Job]:
-    """Builds a claimed job from a complete_jobs_and_claim row's columns after the first four."""
-    return model_builder(Job, _JOB_COLUMNS)
+def _step_reply(
+    names: tuple[str, ...],
+) -> Callable[[Sequence[Any]], tuple[tuple[Any, ...], Job | None]]:
+    """complete_jobs_and_claim rows -> (an item's four columns, None) or (_, a claimed job)."""
+    if names[: len(_STEP_COLUMNS)] != _STEP_COLUMNS:
+        raise TypeError(f"the first columns must be {list(_STEP_COLUMNS)}, got {list(names)}")
+    start, make = prefixed_builder(Job, names, _STEP_COLUMNS)
+
+    def build(values: Sequence[Any]) -> tuple[tuple[Any, ...], Job | None]:
+        return tuple(values[:start]), make(values)
+
+    return build
+
+
+_STEP_ROWS: Final = RowFactory(_step_reply)
+_COMPLETE_AND_CLAIM_ROWS: Final = _STEP_ROWS.of(_COMPLETE_AND_CLAIM)
+_COMPLETE_AND_CLAIM_FOR_CLIENT_ROWS: Final = _STEP_ROWS.of(_COMPLETE_AND_CLAIM_FOR_CLIENT)
 
 
 def fail_many(
