@@ -415,6 +415,16 @@ async def test_an_unpooled_async_database_opens_a_connection_per_call(cira_db_ur
 
 
 @pytest.mark.anyio
+async def test_async_open_makes_one_connection_that_one_task_keeps_using(cira_db_url: str) -> None:
+    # As the sync face: a checkout during open would queue and grow the pool.
+    async with AsyncDatabase(cira_db_url) as db:
+        backends = {await _backend_pid(db) for _ in range(20)}
+        stats = db.stats()
+    assert len(backends) == 1
+    assert (stats.size, stats.connections_made, stats.requests_queued) == (1, 1, 0)
+
+
+@pytest.mark.anyio
 async def test_a_lazily_opened_async_database_serves_the_first_call(cira_db_url: str) -> None:
     db = AsyncDatabase(cira_db_url)
     await db.open(wait=False)

@@ -70,6 +70,23 @@ def test_open_and_close_are_idempotent(cira_db_url: str) -> None:
     assert not db.is_open
 
 
+def test_open_makes_one_connection_and_one_thread_keeps_using_it(cira_db_url: str) -> None:
+    # A checkout while the pool's first connection is still being made queues,
+    # and psycopg_pool grows the pool for a queued request: open used to end
+    # with two connections, which a single thread then took turns on.
+    with Database(cira_db_url, application_name="cira_db_one_conn") as db:
+        backends = {db.run("pid", _backend_pid, idempotent=True) for _ in range(20)}
+        stats = db.stats()
+    assert len(backends) == 1
+    assert (stats.size, stats.connections_made, stats.requests_queued) == (1, 1, 0)
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_open_fails_fast_when_the_server_is_unreachable() -> None:
     db = Database("postgresql://nobody@127.0.0.1:1/none", pool_timeout=1, connect_timeout=1)
     started = time.monotonic()

@@ -33,6 +33,7 @@ from cira_db._aws_auth import is_auth_failure
 from cira_db._database import (
     _CONNECT,
     _FAIL_FAST_POLL,
+    _OPEN_POLL,
     Database,
     Mapper,
     _ConnectState,
@@ -40,6 +41,7 @@ from cira_db._database import (
     _no_attempt,
     _opened,
     _timed_out,
+    first_connection_ready,
 )
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._observe import PoolStats, pool_event, pool_stats
@@ -185,8 +187,11 @@ class AsyncDatabase:
                 await pool.open(wait=False)
                 if wait and min_size > 0:
                     with wrap_errors("open the database pool"):
-                        conn, _ = await self._getconn(pool, state)
-                        await pool.putconn(conn)
+                        deadline = time.monotonic() + settings.pool_timeout
+                        while not first_connection_ready(
+                            pool, state, deadline, settings.pool_timeout
+                        ):
+                            await asyncio.sleep(_OPEN_POLL)
             except BaseException:
                 await pool.close(timeout=0)
                 raise

@@ -43,6 +43,8 @@ Mapper = Callable[[psycopg.Error, str], CiraDbError]
 # While the pool has not yet made a connection (or its last attempt failed), a checkout
 # waits in slices this long, looking between them for a failure that will not pass.
 _FAIL_FAST_POLL = 0.05
+# How often an opening pool is looked at until its first connection is in it.
+_OPEN_POLL = 0.002
 _CONNECT = "connect to the database"
 _log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollback
 
@@ -224,8 +226,9 @@ class Database:
                 pool.open(wait=False)
                 if wait and min_size > 0:
                     with wrap_errors("open the database pool"):
-                        conn, _ = self._getconn(pool, state)  # a fresh state: the pool's
-                        pool.putconn(conn)
+                        deadline = time.monotonic() + self._timeout
+                        while not first_connection_ready(pool, state, deadline, self._timeout):
+                            time.sleep(_OPEN_POLL)
             except BaseException:
                 pool.close(timeout=0)
                 raise
@@ -563,6 +566,31 @@ def _fresh(failure: BaseException) -> CiraDbError:
     if isinstance(failure, CiraDbError):
         return type(failure)(str(failure))
     return ConfigurationError(f"{_CONNECT}: {type(failure).__name__}")  # pragma: no cover
+
+
+def first_connection_ready(
+    pool: psycopg_pool.ConnectionPool[Any] | psycopg_pool.AsyncConnectionPool[Any],
+    state: _ConnectState,
+    deadline: float,
+    timeout: float,
+) -> bool:
+    """Whether an opening pool holds its first connection; raises once waiting cannot help.
+
+    `open` waits for this instead of checking a connection out: a checkout
+    before the pool's first connection is ready queues, and a queued request
+    makes psycopg_pool grow the pool by one, so every pool would start with
+    two connections and a single thread would take turns between them (two
+    server backends, colder caches). A failure that will not pass is raised
+    at once; after ``deadline`` the timeout names the last reason.
+    """
+    if pool.get_stats()["pool_available"] > 0:
+        return True
+    failure = state.permanent
+    if failure is not None:
+        raise _fresh(failure) from failure
+    if time.monotonic() >= deadline:
+        raise _timed_out(timeout) from state.error or _no_attempt(timeout)
+    return False
 
 
 def _no_attempt(timeout: float) -> psycopg.OperationalError:
