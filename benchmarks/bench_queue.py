@@ -196,8 +196,12 @@ def _run_side(url: str, side: str, batch: int, name: str, start: Callable[[], No
 def _worker(
     url: str, side: str, batch: int, cpu: int | None, name: str, go: Event, out: Any
 ) -> None:
-    """One worker process: connect, pin, wait for the start, drain the queue, report."""
-    began = [0.0]
+    """One worker process: connect, pin, wait for the start, drain the queue, report.
+
+    Its report holds the jobs done, the start and end of the drain, and the
+    process's CPU seconds over the drain (waiting for the server costs none).
+    """
+    began = [0.0, 0.0]
 
     def start() -> None:
         # Runs once the loop's connection is open: connecting is outside the clock.
@@ -206,13 +210,13 @@ def _worker(
         out.put(("ready", 0, 0.0, 0.0))
         if not go.wait(timeout=300):
             raise TimeoutError("no start signal within 300 s")
-        began[0] = time.monotonic()
+        began[0], began[1] = time.monotonic(), time.process_time()
 
     try:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
         done = _run_side(url, side, batch, name, start)
-        out.put(("ok", done, began[0], time.monotonic()))
+        out.put(("ok", done, began[0], time.monotonic(), time.process_time() - began[1]))
     except BaseException as exc:
         out.put(("error", f"{type(exc).__name__}: {exc}", 0.0, 0.0))
         raise
@@ -264,8 +268,9 @@ def _fill(url: str, total: int) -> None:
 
 def _one_run(
     url: str, total: int, side: str, batch: int, places: list[int | None]
-) -> tuple[float, int]:
-    """Seconds to drain ``total`` queued jobs with ``len(places)`` processes, and jobs done.
+) -> tuple[float, int, float]:
+    """Seconds to drain ``total`` queued jobs with ``len(places)`` processes, jobs done, and
+    the workers' CPU seconds.
 
     Worker i and its server backend run on CPU ``places[i]`` (None: not pinned).
     """
@@ -307,7 +312,7 @@ def _one_run(
             f"queue run lost or doubled work: {done} reported, {completed} completed of {rows}, "
             f"{results} results, {total} queued"
         )
-    return elapsed, done
+    return elapsed, done, sum(r[4] for r in reports)
 
 
 ROUNDS = 3
@@ -353,6 +358,7 @@ def run_queue(ctx: Context) -> Section:
     # rates[(side, batch, workers)][round]: the loops run interleaved, round after round,
     # each round in a rotated order, so no loop always runs first or last.
     rates: dict[tuple[str, int, int], list[float]] = {}
+    cpu_us: dict[tuple[str, int, int], list[float]] = {}  # worker CPU per job
     for turn in range(rounds):
         for workers in (1, 2):
             shift = turn % len(loops)
@@ -363,8 +369,9 @@ def run_queue(ctx: Context) -> Section:
                 )
                 cpus = placements[workers]
                 places: list[int | None] = list(cpus) if cpus else [None] * workers
-                elapsed, done = _one_run(ctx.url, total, side, batch, places)
+                elapsed, done, cpu = _one_run(ctx.url, total, side, batch, places)
                 rates.setdefault((side, batch, workers), []).append(done / elapsed)
+                cpu_us.setdefault((side, batch, workers), []).append(cpu / done * 1e6)
 
     def med(side: str, batch: int, workers: int) -> float:
         return statistics.median(rates[(side, batch, workers)])
@@ -385,6 +392,7 @@ def run_queue(ctx: Context) -> Section:
             "1 worker, jobs/s (min\u2013max)",
             "2 workers, jobs/s (min\u2013max)",
             "2 \u00f7 1",
+            "worker CPU per job, \u00b5s (1 / 2 workers)",
         ]
     )
     for label, side, batch in loops:
@@ -393,6 +401,8 @@ def run_queue(ctx: Context) -> Section:
             spread(side, batch, 1),
             spread(side, batch, 2),
             fmt_ratio(med(side, batch, 2) / med(side, batch, 1)),
+            f"{fmt_int(statistics.median(cpu_us[(side, batch, 1)]))} / "
+            f"{fmt_int(statistics.median(cpu_us[(side, batch, 2)]))}",
         )
     ratio = Table(
         ["library \u00f7 raw (jobs/s), median of the rounds' ratios", "1 worker", "2 workers"]
@@ -428,7 +438,11 @@ def run_queue(ctx: Context) -> Section:
         "the job and inserts its result, on one autocommit connection with the library's "
         "prepare setting for the URL. " + placed + " Time runs from a start signal, given once "
         "every worker has opened its connection (and pinned it), to the last completion; "
-        "process start-up and connecting are outside it.",
+        "process start-up and connecting are outside it. Worker CPU per job is the worker "
+        "processes' CPU time (`time.process_time`) over the drain divided by the jobs (median "
+        "of the runs): the client's own work per job, Python and psycopg; the server's work "
+        "and the wait for each commit's WAL flush come on top. With a worker and its backend "
+        "on one CPU, every microsecond of it adds to the time per job.",
         f"**{rounds} run(s) per cell, interleaved**: each round runs every loop once with 1 "
         "worker, then once with 2, in an order rotated by one loop each round (the table is "
         "refilled before each run). A cell shows the median run and, in brackets, the slowest "
