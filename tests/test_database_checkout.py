@@ -6,7 +6,9 @@ here on that path itself, for both faces: a connection idle past
 ``pool_check_after`` is checked before use and one just returned is not, a
 transaction the work left open is committed (or rolled back after an error)
 before the connection goes back, the pool's request count moves by one per
-call, and no connection serves two threads at once.
+call, and no connection serves two threads at once. A repository call on a
+pool connection runs through the cursor the connection keeps for its statement
+(and row factory), which holds no result between calls; a caller's connection keeps none.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from cira_db import Database
-from cira_db.aio import AsyncDatabase
+from cira_db import Database, JobRepository, JobResultRepository
+from cira_db._database import KEPT_CURSORS
+from cira_db.aio import AsyncDatabase, AsyncJobRepository
 
 SINGLE: dict[str, Any] = {"pool_min_size": 1, "pool_max_size": 1}
 
@@ -217,3 +221,100 @@ def test_threads_never_share_a_connection(cira_db_url: str) -> None:
     assert shared == []
     assert after.requests - before.requests == threads * calls
     assert after.in_use == 0
+
+
+# -- kept cursors -------------------------------------------------------------------------
+
+BIG = {"pages": "x" * 4_000_000}  # a 4 MB document, read back by get_for_job
+
+
+def _kept(conn: Any) -> list[Any]:
+    """The cursors a pool connection keeps, each checked to hold no result."""
+    cursors = list(getattr(conn, KEPT_CURSORS).values())
+    for cur in cursors:
+        assert cur.pgresult is None  # the cursor's own reference
+        assert cur._tx.pgresult is None  # and its transformer's
+        assert cur._query is None  # nor the parameters it sent
+    return cursors
+
+
+def test_repository_calls_reuse_one_cursor_per_statement_that_holds_no_result(
+    cira_db_url: str,
+) -> None:
+    with Database(cira_db_url, **SINGLE) as db:
+        jobs, results = JobRepository(db), JobResultRepository(db)
+
+        def calls(n: int) -> tuple[Any, ...]:
+            made = jobs.create(client_id="kept", pdf_url=f"https://x.example.com/{n}.pdf")
+            claimed = jobs.claim_next(lease=timedelta(minutes=5))
+            assert claimed is not None
+            jobs.complete(claimed.id, extracted_data=BIG, confidence_score=0.9, tokens_used=1)
+            stored = results.get_for_job(claimed.id, client_id="kept").extracted_data
+            listed = jobs.list(client_id="kept", limit=5).items
+            return made.id, claimed.id, stored, [job.id for job in listed]
+
+        first = calls(1)
+        with db.connection() as conn:  # the pool's one connection, between calls
+            kept = {id(cur) for cur in _kept(conn)}
+        second = calls(2)
+        with db.connection() as conn:
+            assert {id(cur) for cur in _kept(conn)} == kept  # the same cursors again
+    assert len(kept) == 5  # create, claim, complete, result, list: one cursor each
+    # Each call read its own rows through the shared cursors.
+    assert (first[0], first[2]) == (first[1], BIG)
+    assert (second[0], second[2]) == (second[1], BIG)
+    assert second[3] == [second[0], first[0]]
+
+
+def test_a_callers_connection_keeps_no_cursor_and_serves_threads_their_own_rows(
+    cira_db_url: str,
+) -> None:
+    # psycopg lets threads share a connection (one cursor each): calls on a
+    # caller's connection, even one borrowed from the pool, never go through
+    # the cursors it keeps for the Database's own calls.
+    with Database(cira_db_url, **SINGLE) as db, db.connection() as conn:
+        jobs = JobRepository(conn)
+        urls = [f"https://x.example.com/{n}.pdf" for n in range(8)]
+        made = [jobs.create(client_id="shared", pdf_url=url) for url in urls]
+        wrong: list[tuple[Any, Any]] = []
+
+        def reader(job_id: Any) -> None:
+            for _ in range(50):
+                got = jobs.get(job_id, client_id="shared")
+                if got.id != job_id:  # pragma: no cover - reported below
+                    wrong.append((job_id, got.id))
+
+        started = [threading.Thread(target=reader, args=(job.id,)) for job in made]
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join(60)
+        assert getattr(conn, KEPT_CURSORS) == {}
+    assert wrong == []
+
+
+@pytest.mark.anyio
+async def test_awaited_repository_calls_reuse_one_cursor_per_statement_that_holds_no_result(
+    cira_db_url: str,
+) -> None:
+    async with AsyncDatabase(cira_db_url, **SINGLE) as db:
+        jobs = AsyncJobRepository(db)
+
+        async def calls(n: int) -> tuple[Any, ...]:
+            made = await jobs.create(client_id="kept", pdf_url=f"https://x.example.com/{n}.pdf")
+            claimed = await jobs.claim_next(lease=timedelta(minutes=5))
+            assert claimed is not None
+            await jobs.complete(claimed.id, extracted_data=BIG, confidence_score=0.9, tokens_used=1)
+            listed = (await jobs.list(client_id="kept", limit=5)).items
+            return made.id, claimed.id, [job.id for job in listed]
+
+        first = await calls(1)
+        async with db.connection() as conn:
+            kept = {id(cur) for cur in _kept(conn)}
+        second = await calls(2)
+        async with db.connection() as conn:
+            assert {id(cur) for cur in _kept(conn)} == kept
+    assert len(kept) == 4  # create, claim, complete, list
+    assert first[0] == first[1]
+    assert second[0] == second[1]
+    assert second[2] == [second[0], first[0]]

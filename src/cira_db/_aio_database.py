@@ -34,6 +34,7 @@ from cira_db._database import (
     _CONNECT,
     _FAIL_FAST_POLL,
     _OPEN_POLL,
+    KEPT_CURSORS,
     Database,
     Mapper,
     _ConnectState,
@@ -222,6 +223,7 @@ class AsyncDatabase:
     # -- pool callbacks ---------------------------------------------------------
 
     async def _configure(self, conn: AsyncConnection) -> None:
+        setattr(conn, KEPT_CURSORS, {})
         setattr(conn, _LAST_USED, time.time())
 
     async def _check_connection(self, conn: AsyncConnection) -> None:

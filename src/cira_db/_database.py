@@ -49,6 +49,57 @@ _CONNECT = "connect to the database"
 _log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollback
 
 
+# The attribute of a pool connection holding the cursors the repositories keep
+# on it for their one-row calls, one per row factory (`kept_cursor`). Set when
+# the pool makes the connection; a caller's or a direct connection has none.
+KEPT_CURSORS: Final = "cira_db_cursors"
+
+
+# psycopg's own reset of a cursor (the first half of its ``close``): drops the
+# results and the parameters sent, keeps the loaders. Private to psycopg, so
+# looked up once: without it no cursor is kept, and every call makes its own.
+# (tests/test_database_checkout.py checks that a kept cursor holds no result.)
+_RESET: Final[Callable[[Any], None] | None] = getattr(psycopg.Cursor, "_reset", None)
+
+
+def kept_cursor(conn: Any, sql: str, row_factory: Any) -> Any:
+    """``conn``'s kept cursor for statement ``sql`` read by ``row_factory``, or None.
+
+    Only for a pool connection the call holds alone: its cursor is reused by
+    the next call of that statement on that connection. A new cursor builds
+    its loaders afresh, a Python lookup and a loader object per result
+    column, which is most of what a one-row statement costs the client
+    beyond the round trip (about 50,000 instructions for a 14-column job
+    row). psycopg keeps a cursor's loaders and dumpers while it runs the same
+    query object again, so there is one cursor per statement (and row
+    factory). The caller hands it back with `release` once the rows are
+    read. None: ``conn`` keeps no cursors (a direct connection).
+    """
+    cursors: dict[Any, Any] | None = getattr(conn, KEPT_CURSORS, None)
+    if cursors is None or _RESET is None:
+        return None
+    key = (sql, row_factory)
+    cur = cursors.get(key)
+    if cur is None:
+        cur = cursors[key] = conn.cursor(row_factory=row_factory)
+    return cur
+
+
+def release(cursor: Any) -> None:
+    """Let a kept cursor drop its result and parameters: between calls it holds no data.
+
+    A result may be large (a 64 MiB ``extracted_data``, a batch of 1,000
+    jobs); kept until the next call on that connection, it would be memory
+    no one can free.
+    """
+    _RESET(cursor)  # type: ignore[misc]  # set: `kept_cursor` gives none without it
+    # Its transformer holds the last result too (to load its rows); a cursor
+    # whose first statement failed before it was sent has none yet.
+    transformer = getattr(cursor, "_tx", None)
+    if transformer is not None:
+        transformer.set_pgresult(None, set_loaders=False)
+
+
 class _PoolConnection(psycopg.Connection[Any]):
     """A connection of a `Database` pool, stamped when last created or returned.
 
@@ -260,6 +311,7 @@ class Database:
     # -- pool callbacks ---------------------------------------------------------
 
     def _mark_used(self, conn: Connection) -> None:
+        setattr(conn, KEPT_CURSORS, {})
         if isinstance(conn, _PoolConnection):
             conn.cira_db_used_at = _wall_clock()
 

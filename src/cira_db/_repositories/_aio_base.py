@@ -17,6 +17,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 import psycopg
 
 from cira_db._aio_database import AsyncConnection, AsyncDatabase
+from cira_db._database import kept_cursor, release
 from cira_db._errors_map import wrap_errors
 from cira_db._observe import Observation
 from cira_db._repositories._base import (
@@ -93,12 +94,12 @@ class AsyncRunner:
         Returns the awaitable of `AsyncDatabase.run` itself (no coroutine of
         its own around it), or, on a caller's connection, `_once`'s.
         """
-        work = partial(_STATEMENTS[call.kind], call)
         database = self._database
         if database is None:  # the caller owns the transaction: one try, errors mapped
             connection = self._connection
             assert connection is not None  # one of the two is always set
-            return _once(call.operation, work, connection)
+            return _once(call.operation, partial(_STATEMENTS[call.kind], call), connection)
+        work = partial(_POOLED_STATEMENTS[call.kind], call)
         return database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
 
 
@@ -121,11 +122,35 @@ async def _one(call: Call[Any], conn: AsyncConnection) -> Any:
     return await cur.fetchone()
 
 
+async def _one_kept(call: Call[Any], conn: AsyncConnection) -> Any:
+    """`_one` through the connection's kept cursor, on an `AsyncDatabase`'s path only."""
+    cur = kept_cursor(conn, call.query.sql, call.row_factory)
+    if cur is None:
+        return await _one(call, conn)
+    try:
+        await cur.execute(call.query.sql, call.params)
+        return await cur.fetchone()
+    finally:
+        release(cur)
+
+
 async def _all(call: Call[Any], conn: AsyncConnection) -> list[Any]:
     """Run an ``all`` call on ``conn``: every row."""
     cur = conn.cursor(row_factory=call.row_factory)  # type: ignore[arg-type]  # set
     await cur.execute(call.query.sql, call.params)
     return await cur.fetchall()
+
+
+async def _all_kept(call: Call[Any], conn: AsyncConnection) -> list[Any]:
+    """`_all` through the connection's kept cursor, on an `AsyncDatabase`'s path only."""
+    cur = kept_cursor(conn, call.query.sql, call.row_factory)
+    if cur is None:
+        return await _all(call, conn)
+    try:
+        await cur.execute(call.query.sql, call.params)
+        return await cur.fetchall()  # type: ignore[no-any-return]
+    finally:
+        release(cur)
 
 
 async def _rowcount(call: Call[Any], conn: AsyncConnection) -> int:
@@ -167,3 +192,5 @@ _STATEMENTS: Final[Mapping[str, Callable[[Call[Any], AsyncConnection], Awaitable
     "copy": _copy,
     "copy_all": _copy_all,
 }
+# On an `AsyncDatabase`: a call that reads rows goes through the connection's kept cursor.
+_POOLED_STATEMENTS: Final = {**_STATEMENTS, "one": _one_kept, "all": _all_kept}

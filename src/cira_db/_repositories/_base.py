@@ -26,7 +26,7 @@ import psycopg
 import psycopg.errors as pg_errors
 from psycopg.rows import BaseRowFactory, no_result
 
-from cira_db._database import Database
+from cira_db._database import Database, kept_cursor, release
 from cira_db._errors_map import translate, wrap_errors
 from cira_db._models import STATUS_BY_LABEL, Job, JobResult, Usage
 from cira_db._observe import Observation
@@ -606,10 +606,37 @@ def _one(call: Call[Any], conn: psycopg.Connection[Any]) -> Any:
     return cur.execute(call.query.sql, call.params).fetchone()
 
 
+def _one_kept(call: Call[Any], conn: psycopg.Connection[Any]) -> Any:
+    """`_one` on a connection the call holds alone: through its kept cursor, if it keeps one.
+
+    Only on a `Database`'s path: a caller's connection may be shared between
+    threads (psycopg allows that, one cursor each), so its calls never share
+    a cursor.
+    """
+    cur = kept_cursor(conn, call.query.sql, call.row_factory)
+    if cur is None:
+        return _one(call, conn)
+    try:
+        return cur.execute(call.query.sql, call.params).fetchone()
+    finally:
+        release(cur)
+
+
 def _all(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
     """Run an ``all`` call on ``conn``: every row."""
     cur = conn.cursor(row_factory=call.row_factory)  # type: ignore[arg-type]  # set
     return cur.execute(call.query.sql, call.params).fetchall()
+
+
+def _all_kept(call: Call[Any], conn: psycopg.Connection[Any]) -> list[Any]:
+    """`_all` through the connection's kept cursor (see `_one_kept`)."""
+    cur = kept_cursor(conn, call.query.sql, call.row_factory)
+    if cur is None:
+        return _all(call, conn)
+    try:
+        return cur.execute(call.query.sql, call.params).fetchall()  # type: ignore[no-any-return]
+    finally:
+        release(cur)
 
 
 def _rowcount(call: Call[Any], conn: psycopg.Connection[Any]) -> int:
@@ -627,6 +654,8 @@ _STATEMENTS: Final[Mapping[str, Callable[[Call[Any], psycopg.Connection[Any]], A
     "copy": _copy,
     "copy_all": _copy_all,
 }
+# On a `Database`: a call that reads rows goes through the connection's kept cursor.
+_POOLED_STATEMENTS: Final = {**_STATEMENTS, "one": _one_kept, "all": _all_kept}
 
 
 class Runner:
@@ -707,12 +736,12 @@ class Runner:
         (`Database.run`, which maps the error that ends the call); on a
         caller's connection never, since the caller owns the transaction.
         """
-        work = partial(_STATEMENTS[call.kind], call)
         database = self._database
         if database is None:  # the caller's connection: one try, errors mapped
             connection = self._connection
             assert connection is not None  # one of the two is always set
             with wrap_errors(call.operation, map_error):
-                return work(connection)  # type: ignore[no-any-return]
+                return _STATEMENTS[call.kind](call, connection)  # type: ignore[no-any-return]
+        work = partial(_POOLED_STATEMENTS[call.kind], call)
         result: R = database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
         return result
