@@ -24,7 +24,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from cira_db import Database, JobRepository, JobResultRepository
-from cira_db._database import KEPT_CURSORS
+from cira_db._database import KEPT_CURSORS, KEPT_CURSORS_MAX, kept_cursor
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
 
 SINGLE: dict[str, Any] = {"pool_min_size": 1, "pool_max_size": 1}
@@ -264,6 +264,15 @@ def test_repository_calls_reuse_one_cursor_per_statement_that_holds_no_result(
     assert (first[0], first[2]) == (first[1], BIG)
     assert (second[0], second[2]) == (second[1], BIG)
     assert second[3] == [second[0], first[0]]
+
+
+def test_a_connection_keeps_a_bounded_number_of_cursors(cira_db_url: str) -> None:
+    with Database(cira_db_url, **SINGLE) as db, db.connection() as conn:
+        made = [kept_cursor(conn, f"SELECT {n}", None) for n in range(KEPT_CURSORS_MAX + 5)]
+        assert all(cur is not None for cur in made[:KEPT_CURSORS_MAX])
+        assert made[KEPT_CURSORS_MAX:] == [None] * 5  # past the bound: a cursor per call
+        assert kept_cursor(conn, "SELECT 0", None) is made[0]  # the kept ones stay
+        assert len(getattr(conn, KEPT_CURSORS)) == KEPT_CURSORS_MAX
 
 
 def test_a_callers_connection_keeps_no_cursor_and_serves_threads_their_own_rows(

@@ -60,6 +60,9 @@ KEPT_CURSORS: Final = "cira_db_cursors"
 # looked up once: without it no cursor is kept, and every call makes its own.
 # (tests/test_database_checkout.py checks that a kept cursor holds no result.)
 _RESET: Final[Callable[[Any], None] | None] = getattr(psycopg.Cursor, "_reset", None)
+# At most this many kept cursors per connection (the package has fewer statements): a
+# statement or row factory made per call would otherwise add a cursor on every call.
+KEPT_CURSORS_MAX: Final = 128
 
 
 def kept_cursor(conn: Any, sql: str, row_factory: Any) -> Any:
@@ -81,6 +84,8 @@ def kept_cursor(conn: Any, sql: str, row_factory: Any) -> Any:
     key = (sql, row_factory)
     cur = cursors.get(key)
     if cur is None:
+        if len(cursors) >= KEPT_CURSORS_MAX:
+            return None
         cur = cursors[key] = conn.cursor(row_factory=row_factory)
     return cur
 
