@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
+import cira_db._database as database_module
 from cira_db import Database, JobRepository, JobResultRepository
 from cira_db._database import KEPT_CURSORS, KEPT_CURSORS_MAX, kept_cursor
 from cira_db.aio import AsyncDatabase, AsyncJobRepository
@@ -253,12 +254,13 @@ def test_repository_calls_reuse_one_cursor_per_statement_that_holds_no_result(
             listed = jobs.list(client_id="kept", limit=5).items
             return made.id, claimed.id, stored, [job.id for job in listed]
 
+        def look(conn: Any) -> set[int]:  # through run: a borrowed block would drop them
+            return {id(cur) for cur in _kept(conn)}
+
         first = calls(1)
-        with db.connection() as conn:  # the pool's one connection, between calls
-            kept = {id(cur) for cur in _kept(conn)}
+        kept = db.run("look", look, idempotent=True)  # the pool's one connection, between calls
         second = calls(2)
-        with db.connection() as conn:
-            assert {id(cur) for cur in _kept(conn)} == kept  # the same cursors again
+        assert db.run("look", look, idempotent=True) == kept  # the same cursors again
     assert len(kept) == 5  # create, claim, complete, result, list: one cursor each
     # Each call read its own rows through the shared cursors.
     assert (first[0], first[2]) == (first[1], BIG)
@@ -273,6 +275,43 @@ def test_a_connection_keeps_a_bounded_number_of_cursors(cira_db_url: str) -> Non
         assert made[KEPT_CURSORS_MAX:] == [None] * 5  # past the bound: a cursor per call
         assert kept_cursor(conn, "SELECT 0", None) is made[0]  # the kept ones stay
         assert len(getattr(conn, KEPT_CURSORS)) == KEPT_CURSORS_MAX
+
+
+def test_a_borrowed_connection_comes_back_without_kept_cursors(cira_db_url: str) -> None:
+    # The block may change the session: the library's next call must read it
+    # as a new cursor would (here, datetimes in the session's new time zone).
+    with Database(cira_db_url, **SINGLE) as db:
+        jobs = JobRepository(db)
+        job = jobs.create(client_id="tz", pdf_url="https://x.example.com/1.pdf")
+        before = jobs.get(job.id, client_id="tz").created_at
+        with db.connection() as conn:
+            assert getattr(conn, KEPT_CURSORS) != {}  # kept by the calls above
+            conn.execute("SET TimeZone = 'America/New_York'")
+        after = jobs.get(job.id, client_id="tz").created_at
+        with db.connection() as conn:
+            conn.execute("RESET TimeZone")
+    assert after == before  # the same instant
+    assert after.utcoffset() != before.utcoffset()  # read in the new zone
+
+
+def test_a_cursor_that_cannot_be_reset_turns_kept_cursors_off_without_failing_the_call(
+    cira_db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_reset(cursor: Any) -> None:
+        raise TypeError("psycopg changed")
+
+    monkeypatch.setattr(database_module, "_RESET", broken_reset)
+    monkeypatch.setattr(database_module, "_keep_cursors", True)
+    with Database(cira_db_url, **SINGLE) as db:
+        jobs = JobRepository(db)
+        made = jobs.create(client_id="off", pdf_url="https://x.example.com/1.pdf")
+        assert jobs.get(made.id, client_id="off") == made  # the calls succeed
+        with db.connection() as conn:
+            assert getattr(conn, KEPT_CURSORS) == {}
+        assert jobs.get(made.id, client_id="off") == made
+    assert database_module._keep_cursors is False
+    warnings = [r for r in caplog.records if "kept cursors turned off" in r.getMessage()]
+    assert len(warnings) == 1  # said once
 
 
 def test_a_callers_connection_keeps_no_cursor_and_serves_threads_their_own_rows(
@@ -317,13 +356,32 @@ async def test_awaited_repository_calls_reuse_one_cursor_per_statement_that_hold
             listed = (await jobs.list(client_id="kept", limit=5)).items
             return made.id, claimed.id, [job.id for job in listed]
 
+        async def look(conn: Any) -> set[int]:  # through run: a borrowed block would drop them
+            return {id(cur) for cur in _kept(conn)}
+
         first = await calls(1)
-        async with db.connection() as conn:
-            kept = {id(cur) for cur in _kept(conn)}
+        kept = await db.run("look", look, idempotent=True)
         second = await calls(2)
-        async with db.connection() as conn:
-            assert {id(cur) for cur in _kept(conn)} == kept
+        assert await db.run("look", look, idempotent=True) == kept
     assert len(kept) == 4  # create, claim, complete, list
     assert first[0] == first[1]
     assert second[0] == second[1]
     assert second[2] == [second[0], first[0]]
+
+
+@pytest.mark.anyio
+async def test_an_awaited_borrowed_connection_comes_back_without_kept_cursors(
+    cira_db_url: str,
+) -> None:
+    async with AsyncDatabase(cira_db_url, **SINGLE) as db:
+        jobs = AsyncJobRepository(db)
+        job = await jobs.create(client_id="tz", pdf_url="https://x.example.com/1.pdf")
+        before = (await jobs.get(job.id, client_id="tz")).created_at
+        async with db.connection() as conn:
+            assert getattr(conn, KEPT_CURSORS) != {}
+            await conn.execute("SET TimeZone = 'America/New_York'")
+        after = (await jobs.get(job.id, client_id="tz")).created_at
+        async with db.connection() as conn:
+            await conn.execute("RESET TimeZone")
+    assert after == before
+    assert after.utcoffset() != before.utcoffset()

@@ -43,6 +43,7 @@ from cira_db._database import (
     _opened,
     _timed_out,
     first_connection_ready,
+    forget_cursors,
 )
 from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
 from cira_db._observe import PoolStats, pool_event, pool_stats
@@ -189,10 +190,12 @@ class AsyncDatabase:
                 if wait and min_size > 0:
                     with wrap_errors("open the database pool"):
                         deadline = time.monotonic() + settings.pool_timeout
+                        pause = _OPEN_POLL
                         while not first_connection_ready(
                             pool, state, deadline, settings.pool_timeout
                         ):
-                            await asyncio.sleep(_OPEN_POLL)
+                            await asyncio.sleep(pause)
+                            pause = min(pause * 2, _FAIL_FAST_POLL)
             except BaseException:
                 await pool.close(timeout=0)
                 raise
@@ -378,6 +381,7 @@ class AsyncDatabase:
         else:
             await conn.close()
         if broken:
+            forget_cursors(conn)  # the pool discards it: no cycle of it and its cursors left
             await pool.check()  # discard every idle connection that died with this one
 
     @asynccontextmanager
@@ -407,6 +411,8 @@ class AsyncDatabase:
             broken = conn.broken
             raise
         finally:
+            # The block may have changed the session or the adapters (see `Database`).
+            forget_cursors(conn)
             await self._checkin(pool, conn, pooled=pooled, broken=broken)
 
     async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -43,7 +43,8 @@ Mapper = Callable[[psycopg.Error, str], CiraDbError]
 # While the pool has not yet made a connection (or its last attempt failed), a checkout
 # waits in slices this long, looking between them for a failure that will not pass.
 _FAIL_FAST_POLL = 0.05
-# How often an opening pool is looked at until its first connection is in it.
+# How often an opening pool is first looked at until its first connection is in it
+# (the pause doubles up to _FAIL_FAST_POLL).
 _OPEN_POLL = 0.002
 _CONNECT = "connect to the database"
 _log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollback
@@ -60,6 +61,8 @@ KEPT_CURSORS: Final = "cira_db_cursors"
 # looked up once: without it no cursor is kept, and every call makes its own.
 # (tests/test_database_checkout.py checks that a kept cursor holds no result.)
 _RESET: Final[Callable[[Any], None] | None] = getattr(psycopg.Cursor, "_reset", None)
+# False once a kept cursor could not be reset (psycopg's internals changed): no more are kept.
+_keep_cursors = _RESET is not None
 # At most this many kept cursors per connection (the package has fewer statements): a
 # statement or row factory made per call would otherwise add a cursor on every call.
 KEPT_CURSORS_MAX: Final = 128
@@ -79,7 +82,7 @@ def kept_cursor(conn: Any, sql: str, row_factory: Any) -> Any:
     read. None: ``conn`` keeps no cursors (a direct connection).
     """
     cursors: dict[Any, Any] | None = getattr(conn, KEPT_CURSORS, None)
-    if cursors is None or _RESET is None:
+    if cursors is None or not _keep_cursors:
         return None
     key = (sql, row_factory)
     cur = cursors.get(key)
@@ -97,12 +100,37 @@ def release(cursor: Any) -> None:
     jobs); kept until the next call on that connection, it would be memory
     no one can free.
     """
-    _RESET(cursor)  # type: ignore[misc]  # set: `kept_cursor` gives none without it
-    # Its transformer holds the last result too (to load its rows); a cursor
-    # whose first statement failed before it was sent has none yet.
-    transformer = getattr(cursor, "_tx", None)
-    if transformer is not None:
-        transformer.set_pgresult(None, set_loaders=False)
+    try:
+        _RESET(cursor)  # type: ignore[misc]  # set: `kept_cursor` gives none without it
+        # Its transformer holds the last result too (to load its rows); a cursor
+        # whose first statement failed before it was sent has none yet.
+        transformer = getattr(cursor, "_tx", None)
+        if transformer is not None:
+            transformer.set_pgresult(None, set_loaders=False)
+    except Exception as exc:  # the rows are read: never fail the call here
+        _stop_keeping(cursor, exc)
+
+
+def _stop_keeping(cursor: Any, exc: Exception) -> None:
+    """Keep no more cursors (a psycopg upgrade changed what `release` relies on); say so once."""
+    global _keep_cursors  # one process-wide switch, read by `kept_cursor`
+    forget_cursors(cursor.connection)
+    if _keep_cursors:
+        _keep_cursors = False
+        fields = {"event": "kept_cursors_off", "error": type(exc).__name__}
+        pool_event(
+            logging.WARNING,
+            "kept cursors turned off: resetting one failed (%s); each call makes its own",
+            fields,
+            type(exc).__name__,
+        )
+
+
+def forget_cursors(conn: Any) -> None:
+    """Drop the cursors ``conn`` keeps (it may have new session settings, or be done with)."""
+    cursors: dict[Any, Any] | None = getattr(conn, KEPT_CURSORS, None)
+    if cursors:
+        cursors.clear()
 
 
 class _PoolConnection(psycopg.Connection[Any]):
@@ -283,8 +311,10 @@ class Database:
                 if wait and min_size > 0:
                     with wrap_errors("open the database pool"):
                         deadline = time.monotonic() + self._timeout
+                        pause = _OPEN_POLL
                         while not first_connection_ready(pool, state, deadline, self._timeout):
-                            time.sleep(_OPEN_POLL)
+                            time.sleep(pause)
+                            pause = min(pause * 2, _FAIL_FAST_POLL)
             except BaseException:
                 pool.close(timeout=0)
                 raise
@@ -503,6 +533,7 @@ class Database:
         else:
             conn.close()
         if broken:
+            forget_cursors(conn)  # the pool discards it: no cycle of it and its cursors left
             pool.check()  # discard every idle connection that died with this one
 
     def connection(self) -> AbstractContextManager[Connection]:
@@ -728,6 +759,9 @@ class _Borrowed:
         if pool is None:  # pool=False: the connection was made for this block
             conn.close()
             return
+        # The block may have changed the session (SET TimeZone, DateStyle) or the
+        # connection's adapters, which the kept cursors' loaders were made for.
+        forget_cursors(conn)
         failed = exc is not None
         try:
             _end(conn, exc)
