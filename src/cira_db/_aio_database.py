@@ -226,6 +226,7 @@ class AsyncDatabase:
     # -- pool callbacks ---------------------------------------------------------
 
     async def _configure(self, conn: AsyncConnection) -> None:
+        """The pool's ``configure``: a new connection gets its kept cursors' map and a stamp."""
         setattr(conn, KEPT_CURSORS, {})
         setattr(conn, _LAST_USED, time.time())
 

@@ -51,8 +51,9 @@ _log = logging.getLogger("psycopg")  # where psycopg logs the same ignored rollb
 
 
 # The attribute of a pool connection holding the cursors the repositories keep
-# on it for their one-row calls, one per row factory (`kept_cursor`). Set when
-# the pool makes the connection; a caller's or a direct connection has none.
+# on it for the calls that read rows, one per statement and row factory
+# (`kept_cursor`). Set when the pool makes the connection; a caller's or a
+# direct connection has none.
 KEPT_CURSORS: Final = "cira_db_cursors"
 
 
@@ -346,6 +347,7 @@ class Database:
     # -- pool callbacks ---------------------------------------------------------
 
     def _mark_used(self, conn: Connection) -> None:
+        """The pool's ``configure``: a new connection gets its kept cursors' map and a stamp."""
         setattr(conn, KEPT_CURSORS, {})
         if isinstance(conn, _PoolConnection):
             conn.cira_db_used_at = _wall_clock()
