@@ -16,7 +16,6 @@ leaves rows as tuples.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from bench_common import (
     Samples,
     Section,
     Table,
+    encode_result,
     fmt_int,
     fmt_ratio,
     fmt_us,
@@ -164,7 +164,6 @@ async def _raw_round(db: AsyncDatabase) -> int:
     assert pool is not None
     claim = library_sql("jobs.sql", "claim_jobs")
     complete = library_sql("jobs.sql", "complete_job")
-    data = json.dumps(DATA, separators=(",", ":"))
 
     async def task() -> int:
         done = 0
@@ -178,7 +177,7 @@ async def _raw_round(db: AsyncDatabase) -> int:
             params = {
                 "id": job_id,
                 "result_id": uuid7(),
-                "extracted_data": data,
+                "extracted_data": encode_result(DATA),  # each job's own document
                 "confidence_score": SCORE,
                 "tokens_used": TOKENS,
                 "client_id": None,

@@ -8,6 +8,7 @@ same SQL with the same parameters.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ __all__ = [
     "Section",
     "Table",
     "connect_raw",
+    "encode_result",
     "fmt_int",
     "fmt_ms",
     "fmt_ratio",
@@ -162,6 +164,15 @@ def library_defaults(statement: str, params: dict[str, Any]) -> dict[str, Any]:
 
 OPTIONAL_NULL_PARAMS = frozenset({"attempt"})
 """Statement parameters a repository call binds as NULL when the caller does not pass them."""
+
+
+encode_result: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+"""A job's result as the JSON text `complete_job` takes, made per job by the raw loops.
+
+Each job's result is its own document, so a hand-written worker encodes one
+per job, as the library's `complete` does. An encoder made once: `json.dumps`
+given arguments builds one on every call, which would slow the raw side.
+"""
 
 
 def migration_text(filename: str) -> str:

@@ -19,7 +19,6 @@ compare like with like:
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from bench_common import (
     Section,
     Table,
     connect_raw,
+    encode_result,
     fmt_int,
     fmt_ratio,
     fmt_us,
@@ -279,7 +279,7 @@ def _operations(fx: _Fixture) -> list[tuple[str, str, Factory]]:
                 params = {
                     "id": job_id,
                     "result_id": uuid7(),
-                    "extracted_data": json.dumps(DATA, separators=(",", ":")),
+                    "extracted_data": encode_result(DATA),
                     "confidence_score": SCORE,
                     "tokens_used": TOKENS,
                     "client_id": None,
