@@ -85,6 +85,17 @@ psycopg, one index set against another), not absolute times from different runs 
 Each table says what was measured, on how many rows, with how many calls or runs, and which
 statistic is shown; the "This run" list says whether other work was competing for the machine.
 
+The throughput ratios of sections 2 and 11 also depend on how long the machine takes to flush a
+commit to disk (`synchronous_commit=on`: every commit waits for its WAL flush). Where flushes
+are slow, every loop spends most of each job waiting for them, and loops that commit equally
+often converge towards 1x whatever their CPU per job: the library's lower client CPU shows
+less. Where flushes are fast, CPU per job decides, and the library's extra client work per call
+(the pool checkout, the result's JSON, the observation) shows more. The worker CPU and server
+CPU columns do not move this way, and the WAL flush column shows how often each loop commits.
+Two full runs on the same kind of machine on the same day, one with commits about twice as slow
+as the other, gave one at a time 0.89x and 0.96x of the same pre-encoded minimal loop, and
+`claim_batch` + `complete_many` with 2 workers 1.26x and 1.16x of pgqueuer.
+
 Run it yourself: `make bench` (several minutes; "This run" says how long the last one took), or
 `.venv/bin/python benchmarks/run.py --quick --output /tmp/perf.md` for a smoke run on small
 sizes, `--url postgresql://...` to measure an existing server (needs `CREATEDB`), `--only
