@@ -9,10 +9,10 @@ the last worker's last completion (``time.monotonic``, shared by processes on Li
 Every cell is the median of `ROUNDS` interleaved runs.
 The same loop with raw psycopg and the library's statement text runs beside
 it for the ratio, and so does the minimal hand-written loop issue 10 names as
-the baseline (its own claim and complete statements, below). Every loop
-encodes each job's result as it sends it, as a worker with real results must;
-one more row, the minimal loop sending one JSON text made before the loop,
-shows what that encoding costs.
+the baseline (its own claim and complete statements, below). Every loop but
+one encodes each job's result as it sends it, as a worker with real results
+must; the exception, the minimal loop sending one JSON text made before the
+loop, shows what that encoding costs.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _minimal_loop(
     show a dict going to a ``jsonb`` column: ``Jsonb(result)``, encoded per
     job. With ``encode_each=False`` one JSON text made before the loop is sent
     for every job: less than any worker with real results can do, kept in
-    the report as the lower bound.
+    the report as the lower bound of its cost per job.
     """
     made_once = encode_result(DATA)
     done = 0
