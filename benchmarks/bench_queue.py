@@ -12,7 +12,9 @@ it for the ratio, and so does the minimal hand-written loop issue 10 names as
 the baseline (its own claim and complete statements, below). Every loop but
 one encodes each job's result as it sends it, as a worker with real results
 must; the exception, the minimal loop sending one JSON text made before the
-loop, shows what that encoding costs.
+loop, shows what that encoding costs. The library's loop and the minimal loop
+also run on sessions whose commits do not wait for their WAL flush
+(``synchronous_commit=off``): the CPU-bound case, beside the target's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from bench_common import (
@@ -197,6 +200,30 @@ def _pin_own_backends(url: str, name: str, cpu: int) -> int:
     return len(rows)
 
 
+# A side whose name ends in NO_WAIT runs the same loop on sessions whose commits do not wait
+# for their WAL flush: the CPU-bound case, as on a machine whose disk flushes in no time.
+NO_WAIT = "+no-wait"
+
+
+def no_flush_wait(url: str) -> str:
+    """``url`` with ``synchronous_commit=off`` for every session it opens (libpq ``options``)."""
+    existing = conninfo_to_dict(url).get("options")
+    option = "-c synchronous_commit=off"
+    return make_conninfo(url, options=f"{existing} {option}" if existing else option)
+
+
+def _confirm_no_wait(url: str) -> None:
+    """Fail unless both the library's and a raw connection to ``url`` commit without waiting."""
+    with Database(url) as db, db.connection() as conn:
+        library = conn.execute("SHOW synchronous_commit").fetchone()
+    with connect_raw(url, prepare_threshold=None) as conn:
+        raw = conn.execute("SHOW synchronous_commit").fetchone()
+    if library != ("off",) or raw != ("off",):
+        raise RuntimeError(
+            f"synchronous_commit=off did not reach the sessions (library {library}, raw {raw})"
+        )
+
+
 def _run_side(url: str, side: str, batch: int, name: str, start: Callable[[], None]) -> int:
     if side == "library":
         return _library_loop(url, batch, name, start)
@@ -359,6 +386,8 @@ def run_queue(ctx: Context) -> Section:
         ("minimal hand-written loop (issue 10), claim 1", "minimal", 1),
         ("minimal loop, one result text made before the loop, claim 1", "minimal-once", 1),
         ("raw psycopg, same statements, claim 1", "raw", 1),
+        ("`claim_next` + `complete`, commits not waiting for their flush", "library" + NO_WAIT, 1),
+        ("minimal hand-written loop, commits not waiting for their flush", "minimal" + NO_WAIT, 1),
     ]
     if has_batch:
         loops += [
@@ -370,6 +399,7 @@ def run_queue(ctx: Context) -> Section:
             "Batch claiming: `JobRepository` has no `claim_batch`, so it was not measured."
         )
     placements, placed = _placements()
+    _confirm_no_wait(no_flush_wait(ctx.url))
     # rates[(side, batch, workers)][round]: the loops run interleaved, round after round,
     # each round in a rotated order, so no loop always runs first or last.
     rates: dict[tuple[str, int, int], list[float]] = {}
@@ -384,7 +414,10 @@ def run_queue(ctx: Context) -> Section:
                 )
                 cpus = placements[workers]
                 places: list[int | None] = list(cpus) if cpus else [None] * workers
-                elapsed, done, cpu = _one_run(ctx.url, total, side, batch, places)
+                url, run = ctx.url, side
+                if side.endswith(NO_WAIT):
+                    url, run = no_flush_wait(ctx.url), side.removesuffix(NO_WAIT)
+                elapsed, done, cpu = _one_run(url, total, run, batch, places)
                 rates.setdefault((side, batch, workers), []).append(done / elapsed)
                 cpu_us.setdefault((side, batch, workers), []).append(cpu / done * 1e6)
 
@@ -433,6 +466,12 @@ def run_queue(ctx: Context) -> Section:
         paired("library", 1, "minimal-once", 2),
     )
     ratio.add(
+        "claim 1 \u00f7 minimal loop, both with commits not waiting for their flush "
+        "(the CPU-bound case; not the target's measurement)",
+        paired("library" + NO_WAIT, 1, "minimal" + NO_WAIT, 1),
+        paired("library" + NO_WAIT, 1, "minimal" + NO_WAIT, 2),
+    )
+    ratio.add(
         "raw psycopg with the library's statements, claim 1 \u00f7 minimal",
         paired("raw", 1, "minimal", 1),
         paired("raw", 1, "minimal", 2),
@@ -467,7 +506,13 @@ def run_queue(ctx: Context) -> Section:
         "results can do that; it is the upper bound of the minimal loop's throughput, shown so "
         "the cost of encoding is measured in the same run. (Until 2026-12-02 this was the "
         "minimal loop, and the raw loop sent a pre-made text too: library \u00f7 minimal "
-        "figures from before then compare with that row.) "
+        "figures from before then compare with that row.) The two rows \u201ccommits not "
+        "waiting for their flush\u201d run the library's loop and the minimal loop again on "
+        "sessions with `synchronous_commit=off` (the libpq `options` parameter in their URL, "
+        "checked before the runs), so no commit waits for the disk: the case where CPU per job "
+        "alone decides, as on a machine whose disk flushes in no time. The target is measured "
+        "with every commit waiting for its flush, PostgreSQL's default; this pair shows how "
+        "far the ratio moves without that wait. "
         + placed
         + " Time runs from a start signal, given once "
         "every worker has opened its connection (and pinned it), to the last completion; "
@@ -493,7 +538,9 @@ def run_queue(ctx: Context) -> Section:
         f"library \u00f7 minimal {paired('library', 1, 'minimal', 1)} / "
         f"{paired('library', 1, 'minimal', 2)}; \u00f7 the minimal loop sending one result "
         f"text made before the loop {paired('library', 1, 'minimal-once', 1)} / "
-        f"{paired('library', 1, 'minimal-once', 2)})"
+        f"{paired('library', 1, 'minimal-once', 2)}; with commits not waiting for their "
+        f"flush {paired('library' + NO_WAIT, 1, 'minimal' + NO_WAIT, 1)} / "
+        f"{paired('library' + NO_WAIT, 1, 'minimal' + NO_WAIT, 2)})"
     )
     if has_batch:
         line += (

@@ -94,7 +94,10 @@ less. Where flushes are fast, CPU per job decides, and the library's extra clien
 CPU columns do not move this way, and the WAL flush column shows how often each loop commits.
 Two full runs on the same kind of machine on the same day, one with commits about twice as slow
 as the other, gave one at a time 0.89x and 0.96x of the same pre-encoded minimal loop, and
-`claim_batch` + `complete_many` with 2 workers 1.26x and 1.16x of pgqueuer.
+`claim_batch` + `complete_many` with 2 workers 1.26x and 1.16x of pgqueuer. So section 2 also
+runs the library's loop and the minimal loop on sessions whose commits do not wait for their
+flush (`synchronous_commit=off`): the end of that range where CPU alone decides, measured in the
+same run as the target's figures.
 
 Run it yourself: `make bench` (several minutes; "This run" says how long the last one took), or
 `.venv/bin/python benchmarks/run.py --quick --output /tmp/perf.md` for a smoke run on small
