@@ -17,7 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cira_db import Database
+from _faces import FACES, Awaiting, LoopThread
+from cira_db import Database, JobRepository
 from cira_db._embedded import start_embedded
 from cira_db._retry import RetryPolicy, call_with_retries
+from cira_db.aio import AsyncDatabase, AsyncJobRepository
 from cira_db.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -685,3 +688,156 @@ def test_after_every_pooled_connection_died_the_next_idempotent_call_succeeds(
             attempts.clear()
             assert db.run("read", read, idempotent=True) not in victims
             assert len(attempts) == 1
+
+
+# -- a migration that changes a prepared statement's result type --------------------------
+
+# Prepared statements on (direct connections), one pooled connection, so every call
+# lands on the connection whose statements were prepared before the migration.
+PREPARED: dict[str, Any] = {"prepare_statements": True, "pool_min_size": 1, "pool_max_size": 1}
+READ_URL = "SELECT pdf_url FROM jobs ORDER BY id LIMIT 1"
+
+
+def widen_pdf_url(url: str) -> None:
+    """A migration that changes a column's type (varchar(2048) -> text, no rewrite)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE jobs ALTER COLUMN pdf_url TYPE text")
+
+
+@contextmanager
+def prepared_face(
+    url: str, face: str, loop: LoopThread, **overrides: Any
+) -> Iterator[tuple[Any, Any]]:
+    """(a `Database` or awaited `AsyncDatabase`, its job repository), `PREPARED` + overrides."""
+    settings = PREPARED | overrides
+    if face == "sync":
+        with Database(url, **settings) as db:
+            yield db, JobRepository(db)
+        return
+    adb = AsyncDatabase(url, **settings)
+    loop.run(adb.open())
+    try:
+        yield Awaiting(adb, loop), Awaiting(AsyncJobRepository(adb), loop)
+    finally:
+        loop.run(adb.close())
+
+
+def claims_per_job(url: str) -> list[tuple[str, int, int]]:
+    with psycopg.connect(url) as admin:
+        rows = admin.execute("SELECT status::text, attempts, count(*) FROM jobs GROUP BY 1, 2")
+        return sorted(rows.fetchall())
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_claim_prepared_before_a_migration_changed_its_result_type_runs_once_after_it(
+    cira_db_url: str, face: str, aio_loop: LoopThread
+) -> None:
+    """The stale statement did not run: the claim is repeated on a new connection, once."""
+    lease = timedelta(minutes=5)
+    with prepared_face(cira_db_url, face, aio_loop) as (db, jobs):
+        jobs.create_many(
+            client_id="stale", pdf_urls=[f"https://x.example/{i}.pdf" for i in range(9)]
+        )
+        before = [jobs.claim_next(lease=lease) for _ in range(7)]  # prepared after 5 runs
+        widen_pdf_url(cira_db_url)
+        after = jobs.claim_next(lease=lease)
+        assert db.stats().retries == 1
+        assert after is not None
+        assert after.attempts == 1
+        assert after.id not in {job.id for job in before}
+        assert jobs.claim_next(lease=lease) is not None  # the new connection: no retry
+        assert db.stats().retries == 1
+    assert claims_per_job(cira_db_url) == [("processing", 1, 9)]  # each claimed once
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_one_stale_connection_drains_the_pool_so_the_retry_meets_no_other(
+    cira_db_url: str, face: str, aio_loop: LoopThread
+) -> None:
+    """Every pooled connection holds the stale claim; two tries must be enough."""
+    lease = timedelta(minutes=5)
+    sizes = {"pool_min_size": 3, "pool_max_size": 3, "retry_attempts": 2}
+    with prepared_face(cira_db_url, face, aio_loop, **sizes) as (db, jobs):
+        jobs.create_many(
+            client_id="stale", pdf_urls=[f"https://x.example/{i}.pdf" for i in range(40)]
+        )
+        for _ in range(30):  # the pool hands its idle connections out in turn
+            assert jobs.claim_next(lease=lease) is not None
+        assert db.stats().size == 3
+        widen_pdf_url(cira_db_url)
+        assert jobs.claim_next(lease=lease) is not None
+        assert db.stats().retries == 1
+        for _ in range(6):  # every connection made before the migration is gone
+            assert jobs.claim_next(lease=lease) is not None
+        assert db.stats().retries == 1
+    assert claims_per_job(cira_db_url) == [("processing", 1, 37), ("queued", 0, 3)]
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_user_work_on_a_stale_prepared_statement_fails_once_then_a_new_connection_serves(
+    cira_db_url: str, face: str, aio_loop: LoopThread
+) -> None:
+    """`run`'s work may be several statements, so it is not repeated unless idempotent."""
+
+    def read_sync(conn: Any) -> Any:
+        return conn.execute(READ_URL).fetchone()
+
+    async def read_async(conn: Any) -> Any:
+        cursor = await conn.execute(READ_URL)
+        return await cursor.fetchone()
+
+    read: Any = read_sync if face == "sync" else read_async
+    with prepared_face(cira_db_url, face, aio_loop) as (db, jobs):
+        jobs.create(client_id="stale", pdf_url="https://x.example/a.pdf")
+        for _ in range(7):
+            assert db.run("read", read, idempotent=False) == ("https://x.example/a.pdf",)
+        widen_pdf_url(cira_db_url)
+        with pytest.raises(DatabaseUnavailableError, match="that statement did not run") as raised:
+            db.run("read", read, idempotent=False)
+        assert isinstance(raised.value.__cause__, psycopg.errors.FeatureNotSupported)
+        assert db.run("read", read, idempotent=False) == ("https://x.example/a.pdf",)
+        assert db.stats().retries == 0
+
+
+def test_a_connection_block_whose_repository_met_a_stale_statement_is_replaced(
+    cira_db_url: str,
+) -> None:
+    """The repository on the block's connection raises the cira_db error, psycopg's as cause."""
+    with Database(cira_db_url, **PREPARED) as db:
+        job = JobRepository(db).create(client_id="stale", pdf_url="https://x.example/a.pdf")
+        with db.connection() as conn:
+            for _ in range(7):
+                JobRepository(conn).get(job.id, client_id="stale")
+            pid = backend_pid(conn)
+        widen_pdf_url(cira_db_url)
+        with pytest.raises(DatabaseUnavailableError), db.connection() as conn:
+            JobRepository(conn).get(job.id, client_id="stale")
+        with db.connection() as conn:
+            assert JobRepository(conn).get(job.id, client_id="stale").pdf_url == job.pdf_url
+            assert backend_pid(conn) != pid  # the pool replaced the stale connection
+
+
+def test_an_async_connection_block_that_met_a_stale_statement_is_replaced(
+    cira_db_url: str, aio_loop: LoopThread
+) -> None:
+    async def pid_of(conn: Any) -> int:
+        cursor = await conn.execute("SELECT pg_backend_pid()")
+        return int((await cursor.fetchone())[0])
+
+    async def scenario() -> None:
+        async with AsyncDatabase(cira_db_url, **PREPARED) as db:
+            await AsyncJobRepository(db).create(client_id="stale", pdf_url="https://x.example/a")
+            async with db.connection() as conn:
+                for _ in range(7):
+                    await conn.execute(READ_URL)
+                pid = await pid_of(conn)
+            widen_pdf_url(cira_db_url)
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                async with db.connection() as conn:
+                    await conn.execute(READ_URL)
+            async with db.connection() as conn:
+                cursor = await conn.execute(READ_URL)
+                assert await cursor.fetchone() == ("https://x.example/a",)
+                assert await pid_of(conn) != pid
+
+    aio_loop.run(scenario())

@@ -11,6 +11,7 @@ from psycopg.conninfo import make_conninfo
 
 from cira_db._errors_map import (
     connect_failure_is_permanent,
+    is_stale_plan,
     is_transient,
     libpq_reason,
     translate,
@@ -113,6 +114,37 @@ def test_errors_with_a_sqlstate_keep_their_rules() -> None:
     # "does not exist" at query time is the statement's problem, not the configuration's.
     undefined = translate(psycopg.errors.UndefinedTable("relation does not exist"), "read")
     assert type(undefined) is DatabaseError
+
+
+def test_a_stale_prepared_statement_is_known_by_the_server_function_that_refuses_it(
+    cira_db_url: str,
+) -> None:
+    select = "SELECT id, note FROM probe"
+    with (
+        psycopg.connect(cira_db_url, autocommit=True) as admin,
+        psycopg.connect(cira_db_url, autocommit=True, prepare_threshold=0) as conn,
+    ):
+        admin.execute("CREATE TABLE probe (id int, note varchar(20))")
+        conn.execute(select)  # prepared on its first run
+        admin.execute("ALTER TABLE probe ALTER COLUMN note TYPE text")  # a migration elsewhere
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(select)
+        with pytest.raises(psycopg.Error) as unsupported:
+            conn.execute("SELECT count(*) FROM probe FOR UPDATE")
+    stale = refused.value
+    assert isinstance(stale, psycopg.errors.FeatureNotSupported)
+    assert is_stale_plan(stale)
+    assert is_transient(stale)  # a new connection plans the statement afresh
+    error = translate(stale, "claim a job")
+    assert isinstance(error, DatabaseUnavailableError)
+    assert "no longer matches the schema" in str(error)
+    assert "that statement did not run" in str(error)
+    # The same SQLSTATE raised for anything else is a refusal like any other.
+    other = unsupported.value
+    assert isinstance(other, psycopg.errors.FeatureNotSupported)
+    assert not is_stale_plan(other)
+    assert not is_transient(other)
+    assert type(translate(other, "read")) is DatabaseError
 
 
 def test_a_pool_timeout_is_never_retried_and_names_a_cause_when_given() -> None:

@@ -35,8 +35,10 @@ from cira_db._database import (
     _FAIL_FAST_POLL,
     _OPEN_POLL,
     KEPT_CURSORS,
+    MADE_AT,
     Database,
     Mapper,
+    Renewal,
     _ConnectState,
     _fresh,
     _no_attempt,
@@ -44,11 +46,17 @@ from cira_db._database import (
     _timed_out,
     first_connection_ready,
     forget_cursors,
+    renewal_event,
+    stale_plan_in,
 )
-from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._errors_map import (
+    connect_failure_is_permanent,
+    translate,
+    wrap_errors,
+)
 from cira_db._observe import PoolStats, pool_event, pool_stats
 from cira_db._plan import ConnectionPlan, plan_connection
-from cira_db._retry import CheckoutFailed, next_pause
+from cira_db._retry import CheckoutFailed, next_pause, tries_for
 from cira_db._settings import SettingsBase, as_model, load_settings, running_in_lambda
 from cira_db.errors import CiraDbError, ConfigurationError
 
@@ -107,6 +115,7 @@ class AsyncDatabase:
         self._use_pool = pool
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
         self._state = _ConnectState()
+        self._renewal = Renewal()
         self._opening: asyncio.Lock | None = None
         # Read on every checkout: kept here rather than asked of the settings each time.
         self._timeout = self._settings.pool_timeout
@@ -228,6 +237,7 @@ class AsyncDatabase:
     async def _configure(self, conn: AsyncConnection) -> None:
         """The pool's ``configure``: a new connection gets its kept cursors' map and a stamp."""
         setattr(conn, KEPT_CURSORS, {})
+        setattr(conn, MADE_AT, time.monotonic())
         setattr(conn, _LAST_USED, time.time())
 
     async def _check_connection(self, conn: AsyncConnection) -> None:
@@ -408,8 +418,10 @@ class AsyncDatabase:
         try:
             async with conn:  # as psycopg_pool's own connection(): roll back on error
                 yield conn
-        except BaseException:
+        except BaseException as exc:
             broken = conn.broken
+            if stale_plan_in(exc):
+                await self._renew(pool, conn)
             raise
         finally:
             # The block may have changed the session or the adapters (see `Database`).
@@ -446,7 +458,7 @@ class AsyncDatabase:
             result = await work(conn)
             if conn.pgconn.transaction_status != _IDLE and not conn.closed:
                 await conn.commit()
-        except BaseException:
+        except BaseException as exc:
             broken = conn.broken
             try:
                 if not conn.closed:
@@ -454,6 +466,8 @@ class AsyncDatabase:
                         await conn.rollback()
                     except Exception as exc2:
                         _log.warning("error ignored in rollback on %s: %s", conn, exc2)
+                if stale_plan_in(exc):
+                    await self._renew(pool, conn)
             finally:
                 await self._checkin(pool, conn, pooled=pooled, broken=broken)
             raise
@@ -498,11 +512,27 @@ class AsyncDatabase:
         The rules of `Database.run` (the same policy and retry decision,
         `next_pause`, the same ``mapper``, a failed checkout retried for any
         call); only the pause between tries is
-        ``asyncio.sleep``. The loop is written out here rather than wrapped
-        in closures, since every awaited repository call comes through it.
+        ``asyncio.sleep``.
+        """
+        return await self._retrying(operation, work, idempotent=idempotent, mapper=mapper)
+
+    async def _retrying(
+        self,
+        operation: str,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        idempotent: bool,
+        mapper: Mapper,
+        one_statement: bool = False,
+    ) -> T:
+        """`run`; every awaited repository `Call` comes here directly, with ``one_statement=True``.
+
+        ``one_statement`` as in `Database._retrying`: a stale prepared statement
+        of one statement's work is repeated whatever ``idempotent`` says. The
+        loop is written out here rather than wrapped in closures, since every
+        awaited repository call comes through it.
         """
         policy = self._config._retry
-        tries = policy.attempts if idempotent else 1
         attempt = 1
         while True:
             try:
@@ -512,11 +542,21 @@ class AsyncDatabase:
                 pause = next_pause(policy, operation, exc, attempt, policy.attempts)
             except psycopg.Error as error:
                 exc = error
+                tries = tries_for(policy, exc, idempotent=idempotent, one_statement=one_statement)
                 pause = next_pause(policy, operation, exc, attempt, tries)
             if pause is None:
                 raise mapper(exc, operation) from exc
             await self._pause(pause)
             attempt += 1
+
+    async def _renew(
+        self, pool: AsyncConnectionPool[AsyncConnection], conn: AsyncConnection
+    ) -> None:
+        """`Database._renew`, awaited: drain the pool once after a stale prepared statement."""
+        forget_cursors(conn)
+        if self._renewal.due(conn):
+            renewal_event()
+            await pool.drain()
 
     async def _pause(self, seconds: float) -> None:
         """The pause before a retry, counted for `stats`."""

@@ -17,7 +17,12 @@ import psycopg_pool
 from psycopg_pool import ConnectionPool
 
 from cira_db._aws_auth import SecretProvider, iam_token, is_auth_failure
-from cira_db._errors_map import connect_failure_is_permanent, translate, wrap_errors
+from cira_db._errors_map import (
+    connect_failure_is_permanent,
+    is_stale_plan,
+    translate,
+    wrap_errors,
+)
 from cira_db._observe import (
     Counters,
     PoolStats,
@@ -146,6 +151,53 @@ class _PoolConnection(psycopg.Connection[Any]):
     cira_db_used_at: float | None = None
 
 
+MADE_AT: Final = "cira_db_made_at"
+"""Attribute of a pool's connection: ``time.monotonic()`` when it was made (`Renewal`)."""
+
+
+def stale_plan_in(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or the psycopg error it was translated from, is a stale statement.
+
+    A repository on a caller's ``connection()`` block raises the cira_db
+    error, with psycopg's as its cause (`cira_db._errors_map.is_stale_plan`).
+    """
+    return exc is not None and (is_stale_plan(exc) or is_stale_plan(exc.__cause__))
+
+
+class Renewal:
+    """When a pool was last drained because a prepared statement went stale (both faces).
+
+    After a migration changed the type of a column a statement returns, every
+    connection made before it may hold that statement prepared, and psycopg
+    would send it again on every call. The first call that meets one drains
+    the pool (psycopg_pool's ``drain``: idle connections are closed at once,
+    busy ones when given back, and new ones are made). A call that meets
+    another connection made before that drain does not drain again.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = -1.0  # never: monotonic() is never negative
+
+    def due(self, conn: object) -> bool:
+        """True (and noted) when ``conn`` was made after the last drain, or not by the pool."""
+        made = getattr(conn, MADE_AT, None)
+        if made is not None and made <= self.at:
+            return False
+        self.at = time.monotonic()
+        return True
+
+
+def renewal_event() -> None:
+    """Log a drain after a stale prepared statement (INFO, ``cira_db.pool``)."""
+    pool_event(
+        logging.INFO,
+        "pool drained: a migration changed a prepared statement's result type",
+        {"event": "pool_drained", "reason": "stale_prepared_statement"},
+    )
+
+
 class _ConnectState:
     """What the pool's connection attempts have shown since `Database.open`.
 
@@ -217,6 +269,7 @@ class Database:
         self._use_pool = pool
         self._pool: ConnectionPool[Connection] | None = None
         self._state = _ConnectState()
+        self._renewal = Renewal()
         self._lock = threading.Lock()
         self._secret = (
             SecretProvider(resolved.secret_arn, region=resolved.aws_region, client=secrets_client)
@@ -349,6 +402,7 @@ class Database:
     def _mark_used(self, conn: Connection) -> None:
         """The pool's ``configure``: a new connection gets its kept cursors' map and a stamp."""
         setattr(conn, KEPT_CURSORS, {})
+        setattr(conn, MADE_AT, time.monotonic())
         if isinstance(conn, _PoolConnection):
             conn.cira_db_used_at = _wall_clock()
 
@@ -574,11 +628,29 @@ class Database:
         will not pass is never retried. A transient failure to get the
         connection is retried for any call: no statement was sent yet.
         """
+        return self._retrying(operation, work, idempotent=idempotent, mapper=mapper)
+
+    def _retrying(
+        self,
+        operation: str,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool,
+        mapper: Mapper,
+        one_statement: bool = False,
+    ) -> T:
+        """`run`; every repository `Call` comes here directly, with ``one_statement=True``.
+
+        ``one_statement``: ``work`` is one statement or one transaction of its own,
+        so a prepared statement refused as stale (it did not run) is repeated
+        whatever ``idempotent`` says (`cira_db._retry.tries_for`).
+        """
         return call_with_retries(
             self._retry,
             operation,
             partial(self._use, work),
             idempotent=idempotent,
+            one_statement=one_statement,
             mapper=mapper,
             sleep=self._pause,
         )
@@ -614,6 +686,8 @@ class Database:
                 conn.commit()
         except BaseException as exc:
             _end(conn, exc)
+            if stale_plan_in(exc):
+                self._renew(pool, conn)
             self._release(pool, conn, pooled=pooled, broken=conn.broken)
             raise
         # `_release(pool, conn, pooled=pooled, broken=False)` inlined: every call's path.
@@ -623,6 +697,16 @@ class Database:
         else:
             conn.close()
         return result
+
+    def _renew(self, pool: ConnectionPool[Connection], conn: Connection) -> None:
+        """``conn`` met a stale prepared statement: drain the pool (`Renewal`), once.
+
+        Called before ``conn`` is given back, which then closes it.
+        """
+        forget_cursors(conn)  # it is closed on its way back: no cycle of it and its cursors
+        if self._renewal.due(conn):
+            renewal_event()
+            pool.drain()
 
     def _pause(self, seconds: float) -> None:
         """The pause before a retry, counted for `stats`."""
@@ -767,6 +851,8 @@ class _Borrowed:
         failed = exc is not None
         try:
             _end(conn, exc)
+            if stale_plan_in(exc):
+                self._db._renew(pool, conn)
         except BaseException:
             failed = True
             raise

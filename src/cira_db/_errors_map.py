@@ -45,6 +45,7 @@ from cira_db.errors import (
 
 __all__ = [
     "connect_failure_is_permanent",
+    "is_stale_plan",
     "is_transient",
     "libpq_reason",
     "translate",
@@ -206,6 +207,23 @@ def _reason_will_not_pass(exc: psycopg.Error) -> bool:
     )
 
 
+def is_stale_plan(exc: BaseException | None) -> bool:
+    """True if a prepared statement no longer matches the schema, so it did not run.
+
+    A migration that changes the type of a column a statement returns makes
+    PostgreSQL refuse that connection's prepared statement when it checks the
+    cached plan, before running anything ("cached plan must not change result
+    type", 0A000). psycopg keeps the prepared statement, so the connection
+    fails the same way on every later call: it must be replaced (`Database`
+    drains its pool). Recognised by the server function that raises it, in
+    any language.
+    """
+    return (
+        isinstance(exc, pg_errors.FeatureNotSupported)
+        and exc.diag.source_function == "RevalidateCachedQuery"
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """True if repeating the same harmless work may succeed: the one retry predicate.
 
@@ -224,7 +242,9 @@ def is_transient(exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError) and not _reason_will_not_pass(exc)
     if is_auth_failure(exc):
         return False
-    return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
+    if state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES:
+        return True
+    return is_stale_plan(exc)  # on a new connection the statement is planned afresh
 
 
 def _hint(text: str) -> str:
@@ -285,6 +305,13 @@ def translate(exc: psycopg.Error, operation: str) -> CiraDbError:
         return AuthenticationError(
             f"{operation}: the server refused the login ({kind}, {state}); check the user "
             "and password, CIRA_DB_SECRET_ARN or the IAM policy"
+        )
+    if is_stale_plan(exc):
+        return DatabaseUnavailableError(
+            f"{operation}: a prepared statement no longer matches the schema after a "
+            f"migration ({kind}, {state}); that statement did not run. A Database replaces "
+            "every connection made before the migration; on a connection of your own, "
+            "reconnect"
         )
     if is_transient(exc):
         return DatabaseUnavailableError(f"{operation}: database unavailable ({kind}, {state})")

@@ -5,11 +5,18 @@ Only work that is safe to repeat goes through `call_with_retries` with
 library opens and owns (a failed transaction left nothing behind). Anything
 else gets one try; its failure surfaces as a cira_db error.
 
-One failure is safe to repeat for any call: failing to get a connection, since
-then no statement was sent. The checkout raises it as `CheckoutFailed`, and
-the retry loops (`call_with_retries`, `AsyncDatabase.run`) give it the tries of
-an idempotent call, whatever the call. A failure after the statement was (possibly)
-sent still ends a call that is not idempotent, whatever the checkouts before it.
+Two failures are safe to repeat whatever the call:
+
+- Failing to get a connection, since then no statement was sent. The checkout
+  raises it as `CheckoutFailed`, and the retry loops (`call_with_retries`,
+  `AsyncDatabase.run`) give it the tries of an idempotent call.
+- For a call whose work is one statement or one transaction of its own (every
+  repository call: ``one_statement=True``), a prepared statement refused because a
+  migration changed its result type (`is_stale_plan`): it failed before
+  running, and its connection was closed (`tries_for`).
+
+Any other failure after the statement was (possibly) sent still ends a call
+that is not idempotent, whatever the checkouts before it.
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from typing import TypeVar
 
 import psycopg
 
-from cira_db._errors_map import is_transient, translate
+from cira_db._errors_map import is_stale_plan, is_transient, translate
 from cira_db._observe import FIELD, note_retry
 from cira_db.errors import CiraDbError
 
-__all__ = ["CheckoutFailed", "RetryPolicy", "call_with_retries", "next_pause"]
+__all__ = ["CheckoutFailed", "RetryPolicy", "call_with_retries", "next_pause", "tries_for"]
 
 T = TypeVar("T")
 _log = logging.getLogger("cira_db.retry")
@@ -59,6 +66,21 @@ class CheckoutFailed(Exception):  # noqa: N818 - a marker around ``error``, not 
     def __init__(self, error: psycopg.Error) -> None:
         super().__init__(error)
         self.error = error
+
+
+def tries_for(
+    policy: RetryPolicy, exc: psycopg.Error, *, idempotent: bool, one_statement: bool
+) -> int:
+    """How many tries a call that failed with ``exc`` gets in all, shared by both faces.
+
+    The policy's tries for harmless work: an idempotent call, or a call whose
+    work is one statement (or one transaction of its own) refused for a stale
+    prepared statement (`is_stale_plan`), since then nothing ran and its
+    connection was closed. Otherwise one.
+    """
+    if idempotent or (one_statement and is_stale_plan(exc)):
+        return policy.attempts
+    return 1
 
 
 def next_pause(
@@ -105,13 +127,16 @@ def call_with_retries(
     work: Callable[[], T],
     *,
     idempotent: bool,
+    one_statement: bool = False,
     sleep: Callable[[float], None] = time.sleep,
     mapper: Callable[[psycopg.Error, str], CiraDbError] = translate,
 ) -> T:
     """Run ``work``; repeat it after transient failures when ``idempotent``.
 
     A transient failure to get a connection (`CheckoutFailed`, from ``work``'s
-    checkout) is repeated for any call, within the same ``policy``.
+    checkout) is repeated for any call, within the same ``policy``; so is a
+    stale prepared statement when ``one_statement`` says ``work`` is one statement
+    or one transaction of its own (`tries_for`).
 
     ``work`` lets psycopg's own errors out untranslated: whether to repeat is
     decided on them (`is_transient`), and the one that ends the call is
@@ -128,7 +153,7 @@ def call_with_retries(
             pause = next_pause(policy, operation, exc, attempt, policy.attempts)
         except psycopg.Error as error:
             exc = error
-            tries = policy.attempts if idempotent else 1
+            tries = tries_for(policy, exc, idempotent=idempotent, one_statement=one_statement)
             pause = next_pause(policy, operation, exc, attempt, tries)
         if pause is None:
             raise mapper(exc, operation) from exc

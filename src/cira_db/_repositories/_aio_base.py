@@ -3,9 +3,10 @@
 The asyncio twin of `Runner`: the same `Call` requests, the same row
 factories and the same error mapping (`map_error` through `wrap_errors`);
 only the awaiting is its own. On an `AsyncDatabase` each call borrows an
-autocommit connection and may be retried (idempotent calls only, the same
-policy as `Database.run`); on a caller's ``psycopg.AsyncConnection`` it is
-run once, inside the caller's transaction.
+autocommit connection and may be retried (idempotent calls, and any call
+refused as a stale prepared statement: the same policy as `Database.run`);
+on a caller's ``psycopg.AsyncConnection`` it is run once, inside the
+caller's transaction.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class AsyncRunner:
     def execute(self, call: Call[R]) -> Awaitable[R]:
         """Run one `Call`: one round trip, errors mapped, retried per ``idempotent``.
 
-        Returns the awaitable of `AsyncDatabase.run` itself (no coroutine of
-        its own around it), or, on a caller's connection, `_once`'s.
+        Returns the awaitable of `AsyncDatabase.run`'s loop itself
+        (``_retrying``, no coroutine of its own around it), or, on a caller's
+        connection, `_once`'s.
         """
         database = self._database
         if database is None:  # the caller owns the transaction: one try, errors mapped
@@ -100,7 +102,9 @@ class AsyncRunner:
             assert connection is not None  # one of the two is always set
             return _once(call.operation, partial(_STATEMENTS[call.kind], call), connection)
         work = partial(_POOLED_STATEMENTS[call.kind], call)
-        return database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
+        return database._retrying(
+            call.operation, work, idempotent=call.idempotent, mapper=map_error, one_statement=True
+        )
 
 
 async def _once(

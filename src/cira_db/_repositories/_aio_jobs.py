@@ -47,7 +47,8 @@ class AsyncJobRepository:
 
     Every method has the sync twin's name, arguments, return type, errors and
     rules (client scoping, validation before any SQL, ``attempt`` fencing,
-    retries of idempotent calls only): the logic is the same code
+    retries of idempotent calls, and of any call a stale prepared statement
+    stopped before it ran): the logic is the same code
     (docs/async.md). ``cursor_key`` signs the `list` cursors, as there; a
     cursor from one face works on the other with the same key.
     """

@@ -733,8 +733,10 @@ class Runner:
 
         On a `Database`, transient failures (connection loss, serialization
         failure, ...) are retried with backoff when the call is ``idempotent``
-        (`Database.run`, which maps the error that ends the call); on a
-        caller's connection never, since the caller owns the transaction.
+        (`Database.run`'s loop, which maps the error that ends the call), and a
+        prepared statement made stale by a migration for any call, since a
+        `Call` is one statement or one transaction of its own; on a caller's
+        connection never, since the caller owns the transaction.
         """
         database = self._database
         if database is None:  # the caller's connection: one try, errors mapped
@@ -743,5 +745,7 @@ class Runner:
             with wrap_errors(call.operation, map_error):
                 return _STATEMENTS[call.kind](call, connection)  # type: ignore[no-any-return]
         work = partial(_POOLED_STATEMENTS[call.kind], call)
-        result: R = database.run(call.operation, work, idempotent=call.idempotent, mapper=map_error)
+        result: R = database._retrying(
+            call.operation, work, idempotent=call.idempotent, mapper=map_error, one_statement=True
+        )
         return result

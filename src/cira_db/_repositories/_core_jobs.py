@@ -646,7 +646,7 @@ class JobLogic:
         if client is not None:
             params["client_id"] = client
             statement, rows = _CLAIM_JOB_FOR_CLIENT, _CLAIM_JOB_FOR_CLIENT_ROWS
-        # Claims are never repeated: a lost reply may hide a claim that happened.
+        # Claims are never repeated once sent: a lost reply may hide a claim that happened.
         job: Job | None = yield Call.one(statement, params, rows, "claim jobs", idempotent=False)
         return job
 
@@ -670,7 +670,7 @@ class JobLogic:
             )
             return jobs
         if client is None:
-            # Claims are never repeated: a lost reply may hide a claim that happened.
+            # Claims are never repeated once sent: a lost reply may hide a claim that happened.
             jobs = yield Call.all(
                 _CLAIM_JOBS, params, _CLAIM_JOBS_ROWS, "claim jobs", idempotent=False
             )
