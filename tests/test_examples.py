@@ -198,8 +198,11 @@ def test_worker_stops_on_sigterm_and_hands_back_unstarted_jobs(cira_db_url: str)
     with Database(cira_db_url) as db:
         jobs = JobRepository(db)
         slow = [jobs.create(client_id="c", pdf_url=f"https://e.com/slow{i}.pdf") for i in range(3)]
-        worker = _start_worker(cira_db_url, WORKER_SLOW_SECONDS="2")
+        worker = _start_worker(cira_db_url, WORKER_SLOW_SECONDS="3")
         _wait_for(lambda: jobs.get(slow[0].id, client_id="c").status == JobStatus.PROCESSING)
+        # Claimed is not started: a stop between the claim and the first job hands every
+        # job back. Halfway through the first job's 3 s, it is in hand on a loaded machine too.
+        time.sleep(1.5)
         _stop(worker)
         states = [jobs.get(job.id, client_id="c").status for job in slow]
         assert states == [JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.QUEUED]
