@@ -1,4 +1,4 @@
-"""CI's own set-up: the hypothesis profiles of tests/conftest.py and the lists in .ci/run."""
+"""CI's own set-up: the hypothesis profiles of tests/conftest.py and the lists in .ci/suites.sh."""
 
 from __future__ import annotations
 
@@ -74,6 +74,17 @@ def test_an_unknown_profile_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_test_file_ci_names_exists() -> None:
     """A file missing from a focused list would fail CI only half an hour in."""
-    named = set(re.findall(r"tests/[\w/]+\.py", (ROOT / ".ci" / "run").read_text()))
+    scripts = [ROOT / ".ci" / name for name in ("run", "suites.sh", "containers.sh", "examples.sh")]
+    named = {name for script in scripts for name in re.findall(r"tests/[\w/]+\.py", script.read_text())}
     assert "tests/test_jobs_repository.py" in named
     assert {name for name in named if not (ROOT / name).is_file()} == set()
+
+
+def test_the_repeated_passes_run_the_lists_of_suites_sh() -> None:
+    """.ci/run and .ci/containers.sh read their lists from one file, and use them."""
+    run = (ROOT / ".ci" / "run").read_text()
+    containers = (ROOT / ".ci" / "containers.sh").read_text()
+    assert "source .ci/suites.sh" in run and "source .ci/suites.sh" in containers
+    for name in ("FOCUSED", "SERVER", "OPTIONAL"):
+        assert f'"${{{name}[@]}}"' in run, name
+    assert '"${CONTAINER[@]}"' in containers
