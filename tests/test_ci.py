@@ -75,7 +75,9 @@ def test_an_unknown_profile_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_test_file_ci_names_exists() -> None:
     """A file missing from a focused list would fail CI only half an hour in."""
     scripts = [ROOT / ".ci" / name for name in ("run", "suites.sh", "containers.sh", "examples.sh")]
-    named = {name for script in scripts for name in re.findall(r"tests/[\w/]+\.py", script.read_text())}
+    named = {
+        name for script in scripts for name in re.findall(r"tests/[\w/]+\.py", script.read_text())
+    }
     assert "tests/test_jobs_repository.py" in named
     assert {name for name in named if not (ROOT / name).is_file()} == set()
 
@@ -84,7 +86,8 @@ def test_the_repeated_passes_run_the_lists_of_suites_sh() -> None:
     """.ci/run and .ci/containers.sh read their lists from one file, and use them."""
     run = (ROOT / ".ci" / "run").read_text()
     containers = (ROOT / ".ci" / "containers.sh").read_text()
-    assert "source .ci/suites.sh" in run and "source .ci/suites.sh" in containers
+    assert "source .ci/suites.sh" in run
+    assert "source .ci/suites.sh" in containers
     for name in ("FOCUSED", "SERVER", "OPTIONAL"):
         assert f'"${{{name}[@]}}"' in run, name
     assert '"${CONTAINER[@]}"' in containers
