@@ -319,9 +319,52 @@ class Table:
         return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A target the issues set for a figure, and this run's figure against it.
+
+    ``at_least``: the figure must reach ``bound`` (a ratio to beat); otherwise it must not
+    exceed it (a cost, a count of errors). ``why`` is said when the target is missed: what
+    this run measured that explains the miss, never a typed-in figure.
+    """
+
+    what: str
+    bound: float
+    got: float
+    at_least: bool = True
+    unit: str = "\u00d7"
+    why: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.got >= self.bound if self.at_least else self.got <= self.bound
+
+    def _value(self, value: float) -> str:
+        if self.unit == "\u00d7":
+            return fmt_ratio(value)
+        shown = f"{value:,.1f}" if value != int(value) else fmt_int(value)
+        return f"{shown}{self.unit}"
+
+    def verdict(self) -> str:
+        """ "met, 6% to spare" or "**missed** by 11%": the distance as a share of the bound."""
+        if self.bound == 0:
+            return "met" if self.met else f"**missed** by {self._value(self.got)}"
+        share = abs(self.got - self.bound) / self.bound * 100
+        return f"met, {share:.0f}% to spare" if self.met else f"**missed** by {share:.0f}%"
+
+    def row(self) -> list[str]:
+        sign = "\u2265" if self.at_least else "\u2264"
+        return [
+            self.what,
+            f"{sign} {self._value(self.bound)}",
+            self._value(self.got),
+            self.verdict(),
+        ]
+
+
 @dataclass
 class Section:
-    """One benchmark's outcome: prose, tables and the headline figures."""
+    """One benchmark's outcome: prose, tables, the headline figures and the targets."""
 
     key: str
     title: str
@@ -331,5 +374,6 @@ class Section:
     headlines: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     extra_markdown: list[str] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
     seconds: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)

@@ -35,6 +35,7 @@ from bench_common import (
     Samples,
     Section,
     Table,
+    Target,
     connect_raw,
     encode_result,
     fmt_int,
@@ -725,6 +726,22 @@ def run_latency(ctx: Context) -> Section:
             for label, _what, samples in results
         )
         + ".",
+    ]
+    section.targets = [
+        Target(
+            f"{label} \u00f7 raw psycopg on the same pool, prepares off, median (section 1)",
+            1.3 if "list" in label else 1.1,
+            samples["lib-off"].median_us / samples["pool-off"].median_us,
+            at_least=False,
+            why=(
+                f"{fmt_us(samples['lib-off'].median_us - samples['pool-off'].median_us)} \u00b5s "
+                f"more per call (median {fmt_us(samples['lib-off'].median_us)} against "
+                f"{fmt_us(samples['pool-off'].median_us)} \u00b5s): checking the arguments, "
+                "observing the call and building typed rows."
+            ),
+        )
+        for label, _what, samples in results
+        if label != SELECT_ONE
     ]
     section.notes = [
         _floor_note(floor_rows),

@@ -38,7 +38,7 @@ from uuid import UUID
 
 import psycopg
 
-from bench_common import Context, Section, Table, fmt_int, fmt_ms, percentile
+from bench_common import Context, Section, Table, Target, fmt_int, fmt_ms, percentile
 from cira_db import Database, JobRepository
 from cira_db._embedded import start_embedded
 from cira_db.errors import CiraDbError
@@ -634,6 +634,58 @@ def _fill(section: Section, phases: list[Phase], clients: int) -> None:
         *_verdicts(phases),
     ]
     section.headlines = [_headline(phases, clients)]
+    section.targets = _targets(phases)
+
+
+# RSS growth allowed, beyond the benchmark's own records, from a quarter of the way into the
+# steady phase to its end: "memory flat" with room for the allocator's noise, where a leak of
+# a few dozen bytes per call over the phase's calls would show
+FLAT_MIB = 1.0
+
+
+def _targets(phases: list[Phase]) -> list[Target]:
+    steady = phases[0]
+    bad = {
+        **{f"{call} {error}": n for (call, error), n in steady.run.errors().items()},
+        **steady.checks.failures(),
+        "hung": steady.run.hung,
+        "deadlocks": steady.run.deadlocks,
+    }
+    grew, ours = steady.run.growth_kib()
+    targets = [
+        Target(
+            "Under load, steady: errors, hung clients, deadlocks, double claims, rows lost or "
+            "doubled (section 12)",
+            0,
+            sum(bad.values()),
+            at_least=False,
+            unit="",
+            why=f"By kind: {', '.join(f'{k} {v}' for k, v in bad.items() if v)}.",
+        ),
+        Target(
+            "Under load, steady: RSS growth from \u00bc to the end beyond the benchmark's "
+            "records (section 12)",
+            FLAT_MIB,
+            max(0, grew - ours) / 1024,
+            at_least=False,
+            unit=" MiB",
+            why=_memory_note(steady.run),
+        ),
+    ]
+    for phase in phases[1:]:
+        lost = {**phase.checks.failures(), "hung": phase.run.hung}
+        targets.append(
+            Target(
+                f"{phase.label.capitalize()}: acknowledged calls lost or doubled, hung clients "
+                "(section 12)",
+                0,
+                sum(lost.values()),
+                at_least=False,
+                unit="",
+                why=f"By kind: {', '.join(f'{k} {v}' for k, v in lost.items() if v)}.",
+            )
+        )
+    return targets
 
 
 def _intro(clients: int, seconds: float) -> str:

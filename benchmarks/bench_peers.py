@@ -57,6 +57,7 @@ from bench_common import (
     Samples,
     Section,
     Table,
+    Target,
     _is_local_postgres,
     _local_server,
     connect_raw,
@@ -602,6 +603,32 @@ def _queue_verdicts(runs: dict[tuple[str, int], Run]) -> list[str]:
     return lines
 
 
+def _queue_targets(runs: dict[tuple[str, int], Run]) -> list[Target]:
+    targets: list[Target] = []
+    for peer, bound in TARGETS.items():
+        for workers in (1, 2):
+            ours, theirs = runs[("cira_db", workers)], runs[(peer, workers)]
+            step = runs[("cira_db_step", workers)].rate / theirs.rate
+            targets.append(
+                Target(
+                    f"`claim_batch(10)` + `complete_many` \u00f7 {peer}, {workers} "
+                    f"worker{'s' if workers > 1 else ''} (section 11)",
+                    bound,
+                    ours.rate / theirs.rate,
+                    why=(
+                        f"WAL flushes per 1,000 jobs (1 / 2 workers): cira_db "
+                        f"{_flushes(runs[('cira_db', 1)], runs[('cira_db', 2)])}, {peer} "
+                        f"{_flushes(runs[(peer, 1)], runs[(peer, 2)])}; worker CPU per job "
+                        f"{fmt_us(ours.cpu_us)} \u00b5s against {fmt_us(theirs.cpu_us)}. Where "
+                        "both wait for as many flushes per job, their rates converge. With "
+                        f"`complete_and_claim` (one commit per batch) the ratio was "
+                        f"{fmt_ratio(step)}."
+                    ),
+                )
+            )
+    return targets
+
+
 # -- per call: the repository against SQLAlchemy 2 Core ----------------------------------
 
 
@@ -797,6 +824,24 @@ def _call_verdicts(found: Found) -> list[str]:
     ]
 
 
+def _call_targets(found: Found) -> list[Target]:
+    return [
+        Target(
+            f"{label} \u00f7 SQLAlchemy Core, prepares {'on' if prepare else 'off'}, median "
+            "wall time (section 11)",
+            1.0,
+            lib.wall.median_us / core.wall.median_us,
+            at_least=False,
+            why=(
+                f"Client CPU per call {fmt_us(lib.cpu.median_us)} \u00b5s against "
+                f"{fmt_us(core.cpu.median_us)} for Core; the repository builds typed rows where "
+                "Core returns `Row` tuples."
+            ),
+        )
+        for (label, prepare), (lib, core) in found.items()
+    ]
+
+
 # -- the section --------------------------------------------------------------------------
 
 
@@ -884,6 +929,7 @@ def run_peers(ctx: Context) -> Section:
     section.tables = [*_queue_tables(runs), _call_table(found)]
     section.intro = _intro(total, n, prepares, cpus, quick=ctx.quick)
     section.notes = [*_queue_verdicts(runs), *_call_verdicts(found)]
+    section.targets = [*_queue_targets(runs), *_call_targets(found)]
     section.headlines = [
         f"Peers, {fmt_int(total)} no-op jobs, jobs/s with 1 / 2 workers: cira_db batched "
         f"{_rates(runs, 'cira_db')}, pgqueuer (batch 10) {_rates(runs, 'pgqueuer')}, "

@@ -39,6 +39,7 @@ from bench_common import (
     Context,
     Section,
     Table,
+    Target,
     connect_raw,
     encode_result,
     fmt_int,
@@ -372,10 +373,6 @@ def _placements() -> tuple[dict[int, list[int] | None], str]:
     )
 
 
-def _median_ratio(ratios: list[float]) -> str:
-    return fmt_ratio(statistics.median(ratios))
-
-
 def run_queue(ctx: Context) -> Section:
     total = 2_000 if ctx.quick else 20_000
     rounds = 1 if ctx.quick else ROUNDS
@@ -430,9 +427,15 @@ def run_queue(ctx: Context) -> Section:
             f"{fmt_int(med(side, batch, workers))} ({fmt_int(min(got))}\u2013{fmt_int(max(got))})"
         )
 
-    def paired(side: str, batch: int, other: str, workers: int) -> str:
+    def paired_value(side: str, batch: int, other: str, workers: int) -> float:
         mine, theirs = rates[(side, batch, workers)], rates[(other, batch, workers)]
-        return _median_ratio([a / b for a, b in zip(mine, theirs, strict=True)])
+        return statistics.median([a / b for a, b in zip(mine, theirs, strict=True)])
+
+    def paired(side: str, batch: int, other: str, workers: int) -> str:
+        return fmt_ratio(paired_value(side, batch, other, workers))
+
+    def cpu_per_job(side: str, workers: int) -> str:
+        return fmt_int(statistics.median(cpu_us[(side, 1, workers)]))
 
     table = Table(
         [
@@ -548,5 +551,27 @@ def run_queue(ctx: Context) -> Section:
             f"{fmt_int(med('library', 10, 2))} jobs/s"
         )
     section.headlines = [line + "."]
+    section.targets = [
+        Target(
+            f"One at a time (`claim_next` + `complete`) \u00f7 the minimal hand-written loop, "
+            f"{workers} worker{'s' if workers > 1 else ''} (section 2)",
+            0.9,
+            paired_value("library", 1, "minimal", workers),
+            why=(
+                f"Worker CPU per job was {cpu_per_job('library', workers)} \u00b5s against "
+                f"{cpu_per_job('minimal', workers)} for the minimal loop: the library's "
+                "client work per call (the pool checkout, encoding the result and reading it "
+                "back, observing the call, building the returned row), which adds to every job "
+                "while a worker "
+                "and its backend share a CPU. Raw psycopg sending the library's statements ran "
+                f"at {paired('raw', 1, 'minimal', workers)} of the minimal loop (the statements' "
+                "own share); with commits not waiting for their flush the ratio was "
+                f"{paired('library' + NO_WAIT, 1, 'minimal' + NO_WAIT, workers)}. The "
+                "spread of the runs (the table's min\u2013max) shows how much of the rest is "
+                "this run's noise."
+            ),
+        )
+        for workers in (1, 2)
+    ]
     truncate_jobs(ctx.url)
     return section

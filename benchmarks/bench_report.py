@@ -20,7 +20,7 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
 import cira_db
-from bench_common import Section, connect_raw
+from bench_common import Section, Table, Target, connect_raw
 
 __all__ = ["MARKER", "Environment", "LoadSampler", "describe_environment", "render", "write_report"]
 
@@ -84,6 +84,9 @@ from one run to the next. Compare the **ratios** taken inside one run (the libra
 psycopg, one index set against another), not absolute times from different runs or machines.
 Each table says what was measured, on how many rows, with how many calls or runs, and which
 statistic is shown; the "This run" list says whether other work was competing for the machine.
+The "Targets" part lists every target the issues set for these figures (issue 10's throughput
+targets, the cold start's), this run's figure against each, met or missed and by how much, and
+for each missed one what the same run measured that explains it.
 
 The throughput ratios of sections 2 and 11 also depend on how long the machine takes to flush a
 commit to disk (`synchronous_commit=on`: every commit waits for its WAL flush). Where flushes
@@ -252,6 +255,30 @@ def _load_lines(sections: list[Section], run: RunInfo) -> list[str]:
     return lines
 
 
+def _target_lines(targets: list[Target]) -> list[str]:
+    """The "Targets" part: every target against this run, then why each miss happened."""
+    if not targets:
+        return []
+    table = Table(["target", "bound", "this run", "verdict"])
+    for target in targets:
+        table.add(*target.row())
+    missed = [t for t in targets if not t.met]
+    met = len(targets) - len(missed)
+    out = [
+        "## Targets",
+        "",
+        f"Every target the issues set for a figure of this page, against this run: {met} of "
+        f"{len(targets)} met. The distance is the figure's, as a share of the bound.",
+        "",
+        *table.markdown(),
+    ]
+    if missed:
+        out += ["Why each missed target was missed, from this run's own measurements:", ""]
+        out += [f"- {t.what}: {t.verdict().replace('**', '')}. {t.why}".rstrip() for t in missed]
+        out.append("")
+    return out
+
+
 def render(env: Environment, sections: list[Section], run: RunInfo) -> list[str]:
     """The generated part of the page, as lines."""
     mode = "quick smoke run (`--quick`, reduced sizes)" if run.quick else "full run"
@@ -275,6 +302,7 @@ def render(env: Environment, sections: list[Section], run: RunInfo) -> list[str]
         out += ["## Headline figures", ""]
         out += [f"- {h}" for h in headlines]
         out.append("")
+    out += _target_lines([t for s in sections for t in s.targets])
     skipped = [(s.title, text) for s in sections for text in s.skipped]
     out += ["## Skipped", ""]
     if skipped:
